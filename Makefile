@@ -1,0 +1,52 @@
+# banger — see README.md. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+export GOFLAGS ?= -buildvcs=false
+
+VERSION  ?= $(shell git describe --tags --exact-match 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILT_AT ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+PKG      := github.com/banger-dev/banger/internal/buildinfo
+LDFLAGS  := -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).BuiltAt=$(BUILT_AT)
+BIN      := build/bin
+BINARIES := banger bangerd $(notdir $(wildcard cmd/banger-vmm))
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: help deps build run test test-short lint fmt bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages banger and its tests need (root; idempotent)
+	@scripts/install-deps.sh
+
+build: ## build every binary into build/bin with build info stamped
+	@mkdir -p $(BIN)
+	@for b in $(BINARIES); do \
+		$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/$$b ./cmd/$$b || exit 1; \
+	done
+	@$(BIN)/banger --version
+
+run: deps build ## the main job: set up, start the daemon, show it
+	@scripts/run.sh
+
+test: deps ## run every test (root tests and real guests included when possible)
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-short: ## unit tests only: no root, no guests
+	$(GO) test -short -count=1 ./...
+
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+fmt: ## gofmt the tree
+	gofmt -w $$(git ls-files '*.go')
+
+bench: ## benchmarks (speed goals live here, not in timed tests)
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean: ## remove build outputs
+	rm -rf build

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/spf13/cobra"
+)
+
+// internalCmd holds diagnostics that are not part of the stable interface.
+func (a *app) internalCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "internal",
+		Short:  "Diagnostics (unstable)",
+		Hidden: true,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "rpc METHOD [JSON-PARAMS]",
+		Short:   "Call a daemon RPC method and print its result",
+		Example: "  banger internal rpc ping\n  banger internal rpc daemon.operations.list",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var params any
+			if len(args) == 2 {
+				if err := json.Unmarshal([]byte(args[1]), &params); err != nil {
+					return usageError{fmt.Errorf("params are not JSON: %v", err)}
+				}
+			}
+			var out json.RawMessage
+			if err := c.Call(cmd.Context(), args[0], params, &out); err != nil {
+				return err
+			}
+			var v any
+			_ = json.Unmarshal(out, &v)
+			return output.JSON(a.stdout, v)
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,152 @@
+// Package cli implements the banger command line: one file per noun, cobra
+// commands in `banger <noun> <verb>` form. It reaches the daemon only through
+// internal/client.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/banger-dev/banger/internal/buildinfo"
+	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes that mean something. A guest command's own exit code is passed
+// through unchanged by `vm run -- cmd` and `vm exec`.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 2 // bad flags, bad input, bad config
+	ExitUnavailable = 3 // the daemon could not be reached or started
+)
+
+// ExitCodeError makes banger exit with Code without printing anything more.
+// Only this concrete type is unwrapped by Main.
+type ExitCodeError struct{ Code int }
+
+func (e *ExitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// app carries what every command shares.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	system         bool
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var ec *ExitCodeError
+	if errors.As(err, &ec) {
+		return ec.Code
+	}
+	a.printError(err)
+	return exitCodeFor(err)
+}
+
+func (a *app) printError(err error) {
+	msg := err.Error()
+	if id := errdefs.OpIDOf(err); id != "" {
+		msg += " " + output.Dim(a.stderr, "("+id+")")
+	}
+	fmt.Fprintf(a.stderr, "banger: %s\n", msg)
+}
+
+type usageError struct{ error }
+
+func exitCodeFor(err error) int {
+	var ue usageError
+	var ce *config.Error
+	switch {
+	case errors.As(err, &ue), errors.As(err, &ce), errors.Is(err, errdefs.ErrBadRequest):
+		return ExitUsage
+	case errors.Is(err, errdefs.ErrUnavailable):
+		return ExitUnavailable
+	}
+	return ExitFailure
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "banger",
+		Short: "One-command development sandboxes on Firecracker microVMs",
+		Long: `banger runs throwaway or long-lived Linux microVMs for development.
+
+The banger CLI talks to bangerd, an owner daemon that keeps VM state and
+reaches root only through a narrow helper. In user mode the CLI starts the
+daemon on demand; after 'banger system install' systemd runs it.`,
+		Example: `  banger daemon status            # start the daemon if needed and show it
+  banger version --json            # build information
+  banger config show               # effective configuration and where each value came from`,
+		Version:       buildinfo.Get().Line("banger"),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.PersistentFlags().BoolVar(&a.system, "system", false, "use the system install's paths (/etc/banger, /var/lib/banger, /run/banger)")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
+	})
+	root.AddCommand(a.versionCmd(), a.daemonCmd(), a.configCmd(), a.internalCmd())
+	return root
+}
+
+// layout resolves the paths for this invocation.
+func (a *app) layout() (paths.Layout, error) { return paths.Resolve(a.system) }
+
+// loadConfig validates the config before anything is started.
+func (a *app) loadConfig(l paths.Layout) (*config.Loaded, error) {
+	return config.Load(l.ConfigFile())
+}
+
+// daemon returns a client for a daemon running this build, starting it in
+// user mode when needed. The config is validated first: a bad config starts
+// nothing.
+func (a *app) daemon(ctx context.Context) (*client.Client, paths.Layout, error) {
+	l, err := a.layout()
+	if err != nil {
+		return nil, l, err
+	}
+	if _, err := a.loadConfig(l); err != nil {
+		return nil, l, err
+	}
+	c, err := client.Ensure(ctx, l, func(msg string) {
+		fmt.Fprintf(a.stderr, "banger: %s\n", msg)
+	})
+	if err != nil {
+		var e *errdefs.Error
+		if !errors.As(err, &e) {
+			err = errdefs.Wrap(errdefs.Unavailable, err)
+		}
+		return nil, l, err
+	}
+	return c, l, nil
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments (got %q)", cmd.CommandPath(), args[0])}
+	}
+	return nil
+}

@@ -1,0 +1,301 @@
+// Package config loads banger's TOML configuration: defaults, then the
+// mode's config file. Unknown keys and bad values are refused with the file,
+// line and key named. Every key is documented in docs/config.md.
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is the effective configuration.
+type Config struct {
+	// LogLevel is debug, info, warn or error. BANGER_LOG_LEVEL overrides it.
+	LogLevel string `toml:"log_level" json:"log_level"`
+	// FirecrackerBin chooses the VMM binary; empty means auto-detect.
+	FirecrackerBin string `toml:"firecracker_bin" json:"firecracker_bin"`
+	// BridgeName is the host bridge the VMs' taps join.
+	BridgeName string `toml:"bridge_name" json:"bridge_name"`
+	// CIDR is the guest network; the first address is the bridge's.
+	CIDR string `toml:"cidr" json:"cidr"`
+	// DefaultImage is used when --image is not given.
+	DefaultImage string `toml:"default_image" json:"default_image"`
+	// SSHKeyPath is banger's SSH private key; empty means <state>/ssh/id_ed25519.
+	SSHKeyPath string `toml:"ssh_key_path" json:"ssh_key_path"`
+	// VMDefaults are the resources of a VM created without flags.
+	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
+}
+
+// VMDefaults is the [vm_defaults] table.
+type VMDefaults struct {
+	VCPU      int    `toml:"vcpu" json:"vcpu"`
+	MemoryMiB int    `toml:"memory_mib" json:"memory_mib"`
+	DiskSize  string `toml:"disk_size" json:"disk_size"`
+}
+
+// Default returns the built-in defaults.
+func Default() Config {
+	return Config{
+		LogLevel:     "info",
+		BridgeName:   "banger0",
+		CIDR:         "172.30.0.0/24",
+		DefaultImage: "tiny",
+		VMDefaults:   VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "1G"},
+	}
+}
+
+// Entry is one effective key, with where its value came from.
+type Entry struct {
+	Key    string `json:"key"`
+	Value  any    `json:"value"`
+	Source string `json:"source"`
+}
+
+// Loaded is a config plus the provenance of every key.
+type Loaded struct {
+	Config
+	File    string  `json:"file"`
+	Entries []Entry `json:"entries"`
+}
+
+// Error is a config problem pinned to file, line and key.
+type Error struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("config %s:%d: key %q: %s", e.File, e.Line, e.Key, e.Msg)
+	}
+	return fmt.Sprintf("config %s: key %q: %s", e.File, e.Key, e.Msg)
+}
+
+// Load reads path over the defaults. A missing file is not an error.
+func Load(path string) (*Loaded, error) {
+	cfg := Default()
+	present := map[string]bool{}
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		data = nil
+	case err != nil:
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if data != nil {
+		dec := toml.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return nil, decodeError(path, data, err)
+		}
+		var raw map[string]any
+		if err := toml.Unmarshal(data, &raw); err != nil {
+			return nil, decodeError(path, data, err)
+		}
+		flatten("", raw, present)
+	}
+	if err := cfg.validate(); err != nil {
+		var ce *Error
+		if errors.As(err, &ce) {
+			ce.File = path
+			if present[ce.Key] {
+				ce.Line = lineOf(data, ce.Key)
+			}
+		}
+		return nil, err
+	}
+	l := &Loaded{Config: cfg, File: path}
+	for _, kv := range fields(reflect.ValueOf(cfg), "") {
+		src := "default"
+		if present[kv.Key] {
+			src = fmt.Sprintf("%s:%d", path, lineOf(data, kv.Key))
+		}
+		l.Entries = append(l.Entries, Entry{Key: kv.Key, Value: kv.Value, Source: src})
+	}
+	return l, nil
+}
+
+func decodeError(path string, data []byte, err error) error {
+	var sm *toml.StrictMissingError
+	if errors.As(err, &sm) && len(sm.Errors) > 0 {
+		d := sm.Errors[0]
+		row, _ := d.Position()
+		key := strings.Join(d.Key(), ".")
+		return &Error{File: path, Line: row, Key: key, Msg: "unknown key (see docs/config.md for the valid keys)"}
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		key := strings.Join(de.Key(), ".")
+		msg := de.Error()
+		if key == "" {
+			key = keyAtLine(data, row)
+		}
+		return &Error{File: path, Line: row, Key: key, Msg: msg}
+	}
+	return fmt.Errorf("config %s: %v", path, err)
+}
+
+var logLevels = map[string]bool{"debug": true, "info": true, "warn": true, "error": true}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (c *Config) validate() error {
+	bad := func(key, format string, a ...any) error {
+		return &Error{Key: key, Msg: fmt.Sprintf(format, a...)}
+	}
+	if !logLevels[c.LogLevel] {
+		return bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.FirecrackerBin != "" && !filepath.IsAbs(c.FirecrackerBin) {
+		return bad("firecracker_bin", "%q must be an absolute path", c.FirecrackerBin)
+	}
+	if !strings.HasPrefix(c.BridgeName, "banger") || len(c.BridgeName) > 15 || !regexp.MustCompile(`^[a-z0-9-]+$`).MatchString(c.BridgeName) {
+		return bad("bridge_name", "%q must start with \"banger\", use [a-z0-9-] and be at most 15 characters", c.BridgeName)
+	}
+	p, err := netip.ParsePrefix(c.CIDR)
+	if err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 29 || p.Masked() != p {
+		return bad("cidr", "%q must be an IPv4 network like 172.30.0.0/24 (prefix 8-29)", c.CIDR)
+	}
+	if !nameRE.MatchString(c.DefaultImage) {
+		return bad("default_image", "%q is not a valid image name", c.DefaultImage)
+	}
+	if c.SSHKeyPath != "" && !filepath.IsAbs(c.SSHKeyPath) && !strings.HasPrefix(c.SSHKeyPath, "~/") {
+		return bad("ssh_key_path", "%q must be absolute or start with ~/", c.SSHKeyPath)
+	}
+	if c.VMDefaults.VCPU < 1 || c.VMDefaults.VCPU > 32 {
+		return bad("vm_defaults.vcpu", "%d is out of range (1-32)", c.VMDefaults.VCPU)
+	}
+	if c.VMDefaults.MemoryMiB < 128 {
+		return bad("vm_defaults.memory_mib", "%d is too little memory (at least 128)", c.VMDefaults.MemoryMiB)
+	}
+	if _, err := ParseSize(c.VMDefaults.DiskSize); err != nil {
+		return bad("vm_defaults.disk_size", "%v", err)
+	}
+	return nil
+}
+
+// Network returns the parsed guest network.
+func (c *Config) Network() netip.Prefix { return netip.MustParsePrefix(c.CIDR) }
+
+// ParseSize parses "512M", "2G", "1GiB" or a byte count.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult, t = 1<<10, t[:n-1]
+		case 'M':
+			mult, t = 1<<20, t[:n-1]
+		case 'G':
+			mult, t = 1<<30, t[:n-1]
+		case 'T':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	var v int64
+	if _, err := fmt.Sscanf(t, "%d", &v); err != nil || fmt.Sprint(v) != t || v <= 0 {
+		return 0, fmt.Errorf("%q is not a size like 512M or 2G", s)
+	}
+	return v * mult, nil
+}
+
+type kv struct {
+	Key   string
+	Value any
+}
+
+func fields(v reflect.Value, prefix string) []kv {
+	var out []kv
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]
+		if tag == "" {
+			continue
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct {
+			out = append(out, fields(fv, prefix+tag+".")...)
+			continue
+		}
+		out = append(out, kv{Key: prefix + tag, Value: fv.Interface()})
+	}
+	return out
+}
+
+func flatten(prefix string, m map[string]any, out map[string]bool) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if sub, ok := m[k].(map[string]any); ok {
+			flatten(prefix+k+".", sub, out)
+			continue
+		}
+		out[prefix+k] = true
+	}
+}
+
+var (
+	tableRE = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]`)
+	keyRE   = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
+)
+
+// lineOf finds the 1-based line that sets a dotted key ("vm_defaults.vcpu").
+func lineOf(data []byte, dotted string) int {
+	table, key := "", dotted
+	if i := strings.LastIndex(dotted, "."); i >= 0 {
+		table, key = dotted[:i], dotted[i+1:]
+	}
+	cur := ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if m := tableRE.FindStringSubmatch(line); m != nil {
+			cur = m[1]
+			continue
+		}
+		if m := keyRE.FindStringSubmatch(line); m != nil && m[1] == key && cur == table {
+			return n
+		}
+	}
+	return 0
+}
+
+func keyAtLine(data []byte, row int) string {
+	cur := ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if m := tableRE.FindStringSubmatch(line); m != nil {
+			cur = m[1]
+		}
+		if n == row {
+			if m := keyRE.FindStringSubmatch(line); m != nil {
+				if cur != "" {
+					return cur + "." + m[1]
+				}
+				return m[1]
+			}
+			return ""
+		}
+	}
+	return ""
+}

@@ -1,0 +1,99 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestMissingFileGivesDefaults(t *testing.T) {
+	l, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Config != Default() {
+		t.Fatalf("got %+v", l.Config)
+	}
+	for _, e := range l.Entries {
+		if e.Source != "default" {
+			t.Fatalf("%s from %s", e.Key, e.Source)
+		}
+	}
+}
+
+func TestFileOverridesWithSource(t *testing.T) {
+	p := write(t, "log_level = \"debug\"\n\n[vm_defaults]\nvcpu = 2\n")
+	l, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.LogLevel != "debug" || l.VMDefaults.VCPU != 2 || l.VMDefaults.MemoryMiB != 512 {
+		t.Fatalf("got %+v", l.Config)
+	}
+	src := map[string]string{}
+	for _, e := range l.Entries {
+		src[e.Key] = e.Source
+	}
+	if src["log_level"] != p+":1" || src["vm_defaults.vcpu"] != p+":4" || src["cidr"] != "default" {
+		t.Fatalf("sources %v", src)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	cases := []struct {
+		name, body, want string
+	}{
+		{"unknown key", "log_level = \"info\"\nbogus = 1\n", `:2: key "bogus": unknown key`},
+		{"unknown nested key", "[vm_defaults]\nvcpus = 1\n", `:2: key "vm_defaults.vcpus": unknown key`},
+		{"bad level", "\nlog_level = \"loud\"\n", `:2: key "log_level": "loud" is not one of`},
+		{"wrong type", "[vm_defaults]\nvcpu = \"two\"\n", `:2: key "vm_defaults.vcpu"`},
+		{"zero vcpu", "[vm_defaults]\nvcpu = 0\n", `:2: key "vm_defaults.vcpu": 0 is out of range`},
+		{"bad cidr", "cidr = \"10.0.0.1/33\"\n", `:1: key "cidr"`},
+		{"bad bridge", "bridge_name = \"eth0\"\n", `:1: key "bridge_name"`},
+		{"bad size", "[vm_defaults]\n\ndisk_size = \"lots\"\n", `:3: key "vm_defaults.disk_size"`},
+		{"syntax", "log_level = \n", `:1:`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := write(t, c.body)
+			_, err := Load(p)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, p+c.want) && !strings.Contains(msg, c.want) {
+				t.Fatalf("error %q does not contain %q", msg, c.want)
+			}
+			if !strings.HasPrefix(msg, "config "+p) {
+				t.Fatalf("error %q does not name the file", msg)
+			}
+			if strings.Contains(msg, "\n") {
+				t.Fatalf("error is not one line: %q", msg)
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512M": 512 << 20, "2G": 2 << 30, "1GiB": 1 << 30, "4096": 4096, "8k": 8 << 10} {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "G", "-1G", "1.5G", "abc", "0"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}

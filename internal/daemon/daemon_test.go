@@ -1,0 +1,26 @@
+package daemon
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/rpcserver"
+)
+
+// TestHandlerTablePinned fails when a method is added or removed without
+// updating the documented list (docs/ARCHITECTURE.md, "RPC methods").
+func TestHandlerTablePinned(t *testing.T) {
+	d := &Daemon{}
+	d.srv = rpcserver.New(nil)
+	d.register()
+	want := []string{
+		api.MethodOperationsList,
+		api.MethodDaemonShutdown,
+		api.MethodDaemonStatus,
+		api.MethodPing,
+	}
+	if got := d.srv.Methods(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("methods %v, want %v", got, want)
+	}
+}
