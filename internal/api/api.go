@@ -22,6 +22,9 @@ type Request struct {
 	ID     uint64          `json:"id"`
 	Method string          `json:"method"`
 	Params json.RawMessage `json:"params,omitempty"`
+	// OpID, when set by the caller (op- and six hex digits), is used as the
+	// call's op id, so one id links the CLI, the daemon and the root helper.
+	OpID string `json:"op_id,omitempty"`
 }
 
 // Response answers one Request.
@@ -71,6 +74,7 @@ type DaemonStatus struct {
 type Operation struct {
 	OpID      string  `json:"op_id"`
 	Method    string  `json:"method"`
+	Stage     string  `json:"stage,omitempty"`
 	StartedAt string  `json:"started_at"`
 	Seconds   float64 `json:"seconds"`
 }

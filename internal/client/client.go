@@ -14,13 +14,23 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/safesock"
 )
 
 // Client talks to one daemon socket.
 type Client struct {
 	Socket string
+	// Name is what the server is called in errors ("daemon" by default).
+	Name   string
 	nextID atomic.Uint64
+}
+
+func (c *Client) name() string {
+	if c.Name == "" {
+		return "daemon"
+	}
+	return c.Name
 }
 
 // New returns a client for the daemon at socket.
@@ -30,7 +40,7 @@ func New(socket string) *Client { return &Client{Socket: socket} }
 func (c *Client) Call(ctx context.Context, method string, params, out any) error {
 	conn, err := safesock.Dial(ctx, c.Socket)
 	if err != nil {
-		return &errdefs.Error{Code: errdefs.Unavailable, Msg: fmt.Sprintf("daemon not reachable at %s: %v", c.Socket, err)}
+		return &errdefs.Error{Code: errdefs.Unavailable, Msg: fmt.Sprintf("%s not reachable at %s: %v", c.name(), c.Socket, err)}
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -42,7 +52,7 @@ func (c *Client) Call(ctx context.Context, method string, params, out any) error
 }
 
 func (c *Client) roundTrip(ctx context.Context, conn net.Conn, method string, params, out any) error {
-	req := api.Request{V: api.ProtocolVersion, ID: c.nextID.Add(1), Method: method}
+	req := api.Request{V: api.ProtocolVersion, ID: c.nextID.Add(1), Method: method, OpID: logging.OpID(ctx)}
 	if params != nil {
 		raw, err := json.Marshal(params)
 		if err != nil {
@@ -58,7 +68,7 @@ func (c *Client) roundTrip(ctx context.Context, conn net.Conn, method string, pa
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return &errdefs.Error{Code: errdefs.Unavailable, Msg: fmt.Sprintf("no answer from the daemon for %s: %v", method, err)}
+		return &errdefs.Error{Code: errdefs.Unavailable, Msg: fmt.Sprintf("no answer from the %s for %s: %v", c.name(), method, err)}
 	}
 	if resp.Error != nil {
 		return FromWire(resp.Error)

@@ -13,16 +13,24 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/buildinfo"
+	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/privops"
 	"github.com/banger-dev/banger/internal/rpcserver"
 	"github.com/banger-dev/banger/internal/safesock"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vm"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,9 +45,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		showVersion = fs.Bool("version", false, "print the version and exit")
 		system      = fs.Bool("system", false, "use the system (FHS) paths instead of the user's XDG paths")
 		checkMig    = fs.Bool("check-migrations", false, "report whether the database is compatible with this binary (exit 0 compatible, 1 migrations needed, 2 incompatible)")
+		rootHelper  = fs.Bool("root-helper", false, "run as the root helper (root only): serve banger's fixed list of privileged operations")
+		ownerUID    = fs.Int("owner-uid", -1, "root helper: the owner user's uid allowed to call it (default: from the install metadata, else 0)")
+		ownerGID    = fs.Int("owner-gid", -1, "root helper: the owner user's gid")
 	)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: bangerd [--system] [--check-migrations] [--version]\n\nbangerd is banger's owner daemon; the banger CLI starts it on demand in user mode,\nand systemd runs it in system mode.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: bangerd [--system] [--check-migrations | --root-helper] [--version]\n\nbangerd is banger's owner daemon; the banger CLI starts it on demand in user mode,\nand systemd runs it in system mode. With --root-helper it is the root helper.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -63,6 +74,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	if *checkMig {
 		return checkMigrations(layout, stdout, stderr)
+	}
+	if *rootHelper {
+		return runRootHelper(layout, *ownerUID, *ownerGID, stderr)
 	}
 	unix.Umask(0o077)
 	d, err := newDaemon(layout, stdout, stderr)
@@ -92,6 +106,14 @@ type Daemon struct {
 	srv     *rpcserver.Server
 	started time.Time
 	stop    chan struct{}
+
+	ops      privops.Ops
+	opsMode  string
+	helper   *privops.Client
+	images   *image.Service
+	vms      *vm.Service
+	vmm      vm.VMMChoice
+	vmmError error
 }
 
 func newDaemon(layout paths.Layout, stdout, stderr io.Writer) (*Daemon, error) {
@@ -123,8 +145,46 @@ func newDaemon(layout paths.Layout, stdout, stderr io.Writer) (*Daemon, error) {
 		stop:    make(chan struct{}, 1),
 	}
 	d.srv = rpcserver.New(log, allowedUIDs()...)
+	if err := d.wire(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	d.register()
 	return d, nil
+}
+
+// wire builds the services, once.
+func (d *Daemon) wire() error {
+	ctx := logging.With(context.Background(), d.log)
+	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout)
+	d.vmm, d.vmmError = chooseVMM(d.cfg.Config)
+	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log}
+	keyPath := d.cfg.SSHKeyPath
+	if keyPath == "" {
+		keyPath = filepath.Join(d.layout.SSHDir(), "id_ed25519")
+	} else if strings.HasPrefix(keyPath, "~/") {
+		home, _ := os.UserHomeDir()
+		keyPath = filepath.Join(home, keyPath[2:])
+	}
+	d.vms = &vm.Service{
+		Store: d.store, Images: d.images, Ops: d.ops, Layout: d.layout, Config: d.cfg.Config, Log: d.log,
+		VMM: d.vmm, KeyPath: keyPath, KnownHosts: guestssh.OpenKnownHosts(filepath.Join(d.layout.SSHDir(), "known_hosts")),
+	}
+	return d.vms.Init()
+}
+
+func (d *Daemon) helperID(ctx context.Context) string {
+	if d.helper == nil {
+		return ""
+	}
+	var p api.PingResult
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c := client.New(d.helper.Socket())
+	if err := c.Call(pctx, api.MethodPing, nil, &p); err != nil {
+		return ""
+	}
+	return fmt.Sprint(p.PID)
 }
 
 // allowedUIDs: the daemon's own user, and root.
@@ -147,6 +207,16 @@ func (d *Daemon) run() int {
 		// The CLI that started us stops reading stderr once we answer.
 		_ = unix.Dup2(1, 2)
 	}
+	ctx, cancelBG := context.WithCancel(logging.With(context.Background(), d.log))
+	defer cancelBG()
+	d.log.Info("privileged operations", "mode", d.opsMode)
+	if d.vmmError != nil {
+		d.log.Warn("no VMM available", "error", d.vmmError)
+	} else {
+		d.log.Info("vmm", "binary", d.vmm.Binary, "kind", d.vmm.Kind, "why", d.vmm.Reason)
+	}
+	d.vms.Reconcile(ctx)
+	go d.vms.Monitor(ctx, d.helperID)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)

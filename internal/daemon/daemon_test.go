@@ -18,7 +18,20 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodOperationsList,
 		api.MethodDaemonShutdown,
 		api.MethodDaemonStatus,
+		api.MethodImageList,
 		api.MethodPing,
+		api.MethodVMCreate,
+		api.MethodVMDelete,
+		api.MethodVMKill,
+		api.MethodVMList,
+		api.MethodVMLogs,
+		api.MethodVMPrune,
+		api.MethodVMRestart,
+		api.MethodVMSet,
+		api.MethodVMShow,
+		api.MethodVMSSHInfo,
+		api.MethodVMStart,
+		api.MethodVMStop,
 	}
 	if got := d.srv.Methods(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("methods %v, want %v", got, want)

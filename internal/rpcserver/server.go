@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"regexp"
 	"sort"
 	"sync"
 	"time"
@@ -203,6 +204,8 @@ func (s *Server) serveConn(c net.Conn) {
 
 var errTooLong = errors.New("request too long")
 
+var opIDRE = regexp.MustCompile(`^op-[0-9a-f]{6}$`)
+
 func readLine(r *bufio.Reader) ([]byte, error) {
 	var buf []byte
 	for {
@@ -228,6 +231,9 @@ func (s *Server) dispatch(line []byte, cred safesock.Cred) api.Response {
 		s.log.Warn("rpc malformed", "op_id", opID, "error", err.Error())
 		return s.errorResponse(0, opID, errdefs.New(errdefs.BadRequest, "malformed request: %v", err))
 	}
+	if opIDRE.MatchString(req.OpID) {
+		opID = req.OpID
+	}
 	log := s.log.With("op_id", opID, "method", req.Method, "uid", cred.UID)
 	if req.V != api.ProtocolVersion {
 		log.Warn("rpc bad version", "v", req.V)
@@ -249,6 +255,15 @@ func (s *Server) dispatch(line []byte, cred safesock.Cred) api.Response {
 		s.wg.Done()
 	}()
 	ctx := logging.WithOpID(logging.With(s.baseCtx, s.log), opID)
+	ctx = context.WithValue(ctx, stageKey{}, func(stage string) {
+		s.mu.Lock()
+		if op, ok := s.inflight[opID]; ok {
+			op.Stage = stage
+			s.inflight[opID] = op
+		}
+		s.mu.Unlock()
+		log.Debug("rpc stage", "stage", stage)
+	})
 	result, err := s.call(ctx, h, req.Params)
 	dur := time.Since(start)
 	if err != nil {
@@ -292,4 +307,14 @@ func Decode(params json.RawMessage, v any) error {
 		return errdefs.New(errdefs.BadRequest, "bad parameters: %v", err)
 	}
 	return nil
+}
+
+type stageKey struct{}
+
+// SetStage records what the current call is doing, for progress displays
+// (daemon.operations.list shows it). It is a no-op outside a call.
+func SetStage(ctx context.Context, stage string) {
+	if f, ok := ctx.Value(stageKey{}).(func(string)); ok {
+		f(stage)
+	}
 }

@@ -45,7 +45,11 @@ func repoRoot() string {
 func buildBinaries(dir, version, commit string) error {
 	pkg := "github.com/banger-dev/banger/internal/buildinfo"
 	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=2026-11-25T20:00:00Z", pkg, version, pkg, commit, pkg)
-	for _, b := range []string{"banger", "bangerd"} {
+	bins := []string{"banger", "bangerd"}
+	if _, err := os.Stat(filepath.Join(repoRoot(), "cmd", "banger-vmm")); err == nil {
+		bins = append(bins, "banger-vmm")
+	}
+	for _, b := range bins {
 		cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", filepath.Join(dir, b), "./cmd/"+b)
 		cmd.Dir = repoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {

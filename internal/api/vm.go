@@ -1,0 +1,123 @@
+package api
+
+// VM methods.
+const (
+	MethodVMCreate  = "vm.create"
+	MethodVMStart   = "vm.start"
+	MethodVMStop    = "vm.stop"
+	MethodVMRestart = "vm.restart"
+	MethodVMKill    = "vm.kill"
+	MethodVMDelete  = "vm.delete"
+	MethodVMPrune   = "vm.prune"
+	MethodVMSet     = "vm.set"
+	MethodVMList    = "vm.list"
+	MethodVMShow    = "vm.show"
+	MethodVMLogs    = "vm.logs"
+	MethodVMSSHInfo = "vm.ssh_info"
+	MethodImageList = "image.list"
+)
+
+// VM states.
+const (
+	StateCreated  = "created"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// VM is a VM as the daemon reports it.
+type VM struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Image     string    `json:"image"`
+	State     string    `json:"state"`
+	VCPU      int       `json:"vcpu"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	NAT       bool      `json:"nat"`
+	IP        string    `json:"ip"`
+	CreatedAt string    `json:"created_at"`
+	UpdatedAt string    `json:"updated_at"`
+	Runtime   VMRuntime `json:"runtime"`
+}
+
+// VMRuntime is the runtime state kept as JSON in the store.
+type VMRuntime struct {
+	VMM         string `json:"vmm,omitempty"`      // binary path
+	VMMKind     string `json:"vmm_kind,omitempty"` // "firecracker" or "banger-vmm"
+	PID         int    `json:"pid,omitempty"`
+	Tap         string `json:"tap,omitempty"`
+	MAC         string `json:"mac,omitempty"`
+	Dir         string `json:"dir,omitempty"`
+	APISock     string `json:"api_sock,omitempty"`
+	SerialLog   string `json:"serial_log,omitempty"`
+	CloneMethod string `json:"clone_method,omitempty"`
+	StartedAt   string `json:"started_at,omitempty"`
+	StoppedAt   string `json:"stopped_at,omitempty"`
+	// StopReason says why a VM is not running when banger did not stop it.
+	StopReason string `json:"stop_reason,omitempty"`
+	LastError  string `json:"last_error,omitempty"`
+}
+
+// VMCreateParams creates (and by default starts) a VM. Pointers: unset
+// differs from zero, and zero is refused.
+type VMCreateParams struct {
+	Name      string  `json:"name"`
+	Image     string  `json:"image,omitempty"`
+	VCPU      *int    `json:"vcpu,omitempty"`
+	MemoryMiB *int    `json:"memory_mib,omitempty"`
+	DiskSize  *string `json:"disk_size,omitempty"`
+	NAT       bool    `json:"nat,omitempty"`
+	NoStart   bool    `json:"no_start,omitempty"`
+}
+
+// VMRef names a VM by name or id.
+type VMRef struct {
+	Name string `json:"name"`
+}
+
+// VMKillParams picks the signal.
+type VMKillParams struct {
+	Name   string `json:"name"`
+	Signal string `json:"signal,omitempty"`
+}
+
+// VMSetParams changes a stopped VM's resources.
+type VMSetParams struct {
+	Name      string `json:"name"`
+	VCPU      *int   `json:"vcpu,omitempty"`
+	MemoryMiB *int   `json:"memory_mib,omitempty"`
+}
+
+// VMPruneResult lists the deleted VMs.
+type VMPruneResult struct {
+	Deleted []string `json:"deleted"`
+}
+
+// VMLogs is the tail of a VM's serial console.
+type VMLogs struct {
+	Path      string `json:"path"`
+	Text      string `json:"text"`
+	Truncated bool   `json:"truncated"`
+}
+
+// SSHInfo is what a client needs to reach a guest over SSH.
+type SSHInfo struct {
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	Host       string `json:"host"`
+	User       string `json:"user"`
+	KeyPath    string `json:"key_path"`
+	KnownHosts string `json:"known_hosts"`
+}
+
+// Image is a registered image.
+type Image struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Rootfs    string `json:"rootfs"`
+	Kernel    string `json:"kernel"`
+	CreatedAt string `json:"created_at"`
+}

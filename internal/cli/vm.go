@@ -1,0 +1,434 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/client"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) vmCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, run and manage microVMs",
+		Long: `Create, run and manage microVMs.
+
+A VM is long-lived: it keeps its root and /root disks across stop and start
+until you delete it. 'banger vm run' is the one-command path: create, boot,
+then an SSH shell or a command.`,
+		Example: `  banger vm run                          # a fresh VM and an SSH shell
+  banger vm run --rm -- uname -a         # run one command in a throwaway VM
+  banger vm create --name dev --vcpu 2   # a VM to keep
+  banger vm exec dev -- cat /etc/os-release
+  banger vm list`,
+	}
+	cmd.AddCommand(a.vmCreateCmd(), a.vmRefCmd("start", "Start a stopped VM", api.MethodVMStart, "started"),
+		a.vmRefCmd("stop", "Stop a VM cleanly (sync, power off; killed after a timeout)", api.MethodVMStop, "stopped"),
+		a.vmRefCmd("restart", "Stop then start a VM (a fresh boot)", api.MethodVMRestart, "restarted"),
+		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
+		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd())
+	return cmd
+}
+
+// psCmd is the top-level alias of 'vm list'.
+func (a *app) psCmd() *cobra.Command {
+	c := a.vmListCmd()
+	c.Use = "ps"
+	c.Short = "List VMs (alias of 'banger vm list')"
+	c.Example = "  banger ps\n  banger ps --json"
+	return c
+}
+
+type createFlags struct {
+	name, image, disk string
+	vcpu, memory      int
+	nat               bool
+}
+
+func (f *createFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.name, "name", "", "VM name, a DNS label (default: generated, like brisk-otter)")
+	cmd.Flags().StringVar(&f.image, "image", "", "image to boot (default: default_image in config)")
+	cmd.Flags().IntVar(&f.vcpu, "vcpu", 0, "vCPUs (default: vm_defaults.vcpu)")
+	cmd.Flags().IntVar(&f.memory, "memory", 0, "memory in MiB (default: vm_defaults.memory_mib)")
+	cmd.Flags().StringVar(&f.disk, "disk-size", "", "size of the /root work disk, like 2G (default: vm_defaults.disk_size)")
+	cmd.Flags().BoolVar(&f.nat, "nat", false, "give the guest outbound network access through NAT")
+}
+
+func (f *createFlags) params(cmd *cobra.Command) api.VMCreateParams {
+	p := api.VMCreateParams{Name: f.name, Image: f.image, NAT: f.nat}
+	if cmd.Flags().Changed("vcpu") {
+		v := f.vcpu
+		p.VCPU = &v
+	}
+	if cmd.Flags().Changed("memory") {
+		v := f.memory
+		p.MemoryMiB = &v
+	}
+	if cmd.Flags().Changed("disk-size") {
+		v := f.disk
+		p.DiskSize = &v
+	}
+	return p
+}
+
+func (a *app) vmCreateCmd() *cobra.Command {
+	var f createFlags
+	var noStart, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a VM (and start it, unless --no-start)",
+		Example: `  banger vm create --name dev
+  banger vm create --name big --vcpu 2 --memory 2048 --disk-size 4G --nat
+  banger vm create --name later --no-start`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := f.params(cmd)
+			p.NoStart = noStart
+			var v api.VM
+			err = a.withProgress(cmd.Context(), c, "creating VM", func(ctx context.Context) error {
+				return c.Call(ctx, api.MethodVMCreate, p, &v)
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return output.JSON(a.stdout, v)
+			}
+			fmt.Fprintf(a.stdout, "%s %s (%s)\n", v.Name, v.State, v.IP)
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&noStart, "no-start", false, "create the VM's disks but do not boot it")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func exactlyOneVM(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return usageError{fmt.Errorf("%s needs exactly one VM name (got %d arguments)", cmd.CommandPath(), len(args))}
+	}
+	return nil
+}
+
+func (a *app) completeVMs(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	l, err := a.layout()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var vms []api.VM
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := client.New(l.SocketPath()).Call(ctx, api.MethodVMList, nil, &vms); err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, v := range vms {
+		out = append(out, v.Name)
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+func (a *app) vmRefCmd(verb, short, method, done string) *cobra.Command {
+	return &cobra.Command{
+		Use:               verb + " NAME",
+		Short:             short,
+		Example:           fmt.Sprintf("  banger vm %s dev", verb),
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			err = a.withProgress(cmd.Context(), c, verb+" "+args[0], func(ctx context.Context) error {
+				return c.Call(ctx, method, api.VMRef{Name: args[0]}, &v)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s %s\n", v.Name, done)
+			return nil
+		},
+	}
+}
+
+func (a *app) vmKillCmd() *cobra.Command {
+	var sig string
+	cmd := &cobra.Command{
+		Use:               "kill NAME",
+		Short:             "Force-kill a VM's VMM (use when 'vm stop' hangs)",
+		Example:           "  banger vm kill dev\n  banger vm kill dev --signal TERM",
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			if err := c.Call(cmd.Context(), api.MethodVMKill, api.VMKillParams{Name: args[0], Signal: strings.ToUpper(sig)}, &v); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s killed\n", v.Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sig, "signal", "KILL", "signal to send the VMM: KILL, TERM, INT or QUIT")
+	return cmd
+}
+
+func (a *app) vmDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "delete NAME...",
+		Aliases:           []string{"rm"},
+		Short:             "Stop VMs and remove their disks (irreversible)",
+		Example:           "  banger vm delete dev\n  banger vm rm a b c",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, n := range args {
+				err := a.withProgress(cmd.Context(), c, "deleting "+n, func(ctx context.Context) error {
+					return c.Call(ctx, api.MethodVMDelete, api.VMRef{Name: n}, nil)
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s deleted\n", n)
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) vmPruneCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "prune",
+		Short:   "Delete every VM that is not running (running VMs are never touched)",
+		Example: "  banger vm prune\n  banger vm prune -f",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var vms []api.VM
+			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, v := range vms {
+				if v.State != api.StateRunning && v.State != api.StateStarting {
+					rows = append(rows, []string{v.Name, v.State, v.IP})
+				}
+			}
+			if len(rows) == 0 {
+				fmt.Fprintln(a.stdout, "nothing to prune")
+				return nil
+			}
+			if !force {
+				output.Table(a.stdout, []string{"NAME", "STATE", "IP"}, rows)
+				f, ok := a.stdin.(*os.File)
+				if !ok || !output.IsTerminal(f) {
+					return usageError{fmt.Errorf("refusing to delete %d VM(s) without confirmation; use -f", len(rows))}
+				}
+				fmt.Fprintf(a.stdout, "Delete these %d VM(s) and their disks? [y/N] ", len(rows))
+				line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+				if ans := strings.ToLower(strings.TrimSpace(line)); ans != "y" && ans != "yes" {
+					fmt.Fprintln(a.stdout, "nothing deleted")
+					return nil
+				}
+			}
+			var res api.VMPruneResult
+			if err := c.Call(cmd.Context(), api.MethodVMPrune, nil, &res); err != nil {
+				return err
+			}
+			for _, n := range res.Deleted {
+				fmt.Fprintf(a.stdout, "%s deleted\n", n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation")
+	return cmd
+}
+
+func (a *app) vmSetCmd() *cobra.Command {
+	var vcpu, mem int
+	cmd := &cobra.Command{
+		Use:               "set NAME",
+		Short:             "Change a stopped VM's vCPUs or memory",
+		Example:           "  banger vm set dev --vcpu 2 --memory 2048",
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := api.VMSetParams{Name: args[0]}
+			if cmd.Flags().Changed("vcpu") {
+				p.VCPU = &vcpu
+			}
+			if cmd.Flags().Changed("memory") {
+				p.MemoryMiB = &mem
+			}
+			var v api.VM
+			if err := c.Call(cmd.Context(), api.MethodVMSet, p, &v); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s: %d vcpu, %d MiB\n", v.Name, v.VCPU, v.MemoryMiB)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&vcpu, "vcpu", 0, "vCPUs (1-32)")
+	cmd.Flags().IntVar(&mem, "memory", 0, "memory in MiB (at least 128)")
+	return cmd
+}
+
+func age(ts string) string {
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return "-"
+	}
+	d := time.Since(t).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return d.String()
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func (a *app) vmListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Example: "  banger vm list\n  banger vm list --json | jq -r '.[].name'",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var vms []api.VM
+			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
+				return err
+			}
+			if asJSON {
+				return output.JSON(a.stdout, vms)
+			}
+			rows := make([][]string, 0, len(vms))
+			for _, v := range vms {
+				rows = append(rows, []string{v.Name, v.State, v.IP, fmt.Sprint(v.VCPU), fmt.Sprintf("%dM", v.MemoryMiB), v.Image, orDash(v.Runtime.VMMKind), age(v.CreatedAt)})
+			}
+			return output.Table(a.stdout, []string{"NAME", "STATE", "IP", "VCPU", "MEM", "IMAGE", "VMM", "AGE"}, rows)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *app) vmShowCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:               "show NAME",
+		Short:             "Show one VM, including which VMM runs it",
+		Example:           "  banger vm show dev\n  banger vm show dev --json",
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
+				return err
+			}
+			if asJSON {
+				return output.JSON(a.stdout, v)
+			}
+			pairs := [][2]string{
+				{"name", v.Name}, {"id", v.ID}, {"state", v.State}, {"ip", v.IP}, {"image", v.Image},
+				{"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)},
+				{"work disk", fmt.Sprintf("%d MiB", v.DiskBytes>>20)}, {"nat", fmt.Sprint(v.NAT)},
+				{"vmm", orDash(v.Runtime.VMMKind)}, {"vmm binary", orDash(v.Runtime.VMM)}, {"vmm pid", orDash(pidStr(v.Runtime.PID))},
+				{"tap", v.Runtime.Tap}, {"root disk", orDash(v.Runtime.CloneMethod)}, {"created", v.CreatedAt},
+			}
+			if v.Runtime.StopReason != "" {
+				pairs = append(pairs, [2]string{"stop reason", v.Runtime.StopReason})
+			}
+			if v.Runtime.LastError != "" {
+				pairs = append(pairs, [2]string{"last error", v.Runtime.LastError})
+			}
+			return output.KV(a.stdout, pairs)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func pidStr(p int) string {
+	if p == 0 {
+		return ""
+	}
+	return fmt.Sprint(p)
+}
+
+func (a *app) vmLogsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "logs NAME",
+		Short:             "Print a VM's serial console log",
+		Example:           "  banger vm logs dev | tail",
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var l api.VMLogs
+			if err := c.Call(cmd.Context(), api.MethodVMLogs, api.VMRef{Name: args[0]}, &l); err != nil {
+				return err
+			}
+			if l.Truncated {
+				fmt.Fprintf(a.stderr, "(showing the end of %s)\n", l.Path)
+			}
+			fmt.Fprint(a.stdout, l.Text)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) vmRunCmd() *cobra.Command {
+	var f createFlags
+	var rm, detach bool
+	cmd := &cobra.Command{
+		Use:   "run [-- CMD [ARG...]]",
+		Short: "Create and boot a fresh VM, then open a shell or run a command",
+		Long: `Create and boot a fresh VM, then:
+  - with no command: open an interactive SSH shell (the VM keeps running
+    when you leave; 'banger vm stop NAME' stops it);
+  - with '-- CMD': run CMD in the guest and exit with its exit code
+    (128+N when it is killed by signal N).
+
+--rm deletes the VM afterwards whatever the exit code, except when the guest
+never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
+		Example: `  banger vm run
+  banger vm run --rm -- sh -c 'exit 42'; echo $?     # 42
+  banger vm run --name scratch --nat -- ping -c1 10.0.2.2
+  banger vm run -d --name bg                        # create and boot, then return`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if dash := cmd.ArgsLenAtDash(); (dash == -1 && len(args) > 0) || dash > 0 {
+				return usageError{fmt.Errorf("vm run takes no path yet (workspaces come later); put the command after '--'")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if detach && (rm || len(args) > 0) {
+				return usageError{errors.New("-d cannot be combined with --rm or a command")}
+			}
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := f.params(cmd)
+			var v api.VM
+			err = a.withProgress(cmd.Context(), c, "creating VM", func(ctx context.Context) error {
+				return c.Call(ctx, api.MethodVMCreate, p, &v)
+			})
+			if err != nil {
+				return err // a guest that never came up is kept; the error says how to read its logs
+			}
+			if rm {
+				defer func() {
+					// A fresh context: Ctrl-C must not abort the cleanup.
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					defer cancel()
+					if err := c.Call(ctx, api.MethodVMDelete, api.VMRef{Name: v.Name}, nil); err != nil {
+						a.printError(fmt.Errorf("could not delete VM %s: %w", v.Name, err))
+					}
+				}()
+			}
+			if detach {
+				fmt.Fprintf(a.stdout, "%s running (%s); 'banger vm ssh %s' to connect\n", v.Name, v.IP, v.Name)
+				return nil
+			}
+			code, err := a.guestSession(cmd.Context(), c, v.Name, args, !rm)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &ExitCodeError{Code: code}
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the shell or command ends")
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "create and boot the VM, then return")
+	return cmd
+}
+
+func (a *app) vmSSHCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "ssh NAME [-- CMD [ARG...]]",
+		Short:             "Open an SSH shell in a running VM (or run a command)",
+		Example:           "  banger vm ssh dev\n  banger vm ssh dev -- uptime",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			code, err := a.guestSession(cmd.Context(), c, args[0], args[1:], true)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &ExitCodeError{Code: code}
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) vmExecCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec NAME -- CMD [ARG...]",
+		Short: "Run a command in a running VM and exit with its exit code",
+		Example: `  banger vm exec dev -- uname -a
+  banger vm exec dev -- sh -c 'echo $HOME'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 || cmd.ArgsLenAtDash() != 1 {
+				return usageError{errors.New("usage: banger vm exec NAME -- CMD [ARG...]")}
+			}
+			return nil
+		},
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			code, err := a.guestSession(cmd.Context(), c, args[0], args[1:], false)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &ExitCodeError{Code: code}
+			}
+			return nil
+		},
+	}
+}
+
+// guestSession runs argv in the guest (or an interactive shell when argv is
+// empty) with banger's key and pinned host keys, and returns the exit code.
+func (a *app) guestSession(ctx context.Context, c *client.Client, name string, argv []string, remind bool) (int, error) {
+	var info api.SSHInfo
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+		return 0, err
+	}
+	if info.State != api.StateRunning {
+		return 0, fmt.Errorf("VM %s is %s; start it with 'banger vm start %s'", name, info.State, name)
+	}
+	addr := net.JoinHostPort(info.Host, "22")
+	if len(argv) == 0 {
+		code, err := a.interactive(ctx, info, addr)
+		if remind && err == nil {
+			fmt.Fprintf(a.stderr, "%s\n", output.Dim(a.stderr, fmt.Sprintf("VM %s is still running; 'banger vm stop %s' stops it, 'banger vm delete %s' removes it.", name, name, name)))
+		}
+		return code, err
+	}
+	signer, _, err := guestssh.EnsureKey(info.KeyPath)
+	if err != nil {
+		return 0, err
+	}
+	sc, err := guestssh.Dial(ctx, addr, guestssh.DialOptions{User: info.User, Signer: signer, KnownHosts: guestssh.OpenKnownHosts(info.KnownHosts), Timeout: 10 * time.Second})
+	if err != nil {
+		return 0, err
+	}
+	defer sc.Close()
+	var stdin io.Reader = a.stdin
+	if f, ok := a.stdin.(*os.File); ok && output.IsTerminal(f) {
+		stdin = nil // don't hold the terminal for a non-interactive command
+	}
+	return sc.Run(ctx, argv, stdin, a.stdout, a.stderr)
+}
+
+// interactive hands over to the system ssh client when there is one, with
+// banger's key and known_hosts; otherwise it opens a shell itself.
+func (a *app) interactive(ctx context.Context, info api.SSHInfo, addr string) (int, error) {
+	if _, err := exec.LookPath("ssh"); err == nil {
+		args := guestssh.SystemSSHArgs(addr, info.KeyPath, info.KnownHosts)
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), nil
+		}
+		return 0, err
+	}
+	signer, _, err := guestssh.EnsureKey(info.KeyPath)
+	if err != nil {
+		return 0, err
+	}
+	sc, err := guestssh.Dial(ctx, addr, guestssh.DialOptions{User: info.User, Signer: signer, KnownHosts: guestssh.OpenKnownHosts(info.KnownHosts)})
+	if err != nil {
+		return 0, err
+	}
+	defer sc.Close()
+	in, _ := a.stdin.(*os.File)
+	if in == nil {
+		in = os.Stdin
+	}
+	return sc.Shell(ctx, in, a.stdout, a.stderr)
+}

@@ -1,0 +1,37 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/roothelper"
+	"golang.org/x/sys/unix"
+)
+
+// runRootHelper runs bangerd as the root helper.
+func runRootHelper(l paths.Layout, ownerUID, ownerGID int, stderr io.Writer) int {
+	unix.Umask(0o077)
+	if ownerUID < 0 {
+		ownerUID = 0
+	}
+	if ownerGID < 0 {
+		ownerGID = ownerUID
+	}
+	if err := os.MkdirAll(l.HelperRuntimeDir, 0o711); err != nil {
+		fmt.Fprintf(stderr, "bangerd: %v\n", err)
+		return 1
+	}
+	log := logging.New(stderr, os.Getenv("BANGER_LOG_LEVEL")).With("component", "bangerd-root")
+	return roothelper.Main(roothelper.Options{
+		Socket:   l.HelperSocketPath(),
+		LockFile: filepath.Join(l.HelperRuntimeDir, "bangerd-root.lock"),
+		OwnerUID: ownerUID,
+		OwnerGID: ownerGID,
+		Policy:   policyFor(l, ownerUID, ownerGID),
+		Log:      log,
+	}, stderr)
+}

@@ -1,0 +1,110 @@
+package guestssh
+
+import (
+	"net"
+	"strings"
+)
+
+// ShellQuote renders argv as one command line for a POSIX shell (sshd runs the
+// remote command with the user's login shell, `$SHELL -c <line>`), so that the
+// shell hands the program exactly argv. Words made only of characters that are
+// never special to the shell are left bare for readability; every other word,
+// including the empty word, is single-quoted, each embedded single quote
+// being spliced in as \' between quoted runs.
+func ShellQuote(argv []string) string {
+	var b strings.Builder
+	for i, w := range argv {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(quoteWord(w))
+	}
+	return b.String()
+}
+
+func quoteWord(w string) string {
+	if w != "" && isSafeWord(w) {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+}
+
+// isSafeWord reports whether w can be given to a POSIX shell unquoted. '=' is
+// excluded (a leading NAME=value word is an assignment) and so is '~' (tilde
+// expansion).
+func isSafeWord(w string) bool {
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-_./:,+@%", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// StrictHostKeyChecking is the value SystemSSHArgs passes to ssh. accept-new
+// is the same trust-on-first-use policy KnownHosts applies (upstream banger
+// used it for its CLI ssh arguments and ssh_config): an unknown guest is
+// pinned, a changed key is refused.
+const StrictHostKeyChecking = "accept-new"
+
+// SystemSSHArgs returns the full argv (argv[0] is "ssh") for handing an
+// interactive session to the system ssh client as root@addr with banger's key
+// and known_hosts file, ignoring the user's agent, other identities and the
+// global known_hosts file. addr is "host" or "host:port" (IPv6 bracketed when
+// a port is given); -p is added only for a port other than 22.
+//
+// extra is appended after the destination; ssh still parses leading options
+// there (for example "-t"), and the first non-option word starts the remote
+// command. ssh joins remote command words with spaces before the remote shell
+// parses them, so pass a remote command as the single word ShellQuote(argv).
+func SystemSSHArgs(addr, keyPath, knownHostsPath string, extra ...string) []string {
+	host, port := splitHostPort(addr)
+	args := []string{"ssh"}
+	if strings.ContainsAny(keyPath, "%") {
+		// -i paths are %-expanded but stat'ed before expansion, so an
+		// escaped path must go through the config form instead.
+		args = append(args, "-o", "IdentityFile="+sshConfigValue(keyPath))
+	} else {
+		args = append(args, "-i", keyPath)
+	}
+	args = append(args,
+		"-o", "IdentitiesOnly=yes",
+		"-o", "IdentityAgent=none",
+		"-o", "UserKnownHostsFile="+sshConfigValue(knownHostsPath),
+		"-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "StrictHostKeyChecking="+StrictHostKeyChecking,
+		// Keep entries plain so KnownHosts.Remove can always match them, and
+		// never let ssh add keys behind banger's back.
+		"-o", "HashKnownHosts=no",
+		"-o", "UpdateHostKeys=no",
+	)
+	if port != "" && port != "22" {
+		args = append(args, "-p", port)
+	}
+	args = append(args, "root@"+host)
+	return append(args, extra...)
+}
+
+// splitHostPort splits "host:port", "[v6]:port", "[v6]", "v6" or "host".
+func splitHostPort(addr string) (host, port string) {
+	if h, p, err := net.SplitHostPort(addr); err == nil {
+		return h, p
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]"), ""
+}
+
+// sshConfigValue escapes a path for an ssh -o option: '%' is doubled (the
+// option is %-expanded) and a value with blanks, quotes or backslashes is
+// double-quoted (the option line is split on whitespace).
+func sshConfigValue(p string) string {
+	p = strings.ReplaceAll(p, "%", "%%")
+	if !strings.ContainsAny(p, " \t\"'\\") {
+		return p
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(p) + `"`
+}

@@ -1,0 +1,230 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
+)
+
+// VMRecord is a row of vms.
+type VMRecord struct {
+	ID        string
+	Name      string
+	ImageID   string
+	State     string
+	VCPU      int
+	MemoryMiB int
+	DiskBytes int64
+	NAT       bool
+	GuestIP   string
+	CreatedAt string
+	UpdatedAt string
+	Runtime   api.VMRuntime
+}
+
+// ImageRecord is a row of images joined with its kernel.
+type ImageRecord struct {
+	ID        string
+	Name      string
+	Rootfs    string
+	KernelID  string
+	Managed   bool
+	CreatedAt string
+	Meta      map[string]string
+}
+
+// KernelRecord is a row of kernels.
+type KernelRecord struct {
+	ID        string
+	Name      string
+	Version   string
+	Vmlinux   string
+	Vmlinuz   string
+	Initrd    string
+	CreatedAt string
+}
+
+func isUnique(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+const vmCols = `id, name, image_id, state, vcpu, memory_mib, disk_bytes, nat, guest_ip, created_at, updated_at, runtime_json`
+
+func scanVM(sc interface{ Scan(...any) error }) (VMRecord, error) {
+	var r VMRecord
+	var rt string
+	var nat int
+	if err := sc.Scan(&r.ID, &r.Name, &r.ImageID, &r.State, &r.VCPU, &r.MemoryMiB, &r.DiskBytes, &nat, &r.GuestIP, &r.CreatedAt, &r.UpdatedAt, &rt); err != nil {
+		return r, err
+	}
+	r.NAT = nat != 0
+	_ = json.Unmarshal([]byte(rt), &r.Runtime)
+	return r, nil
+}
+
+// InsertVM adds a VM. A duplicate name or IP is already_exists.
+func (s *Store) InsertVM(ctx context.Context, r VMRecord) error {
+	rt, _ := json.Marshal(r.Runtime)
+	_, err := s.DB.ExecContext(ctx, `INSERT INTO vms(`+vmCols+`) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)`,
+		r.ID, r.Name, r.ImageID, r.State, r.VCPU, r.MemoryMiB, r.DiskBytes, boolInt(r.NAT), r.GuestIP, r.CreatedAt, r.UpdatedAt, string(rt))
+	if isUnique(err) {
+		if strings.Contains(err.Error(), "vms.name") {
+			return errdefs.AlreadyExistsf("a VM named %q already exists", r.Name)
+		}
+		return errdefs.AlreadyExistsf("guest IP %s is already taken", r.GuestIP)
+	}
+	return err
+}
+
+// UpdateVM writes every mutable column of a VM.
+func (s *Store) UpdateVM(ctx context.Context, r VMRecord) error {
+	rt, _ := json.Marshal(r.Runtime)
+	res, err := s.DB.ExecContext(ctx, `UPDATE vms SET state=?, vcpu=?, memory_mib=?, disk_bytes=?, nat=?, guest_ip=?, updated_at=?, runtime_json=? WHERE id=?`,
+		r.State, r.VCPU, r.MemoryMiB, r.DiskBytes, boolInt(r.NAT), r.GuestIP, r.UpdatedAt, string(rt), r.ID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errdefs.NotFoundf("no VM with id %s", r.ID)
+	}
+	return nil
+}
+
+// GetVM finds a VM by name, or by id.
+func (s *Store) GetVM(ctx context.Context, nameOrID string) (VMRecord, error) {
+	r, err := scanVM(s.DB.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms WHERE name=? OR id=? ORDER BY name=? DESC LIMIT 1`, nameOrID, nameOrID, nameOrID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, errdefs.NotFoundf("no VM named %q (see 'banger vm list')", nameOrID)
+	}
+	return r, err
+}
+
+// ListVMs returns every VM, by creation time.
+func (s *Store) ListVMs(ctx context.Context) ([]VMRecord, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT `+vmCols+` FROM vms ORDER BY created_at, name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []VMRecord
+	for rows.Next() {
+		r, err := scanVM(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// DeleteVM removes a VM row.
+func (s *Store) DeleteVM(ctx context.Context, id string) error {
+	_, err := s.DB.ExecContext(ctx, `DELETE FROM vms WHERE id=?`, id)
+	return err
+}
+
+// UsedIPs lists the guest IPs in use.
+func (s *Store) UsedIPs(ctx context.Context) (map[string]bool, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT guest_ip FROM vms WHERE guest_ip != ''`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var ip string
+		if err := rows.Scan(&ip); err != nil {
+			return nil, err
+		}
+		out[ip] = true
+	}
+	return out, rows.Err()
+}
+
+// PutKernel inserts or replaces a kernel by name.
+func (s *Store) PutKernel(ctx context.Context, k KernelRecord) error {
+	_, err := s.DB.ExecContext(ctx, `INSERT INTO kernels(id, name, version, vmlinux, vmlinuz, initrd, created_at) VALUES(?,?,?,?,?,?,?)
+		ON CONFLICT(name) DO UPDATE SET version=excluded.version, vmlinux=excluded.vmlinux, vmlinuz=excluded.vmlinuz, initrd=excluded.initrd`,
+		k.ID, k.Name, k.Version, k.Vmlinux, k.Vmlinuz, k.Initrd, k.CreatedAt)
+	return err
+}
+
+// GetKernel finds a kernel by id or name.
+func (s *Store) GetKernel(ctx context.Context, idOrName string) (KernelRecord, error) {
+	var k KernelRecord
+	err := s.DB.QueryRowContext(ctx, `SELECT id, name, version, vmlinux, vmlinuz, initrd, created_at FROM kernels WHERE id=? OR name=? LIMIT 1`, idOrName, idOrName).
+		Scan(&k.ID, &k.Name, &k.Version, &k.Vmlinux, &k.Vmlinuz, &k.Initrd, &k.CreatedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, errdefs.NotFoundf("no kernel %q", idOrName)
+	}
+	return k, err
+}
+
+// PutImage inserts an image; a duplicate name is already_exists.
+func (s *Store) PutImage(ctx context.Context, im ImageRecord) error {
+	meta, _ := json.Marshal(im.Meta)
+	_, err := s.DB.ExecContext(ctx, `INSERT INTO images(id, name, rootfs, kernel_id, managed, created_at, meta_json) VALUES(?,?,?,?,?,?,?)`,
+		im.ID, im.Name, im.Rootfs, nullable(im.KernelID), boolInt(im.Managed), im.CreatedAt, string(meta))
+	if isUnique(err) {
+		return errdefs.AlreadyExistsf("an image named %q already exists", im.Name)
+	}
+	return err
+}
+
+const imageCols = `id, name, rootfs, COALESCE(kernel_id, ''), managed, created_at, meta_json`
+
+func scanImage(sc interface{ Scan(...any) error }) (ImageRecord, error) {
+	var im ImageRecord
+	var managed int
+	var meta string
+	err := sc.Scan(&im.ID, &im.Name, &im.Rootfs, &im.KernelID, &managed, &im.CreatedAt, &meta)
+	im.Managed = managed != 0
+	_ = json.Unmarshal([]byte(meta), &im.Meta)
+	return im, err
+}
+
+// GetImage finds an image by name or id.
+func (s *Store) GetImage(ctx context.Context, nameOrID string) (ImageRecord, error) {
+	im, err := scanImage(s.DB.QueryRowContext(ctx, `SELECT `+imageCols+` FROM images WHERE name=? OR id=? LIMIT 1`, nameOrID, nameOrID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return im, errdefs.NotFoundf("no image named %q (see 'banger image list')", nameOrID)
+	}
+	return im, err
+}
+
+// ListImages returns every image.
+func (s *Store) ListImages(ctx context.Context) ([]ImageRecord, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT `+imageCols+` FROM images ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []ImageRecord
+	for rows.Next() {
+		im, err := scanImage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, im)
+	}
+	return out, rows.Err()
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

@@ -1,0 +1,806 @@
+// Package vm is the VM service: create, start, stop, restart, kill, delete,
+// prune and set, with per-VM locks, a step log that unwinds in reverse on
+// failure, a monitor that notices VMMs that exit, and reconcile after a
+// daemon or root-helper restart (live VMMs are re-adopted untouched; dead
+// ones are cleaned up and marked stopped with the reason).
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/privops"
+	"github.com/banger-dev/banger/internal/rpcserver"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmdir"
+	"github.com/banger-dev/banger/internal/vmm"
+	"golang.org/x/crypto/ssh"
+)
+
+// Timeouts.
+var (
+	SSHReadyTimeout = 120 * time.Second
+	StopTimeout     = 20 * time.Second
+)
+
+// Service runs VMs.
+type Service struct {
+	Store  *store.Store
+	Images *image.Service
+	Ops    privops.Ops
+	Layout paths.Layout
+	Config config.Config
+	Log    *slog.Logger
+	VMM    VMMChoice
+
+	KeyPath    string
+	signer     ssh.Signer
+	authKey    string
+	KnownHosts *guestssh.KnownHosts
+
+	mu       sync.Mutex
+	locks    map[string]*sync.Mutex
+	createMu sync.Mutex
+}
+
+// VMMChoice is the VMM binary in use and what it is.
+type VMMChoice struct {
+	Binary string
+	Kind   string // "firecracker" or "banger-vmm"
+	Reason string
+}
+
+// Init loads banger's SSH key (creating it if needed).
+func (s *Service) Init() error {
+	signer, auth, err := guestssh.EnsureKey(s.KeyPath)
+	if err != nil {
+		return fmt.Errorf("ssh key %s: %w", s.KeyPath, err)
+	}
+	s.signer, s.authKey = signer, auth
+	return nil
+}
+
+func (s *Service) lockVM(id string) func() {
+	s.mu.Lock()
+	if s.locks == nil {
+		s.locks = map[string]*sync.Mutex{}
+	}
+	l := s.locks[id]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.locks[id] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
+
+// ToAPI converts a record for the wire.
+func (s *Service) ToAPI(ctx context.Context, r store.VMRecord) api.VM {
+	img := r.ImageID
+	if im, err := s.Store.GetImage(ctx, r.ImageID); err == nil {
+		img = im.Name
+	}
+	return api.VM{ID: r.ID, Name: r.Name, Image: img, State: r.State, VCPU: r.VCPU, MemoryMiB: r.MemoryMiB,
+		DiskBytes: r.DiskBytes, NAT: r.NAT, IP: r.GuestIP, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Runtime: r.Runtime}
+}
+
+// steps records what a multi-step operation did, to unwind it in reverse.
+type steps struct {
+	log   *slog.Logger
+	undos []struct {
+		name string
+		fn   func() error
+	}
+}
+
+func (st *steps) did(name string, undo func() error) {
+	st.undos = append(st.undos, struct {
+		name string
+		fn   func() error
+	}{name, undo})
+}
+
+func (st *steps) unwind() {
+	for i := len(st.undos) - 1; i >= 0; i-- {
+		u := st.undos[i]
+		if err := u.fn(); err != nil {
+			st.log.Warn("unwind step failed", "step", u.name, "error", err)
+		} else {
+			st.log.Info("unwound", "step", u.name)
+		}
+	}
+	st.undos = nil
+}
+
+// Create validates everything, then records the VM, prepares its disks and
+// (unless NoStart) starts it. On failure nothing is left, except a VM whose
+// guest booted but never answered SSH: it is kept so 'vm logs' can say why.
+func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.Writer) (api.VM, error) {
+	log := logging.From(ctx)
+	if p.Name == "" {
+		p.Name = GenerateName()
+	}
+	if err := ValidateName(p.Name); err != nil {
+		return api.VM{}, err
+	}
+	vcpu, mem := s.Config.VMDefaults.VCPU, s.Config.VMDefaults.MemoryMiB
+	if p.VCPU != nil {
+		vcpu = *p.VCPU
+	}
+	if p.MemoryMiB != nil {
+		mem = *p.MemoryMiB
+	}
+	if vcpu < 1 || vcpu > 32 {
+		return api.VM{}, errdefs.BadRequestf("invalid --vcpu %d: must be 1-32", vcpu)
+	}
+	if mem < 128 {
+		return api.VM{}, errdefs.BadRequestf("invalid --memory %d MiB: at least 128 MiB is needed", mem)
+	}
+	diskStr := s.Config.VMDefaults.DiskSize
+	if p.DiskSize != nil {
+		diskStr = *p.DiskSize
+	}
+	diskBytes, err := config.ParseSize(diskStr)
+	if err != nil || diskBytes < 64<<20 {
+		return api.VM{}, errdefs.BadRequestf("invalid --disk-size %q: use a size like 512M or 2G (at least 64M)", diskStr)
+	}
+	imgName := p.Image
+	if imgName == "" {
+		imgName = s.Config.DefaultImage
+	}
+	if err := s.Images.Known(ctx, imgName); err != nil {
+		return api.VM{}, err
+	}
+	if _, err := s.Store.GetVM(ctx, p.Name); err == nil {
+		return api.VM{}, errdefs.AlreadyExistsf("a VM named %q already exists", p.Name)
+	}
+	rpcserver.SetStage(ctx, "resolving image "+imgName)
+	res, err := s.Images.Resolve(ctx, imgName, progress)
+	if err != nil {
+		return api.VM{}, err
+	}
+
+	st := &steps{log: log}
+	s.createMu.Lock()
+	used, err := s.Store.UsedIPs(ctx)
+	if err != nil {
+		s.createMu.Unlock()
+		return api.VM{}, err
+	}
+	ip, err := allocateIP(s.Config.Network(), used)
+	if err != nil {
+		s.createMu.Unlock()
+		return api.VM{}, err
+	}
+	id := newID()
+	dir := vmdir.New(s.Layout.VMsDir(), id)
+	rec := store.VMRecord{
+		ID: id, Name: p.Name, ImageID: res.Image.ID, State: api.StateCreated, VCPU: vcpu, MemoryMiB: mem,
+		DiskBytes: diskBytes, NAT: p.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
+		Runtime: api.VMRuntime{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog()},
+	}
+	err = s.Store.InsertVM(ctx, rec)
+	s.createMu.Unlock()
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := s.lockVM(id)
+	defer unlock()
+	st.did("record vm", func() error { return s.Store.DeleteVM(context.Background(), id) })
+	log.Info("vm recorded", "vm", p.Name, "id", id, "ip", ip.String())
+
+	rpcserver.SetStage(ctx, "preparing disks")
+	st.did("vm dir", func() error {
+		return s.Ops.RemoveVMDir(context.Background(), privops.VMDirReq{VMDir: dir.Path()})
+	})
+	dr, err := s.Ops.PrepareDisks(ctx, privops.DisksReq{
+		VMDir: dir.Path(), BaseRootfs: res.Image.Rootfs, Rootfs: dir.Rootfs(), WorkDisk: dir.WorkDisk(),
+		WorkDiskBytes: diskBytes, AuthorizedKey: s.authKey,
+	})
+	if err != nil {
+		st.unwind()
+		return api.VM{}, fmt.Errorf("prepare disks: %w", err)
+	}
+	rec.Runtime.CloneMethod = dr.CloneMethod
+	if dr.CloneMethod == "sparse-copy" && progress != nil {
+		fmt.Fprintln(progress, "warning: no reflink support under the state dir; the root disk is a sparse copy, so create costs O(image size)")
+	}
+	rec.UpdatedAt = now()
+	if err := s.Store.UpdateVM(ctx, rec); err != nil {
+		st.unwind()
+		return api.VM{}, err
+	}
+	if p.NoStart {
+		return s.ToAPI(ctx, rec), nil
+	}
+	rec, err = s.start(ctx, rec, res)
+	if err != nil {
+		var nr *notReadyError
+		if errors.As(err, &nr) {
+			// Keep the evidence: the guest is up but silent.
+			return s.ToAPI(ctx, rec), err
+		}
+		st.unwind()
+		return api.VM{}, err
+	}
+	return s.ToAPI(ctx, rec), nil
+}
+
+// notReadyError: the VMM runs but the guest never answered SSH.
+type notReadyError struct {
+	name string
+	err  error
+}
+
+func (e *notReadyError) Error() string {
+	return fmt.Sprintf("VM %s booted but its guest did not answer SSH (%v); it was kept: read 'banger vm logs %s', then 'banger vm delete %s'", e.name, e.err, e.name, e.name)
+}
+
+func (s *Service) bootArgs(rec store.VMRecord) string {
+	gw := gateway(s.Config.Network())
+	return fmt.Sprintf("console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet banger.ip=%s/%d banger.gw=%s banger.hostname=%s",
+		rec.GuestIP, gw.Bits(), gw.Addr(), rec.Name)
+}
+
+// start boots a recorded VM whose disks exist. The caller holds the VM lock.
+func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resolved) (store.VMRecord, error) {
+	log := logging.From(ctx).With("vm", rec.Name)
+	st := &steps{log: log}
+	dir := vmdir.Dir(rec.Runtime.Dir)
+	tap := rec.Runtime.Tap
+	gw := gateway(s.Config.Network())
+
+	rpcserver.SetStage(ctx, "network")
+	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String()}); err != nil {
+		return rec, fmt.Errorf("bridge %s: %w", s.Config.BridgeName, err)
+	}
+	if err := s.Ops.CreateTap(ctx, privops.TapReq{Name: tap, Bridge: s.Config.BridgeName}); err != nil {
+		return rec, fmt.Errorf("tap %s: %w", tap, err)
+	}
+	st.did("tap", func() error { return s.Ops.DeleteTap(context.Background(), privops.TapReq{Name: tap}) })
+	if rec.NAT {
+		if err := s.Ops.AddNAT(ctx, privops.NATReq{GuestIP: rec.GuestIP, Tap: tap}); err != nil {
+			st.unwind()
+			return rec, fmt.Errorf("nat: %w", err)
+		}
+		st.did("nat", func() error {
+			return s.Ops.RemoveNAT(context.Background(), privops.NATReq{GuestIP: rec.GuestIP, Tap: tap})
+		})
+	}
+	// Leftovers of a VMM that died without cleanup would fail validation.
+	os.Remove(dir.APISock())
+	os.Remove(dir.PIDFile())
+	rpcserver.SetStage(ctx, "booting")
+	rec.State = api.StateStarting
+	rec.UpdatedAt = now()
+	_ = s.Store.UpdateVM(ctx, rec)
+	lr, err := s.Ops.LaunchVMM(ctx, privops.LaunchReq{
+		ID: rec.ID, Binary: s.VMM.Binary, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(),
+		Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec), Rootfs: dir.Rootfs(),
+		Drives: []string{dir.WorkDisk()}, Tap: tap, MAC: rec.Runtime.MAC, VCPU: int64(rec.VCPU), MemMiB: int64(rec.MemoryMiB),
+	})
+	if err != nil {
+		st.unwind()
+		rec.State = api.StateStopped
+		rec.Runtime.LastError = err.Error()
+		rec.UpdatedAt = now()
+		_ = s.Store.UpdateVM(context.Background(), rec)
+		return rec, fmt.Errorf("launch VMM: %w", err)
+	}
+	rec.State = api.StateRunning
+	rec.Runtime.PID = lr.PID
+	rec.Runtime.VMM = s.VMM.Binary
+	rec.Runtime.VMMKind = s.VMM.Kind
+	rec.Runtime.StartedAt = now()
+	rec.Runtime.StopReason = ""
+	rec.Runtime.LastError = ""
+	rec.UpdatedAt = now()
+	if err := s.Store.UpdateVM(ctx, rec); err != nil {
+		return rec, err
+	}
+	log.Info("vmm launched", "pid", lr.PID, "vmm", s.VMM.Kind)
+
+	rpcserver.SetStage(ctx, "waiting for ssh")
+	wctx, cancel := context.WithTimeout(ctx, SSHReadyTimeout)
+	defer cancel()
+	c, err := guestssh.WaitReady(wctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions(), 250*time.Millisecond)
+	if err != nil {
+		rec.State = api.StateError
+		rec.Runtime.LastError = "guest did not answer SSH: " + err.Error()
+		rec.UpdatedAt = now()
+		_ = s.Store.UpdateVM(context.Background(), rec)
+		return rec, &notReadyError{name: rec.Name, err: err}
+	}
+	c.Close()
+	log.Info("vm ready", "ip", rec.GuestIP)
+	return rec, nil
+}
+
+func (s *Service) dialOptions() guestssh.DialOptions {
+	return guestssh.DialOptions{User: "root", Signer: s.signer, KnownHosts: s.KnownHosts, Timeout: 5 * time.Second}
+}
+
+func (s *Service) get(ctx context.Context, name string) (store.VMRecord, func(), error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return rec, nil, err
+	}
+	unlock := s.lockVM(rec.ID)
+	// Re-read under the lock.
+	rec, err = s.Store.GetVM(ctx, rec.ID)
+	if err != nil {
+		unlock()
+		return rec, nil, err
+	}
+	return rec, unlock, nil
+}
+
+// Start boots a stopped VM.
+func (s *Service) Start(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if s.live(ctx, rec) {
+		return s.ToAPI(ctx, rec), errdefs.New(errdefs.BadRequest, "VM %s is already running", rec.Name)
+	}
+	res, err := s.Images.Resolve(ctx, s.imageName(ctx, rec), nil)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if _, err := os.Stat(vmdir.Dir(rec.Runtime.Dir).Rootfs()); err != nil {
+		return api.VM{}, fmt.Errorf("VM %s has no root disk (%v); delete and recreate it", rec.Name, err)
+	}
+	rec, err = s.start(ctx, rec, res)
+	return s.ToAPI(ctx, rec), err
+}
+
+func (s *Service) imageName(ctx context.Context, rec store.VMRecord) string {
+	if im, err := s.Store.GetImage(ctx, rec.ImageID); err == nil {
+		return im.Name
+	}
+	return rec.ImageID
+}
+
+// live reports whether the VM's VMM is running (and really is its VMM).
+func (s *Service) live(ctx context.Context, rec store.VMRecord) bool {
+	if rec.Runtime.Dir == "" {
+		return false
+	}
+	d := vmdir.Dir(rec.Runtime.Dir)
+	pid, err := vmm.ReadPID(d.PIDFile())
+	if err != nil {
+		return false
+	}
+	return vmm.Identify(pid, d.APISock()) == nil
+}
+
+// Stop shuts the guest down cleanly: sync and reboot over SSH (which ends
+// the VMM, as on Firecracker), then Ctrl-Alt-Del, then SIGKILL after a
+// timeout. Data synced before the kill is never lost.
+func (s *Service) Stop(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	rec, err = s.stop(ctx, rec, "")
+	return s.ToAPI(ctx, rec), err
+}
+
+func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (store.VMRecord, error) {
+	log := logging.From(ctx).With("vm", rec.Name)
+	d := vmdir.Dir(rec.Runtime.Dir)
+	pid, perr := vmm.ReadPID(d.PIDFile())
+	if perr == nil && vmm.Identify(pid, d.APISock()) == nil {
+		rpcserver.SetStage(ctx, "shutting down the guest")
+		rec.State = api.StateStopping
+		_ = s.Store.UpdateVM(ctx, rec)
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if c, err := guestssh.Dial(sctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions()); err == nil {
+			_, err := c.RunScript(sctx, "sync; (sleep 0.2; sync; reboot -f) >/dev/null 2>&1 </dev/null &", nil, io.Discard, io.Discard)
+			if err != nil {
+				log.Warn("guest shutdown command failed", "error", err)
+			}
+			c.Close()
+		} else {
+			log.Warn("guest not reachable over SSH for a clean shutdown", "error", err)
+		}
+		cancel()
+		if !s.waitGone(ctx, pid, StopTimeout) {
+			log.Warn("guest did not power off in time; sending Ctrl-Alt-Del")
+			_ = vmm.SendCtrlAltDel(ctx, d.APISock())
+			if !s.waitGone(ctx, pid, 5*time.Second) {
+				log.Warn("killing the VMM")
+				_ = s.Ops.KillVMM(ctx, privops.KillReq{PIDFile: d.PIDFile(), APISock: d.APISock(), Signal: "KILL"})
+				s.waitGone(ctx, pid, 10*time.Second)
+			}
+		}
+	}
+	return s.cleanup(ctx, rec, reason)
+}
+
+func (s *Service) waitGone(ctx context.Context, pid int, d time.Duration) bool {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return vmm.WaitExit(wctx, pid) == nil
+}
+
+// cleanup releases a non-running VM's tap, NAT rules and transient files
+// and marks it stopped.
+func (s *Service) cleanup(ctx context.Context, rec store.VMRecord, reason string) (store.VMRecord, error) {
+	var errs []error
+	if rec.Runtime.Tap != "" {
+		if err := s.Ops.DeleteTap(ctx, privops.TapReq{Name: rec.Runtime.Tap}); err != nil {
+			errs = append(errs, fmt.Errorf("delete tap: %w", err))
+		}
+		if rec.NAT {
+			if err := s.Ops.RemoveNAT(ctx, privops.NATReq{GuestIP: rec.GuestIP, Tap: rec.Runtime.Tap}); err != nil {
+				errs = append(errs, fmt.Errorf("remove nat: %w", err))
+			}
+		}
+	}
+	if rec.Runtime.Dir != "" {
+		d := vmdir.Dir(rec.Runtime.Dir)
+		for _, p := range []string{d.APISock(), d.PIDFile()} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if rec.State != api.StateCreated || rec.Runtime.StartedAt != "" {
+		rec.State = api.StateStopped
+	}
+	rec.Runtime.PID = 0
+	rec.Runtime.StoppedAt = now()
+	rec.Runtime.StopReason = reason
+	rec.UpdatedAt = now()
+	if err := s.Store.UpdateVM(context.Background(), rec); err != nil {
+		errs = append(errs, err)
+	}
+	return rec, errors.Join(errs...)
+}
+
+// Restart stops then starts a VM.
+func (s *Service) Restart(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if rec, err = s.stop(ctx, rec, ""); err != nil {
+		return s.ToAPI(ctx, rec), err
+	}
+	res, err := s.Images.Resolve(ctx, s.imageName(ctx, rec), nil)
+	if err != nil {
+		return api.VM{}, err
+	}
+	rec, err = s.start(ctx, rec, res)
+	return s.ToAPI(ctx, rec), err
+}
+
+// Kill signals the VMM (default SIGKILL) and cleans up.
+func (s *Service) Kill(ctx context.Context, p api.VMKillParams) (api.VM, error) {
+	sig := p.Signal
+	if len(sig) > 3 && sig[:3] == "SIG" {
+		sig = sig[3:]
+	}
+	if _, ok := privops.Signals[sig]; !ok {
+		return api.VM{}, errdefs.BadRequestf("invalid --signal %q: use KILL, TERM, INT or QUIT", p.Signal)
+	}
+	rec, unlock, err := s.get(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	d := vmdir.Dir(rec.Runtime.Dir)
+	if pid, err := vmm.ReadPID(d.PIDFile()); err == nil {
+		if err := s.Ops.KillVMM(ctx, privops.KillReq{PIDFile: d.PIDFile(), APISock: d.APISock(), Signal: sig}); err != nil {
+			return s.ToAPI(ctx, rec), err
+		}
+		if !s.waitGone(ctx, pid, 10*time.Second) {
+			return s.ToAPI(ctx, rec), fmt.Errorf("VMM pid %d still running after SIG%s; try --signal KILL", pid, orKill(sig))
+		}
+	}
+	rec, err = s.cleanup(ctx, rec, "killed with SIG"+orKill(sig))
+	return s.ToAPI(ctx, rec), err
+}
+
+func orKill(s string) string {
+	if s == "" {
+		return "KILL"
+	}
+	return s
+}
+
+// Delete stops a VM if needed and removes its disks, record and SSH pin.
+func (s *Service) Delete(ctx context.Context, name string) error {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.delete(ctx, rec)
+}
+
+func (s *Service) delete(ctx context.Context, rec store.VMRecord) error {
+	var err error
+	if rec, err = s.stop(ctx, rec, ""); err != nil {
+		logging.From(ctx).Warn("cleanup before delete", "vm", rec.Name, "error", err)
+	}
+	if rec.Runtime.Dir != "" {
+		if err := s.Ops.RemoveVMDir(ctx, privops.VMDirReq{VMDir: rec.Runtime.Dir}); err != nil {
+			return fmt.Errorf("remove %s: %w", rec.Runtime.Dir, err)
+		}
+	}
+	if rec.GuestIP != "" {
+		if err := s.KnownHosts.Remove(rec.GuestIP); err != nil {
+			logging.From(ctx).Warn("known_hosts cleanup", "error", err)
+		}
+	}
+	logging.From(ctx).Info("vm deleted", "vm", rec.Name, "id", rec.ID)
+	return s.Store.DeleteVM(ctx, rec.ID)
+}
+
+// Prune deletes every VM that is not running.
+func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
+	out := api.VMPruneResult{Deleted: []string{}}
+	recs, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return out, err
+	}
+	var errs []error
+	for _, r := range recs {
+		rec, unlock, err := s.get(ctx, r.ID)
+		if err != nil {
+			continue
+		}
+		if rec.State == api.StateRunning || rec.State == api.StateStarting || s.live(ctx, rec) {
+			unlock()
+			continue
+		}
+		if err := s.delete(ctx, rec); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", rec.Name, err))
+		} else {
+			out.Deleted = append(out.Deleted, rec.Name)
+		}
+		unlock()
+	}
+	return out, errors.Join(errs...)
+}
+
+// Set changes a stopped VM's vCPUs or memory.
+func (s *Service) Set(ctx context.Context, p api.VMSetParams) (api.VM, error) {
+	if p.VCPU == nil && p.MemoryMiB == nil {
+		return api.VM{}, errdefs.BadRequestf("nothing to change: give --vcpu and/or --memory")
+	}
+	if p.VCPU != nil && (*p.VCPU < 1 || *p.VCPU > 32) {
+		return api.VM{}, errdefs.BadRequestf("invalid --vcpu %d: must be 1-32", *p.VCPU)
+	}
+	if p.MemoryMiB != nil && *p.MemoryMiB < 128 {
+		return api.VM{}, errdefs.BadRequestf("invalid --memory %d MiB: at least 128 MiB is needed", *p.MemoryMiB)
+	}
+	rec, unlock, err := s.get(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if s.live(ctx, rec) {
+		return api.VM{}, errdefs.BadRequestf("VM %s is running; stop it first ('banger vm stop %s')", rec.Name, rec.Name)
+	}
+	if p.VCPU != nil {
+		rec.VCPU = *p.VCPU
+	}
+	if p.MemoryMiB != nil {
+		rec.MemoryMiB = *p.MemoryMiB
+	}
+	rec.UpdatedAt = now()
+	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+}
+
+// List returns every VM.
+func (s *Service) List(ctx context.Context) ([]api.VM, error) {
+	recs, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.VM{}
+	for _, r := range recs {
+		out = append(out, s.ToAPI(ctx, r))
+	}
+	return out, nil
+}
+
+// Show returns one VM.
+func (s *Service) Show(ctx context.Context, name string) (api.VM, error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return s.ToAPI(ctx, rec), nil
+}
+
+// Logs returns the tail of the serial console.
+func (s *Service) Logs(ctx context.Context, name string) (api.VMLogs, error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return api.VMLogs{}, err
+	}
+	const max = 512 << 10
+	out := api.VMLogs{Path: rec.Runtime.SerialLog}
+	f, err := os.Open(rec.Runtime.SerialLog)
+	if errors.Is(err, os.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return out, err
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	if fi.Size() > max {
+		_, _ = f.Seek(-max, io.SeekEnd)
+		out.Truncated = true
+	}
+	b, err := io.ReadAll(f)
+	out.Text = string(b)
+	return out, err
+}
+
+// SSHInfo tells a client how to reach the guest.
+func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return api.SSHInfo{}, err
+	}
+	return api.SSHInfo{Name: rec.Name, State: rec.State, Host: rec.GuestIP, User: "root", KeyPath: s.KeyPath, KnownHosts: s.KnownHosts.Path()}, nil
+}
+
+// Reconcile checks every VM recorded as running: a live VMM (pidfile,
+// identity, answering API) is re-adopted untouched; a dead one is cleaned up
+// and marked stopped with the reason. Leftover taps and VM directories with
+// no record are removed and logged.
+func (s *Service) Reconcile(ctx context.Context) {
+	log := logging.From(ctx)
+	recs, err := s.Store.ListVMs(ctx)
+	if err != nil {
+		log.Error("reconcile: list vms", "error", err)
+		return
+	}
+	known := map[string]bool{}
+	taps := map[string]bool{}
+	for _, r := range recs {
+		known[r.ID] = true
+		unlock := s.lockVM(r.ID)
+		rec, err := s.Store.GetVM(ctx, r.ID)
+		if err != nil {
+			unlock()
+			continue
+		}
+		switch rec.State {
+		case api.StateRunning, api.StateStarting, api.StateStopping, api.StateError:
+			d := vmdir.Dir(rec.Runtime.Dir)
+			pid, err := vmm.Find(ctx, d.PIDFile(), d.APISock())
+			if err == nil {
+				taps[rec.Runtime.Tap] = true
+				if rec.Runtime.PID != pid || (rec.State != api.StateRunning && rec.State != api.StateError) {
+					rec.Runtime.PID = pid
+					rec.State = api.StateRunning
+					_ = s.Store.UpdateVM(ctx, rec)
+				}
+				log.Info("reconcile: re-adopted running VM", "vm", rec.Name, "pid", pid)
+				break
+			}
+			reason := "the VMM was gone when banger checked (" + err.Error() + ")"
+			if _, err := s.cleanup(ctx, rec, reason); err != nil {
+				log.Warn("reconcile: cleanup", "vm", rec.Name, "error", err)
+			}
+			log.Warn("reconcile: VM marked stopped", "vm", rec.Name, "reason", reason)
+		}
+		unlock()
+	}
+	if list, err := s.Ops.ListTaps(ctx); err == nil {
+		for _, t := range list {
+			if !taps[t] && !s.tapInUse(ctx, t) {
+				log.Warn("reconcile: removing leftover tap", "tap", t)
+				_ = s.Ops.DeleteTap(ctx, privops.TapReq{Name: t})
+			}
+		}
+	} else {
+		log.Warn("reconcile: list taps", "error", err)
+	}
+	entries, _ := os.ReadDir(s.Layout.VMsDir())
+	for _, e := range entries {
+		if e.IsDir() && !known[e.Name()] {
+			p := filepath.Join(s.Layout.VMsDir(), e.Name())
+			d := vmdir.Dir(p)
+			if pid, err := vmm.ReadPID(d.PIDFile()); err == nil && vmm.Identify(pid, d.APISock()) == nil {
+				log.Warn("reconcile: unrecorded VM directory has a live VMM; killing it", "dir", p, "pid", pid)
+				_ = s.Ops.KillVMM(ctx, privops.KillReq{PIDFile: d.PIDFile(), APISock: d.APISock(), Signal: "KILL"})
+				s.waitGone(ctx, pid, 5*time.Second)
+			}
+			log.Warn("reconcile: removing unrecorded VM directory", "dir", p)
+			_ = s.Ops.RemoveVMDir(ctx, privops.VMDirReq{VMDir: p})
+		}
+	}
+}
+
+func (s *Service) tapInUse(ctx context.Context, tap string) bool {
+	recs, _ := s.Store.ListVMs(ctx)
+	for _, r := range recs {
+		if r.Runtime.Tap == tap && (r.State == api.StateRunning || r.State == api.StateStarting || r.State == api.StateError || r.State == api.StateStopping) {
+			return true
+		}
+	}
+	return false
+}
+
+// Monitor notices VMMs that exit while the daemon runs (a guest reboot or
+// power-off, or a kill behind banger's back) and cleans up after them. It
+// also reconciles when the root helper restarts.
+func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) string) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	lastHelper := ""
+	if helperID != nil {
+		lastHelper = helperID(ctx)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if helperID != nil {
+			if id := helperID(ctx); id != "" && id != lastHelper {
+				if lastHelper != "" {
+					logging.From(ctx).Info("root helper restarted; reconciling", "helper", id)
+					s.Reconcile(ctx)
+				}
+				lastHelper = id
+			}
+		}
+		recs, err := s.Store.ListVMs(ctx)
+		if err != nil {
+			continue
+		}
+		for _, r := range recs {
+			if (r.State != api.StateRunning && r.State != api.StateError) || r.Runtime.PID == 0 || vmm.Alive(r.Runtime.PID) {
+				continue
+			}
+			s.mu.Lock()
+			l := s.locks[r.ID]
+			s.mu.Unlock()
+			if l != nil && !l.TryLock() {
+				continue // an operation is in progress on it
+			}
+			rec, err := s.Store.GetVM(ctx, r.ID)
+			if err == nil && (rec.State == api.StateRunning || rec.State == api.StateError) && rec.Runtime.PID != 0 && !vmm.Alive(rec.Runtime.PID) {
+				reason := "the VMM exited (guest reboot or power-off, or killed outside banger)"
+				logging.From(ctx).Warn("vm stopped behind banger's back", "vm", rec.Name, "pid", rec.Runtime.PID)
+				_, _ = s.cleanup(ctx, rec, reason)
+			}
+			if l != nil {
+				l.Unlock()
+			}
+		}
+	}
+}

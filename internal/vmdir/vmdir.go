@@ -1,0 +1,44 @@
+// Package vmdir names every file in a VM's directory, so the daemon, the
+// root helper and reconcile agree on one layout:
+//
+//	<state>/vms/<id>/
+//	  rootfs.ext4   copy-on-write root disk (reflink or sparse copy of the image)
+//	  work.ext4     the /root work disk
+//	  api.sock      the VMM's Firecracker API socket
+//	  vmm.pid       pidfile of the VMM, beside its socket
+//	  serial.log    the guest's serial console (the VMM's stdout/stderr)
+//	  vmm.log       the VMM's own log (PUT /logger)
+//	  seed/         transient: files copied into a fresh work disk
+package vmdir
+
+import "path/filepath"
+
+// Dir is one VM's directory.
+type Dir string
+
+// New returns the directory of VM id under vmsDir.
+func New(vmsDir, id string) Dir { return Dir(filepath.Join(vmsDir, id)) }
+
+// Path is the directory itself.
+func (d Dir) Path() string { return string(d) }
+
+// Rootfs is the VM's root disk.
+func (d Dir) Rootfs() string { return filepath.Join(string(d), "rootfs.ext4") }
+
+// WorkDisk is the /root disk.
+func (d Dir) WorkDisk() string { return filepath.Join(string(d), "work.ext4") }
+
+// APISock is the VMM's API socket.
+func (d Dir) APISock() string { return filepath.Join(string(d), "api.sock") }
+
+// PIDFile is the VMM's pidfile.
+func (d Dir) PIDFile() string { return filepath.Join(string(d), "vmm.pid") }
+
+// SerialLog is the guest console log.
+func (d Dir) SerialLog() string { return filepath.Join(string(d), "serial.log") }
+
+// VMMLog is the VMM's log file.
+func (d Dir) VMMLog() string { return filepath.Join(string(d), "vmm.log") }
+
+// Seed is the transient work-disk seed directory.
+func (d Dir) Seed() string { return filepath.Join(string(d), "seed") }

@@ -1,0 +1,261 @@
+// Package vmm launches and finds Firecracker-API VMMs through
+// firecracker-go-sdk v1.0.0. The same code drives real Firecracker and
+// banger-vmm (banger's QEMU-backed VMM).
+//
+// Survival rules (the product's central promise):
+//   - ForwardSignals is an empty, non-nil slice, so signals sent to the
+//     launching process are never relayed to the VMM.
+//   - The VMM runs in its own session (Setsid) and is started with a
+//     context that is never cancelled: the SDK SIGKILLs the VMM when
+//     NewMachine's context ends and SIGTERMs it when Start's context ends.
+//   - Its stdout/stderr go to a file, never a pipe to us.
+//   - A pidfile is written beside the API socket; a restarted supervisor
+//     finds the VMM through it (Find) and checks its identity.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	firecracker "github.com/firecracker-microvm/firecracker-go-sdk"
+	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
+	"github.com/sirupsen/logrus"
+)
+
+// Spec is everything needed to boot one VM.
+type Spec struct {
+	ID         string // Firecracker --id: 1-64 of [A-Za-z0-9-]
+	Binary     string // firecracker or banger-vmm
+	APISock    string
+	PIDFile    string
+	SerialLog  string
+	Kernel     string // uncompressed ELF vmlinux
+	Initrd     string // optional
+	BootArgs   string
+	RootDrive  string
+	ExtraDrive []string // vdb, vdc, ...
+	Tap        string
+	MAC        string
+	VCPU       int64
+	MemMiB     int64
+	// ForwardSignals is for tests that prove why it must stay empty: nil
+	// means "use banger's setting" (no forwarding).
+	ForwardSignals []os.Signal
+}
+
+// Launch starts the VMM detached and boots the guest; it returns once
+// InstanceStart was accepted. On failure nothing is left running.
+func Launch(spec Spec) (pid int, err error) {
+	if err := os.MkdirAll(filepath.Dir(spec.APISock), 0o700); err != nil {
+		return 0, err
+	}
+	serial, err := os.OpenFile(spec.SerialLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer serial.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+
+	cmd := exec.Command(spec.Binary, "--api-sock", spec.APISock, "--id", spec.ID, "--no-seccomp")
+	cmd.Stdin = devnull
+	cmd.Stdout = serial
+	cmd.Stderr = serial
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+
+	drives := firecracker.NewDrivesBuilder(spec.RootDrive)
+	for _, d := range spec.ExtraDrive {
+		drives = drives.AddDrive(d, false)
+	}
+	fwd := spec.ForwardSignals
+	if fwd == nil {
+		fwd = []os.Signal{}
+	}
+	cfg := firecracker.Config{
+		SocketPath:      spec.APISock,
+		KernelImagePath: spec.Kernel,
+		InitrdPath:      spec.Initrd,
+		KernelArgs:      spec.BootArgs,
+		Drives:          drives.Build(),
+		MachineCfg: models.MachineConfiguration{
+			VcpuCount:  firecracker.Int64(spec.VCPU),
+			MemSizeMib: firecracker.Int64(spec.MemMiB),
+		},
+		VMID:           spec.ID,
+		ForwardSignals: fwd,
+	}
+	if spec.Tap != "" {
+		cfg.NetworkInterfaces = firecracker.NetworkInterfaces{{
+			StaticConfiguration: &firecracker.StaticNetworkConfiguration{MacAddress: spec.MAC, HostDevName: spec.Tap},
+		}}
+	}
+	logger := logrus.New()
+	logger.SetOutput(io.Discard)
+	// Never cancelled: the VMM must outlive the request that created it.
+	life := context.Background()
+	m, err := firecracker.NewMachine(life, cfg, firecracker.WithProcessRunner(cmd), firecracker.WithLogger(logrus.NewEntry(logger)))
+	if err != nil {
+		return 0, fmt.Errorf("configure VMM: %w", err)
+	}
+	if err := m.Start(life); err != nil {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill()
+		}
+		return 0, fmt.Errorf("start VMM %s: %w", filepath.Base(spec.Binary), err)
+	}
+	pid, err = m.PID()
+	if err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(spec.PIDFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return 0, err
+	}
+	return pid, nil
+}
+
+// ErrNotRunning means no live VMM answers for a VM.
+var ErrNotRunning = errors.New("vmm not running")
+
+// ReadPID reads a pidfile.
+func ReadPID(pidfile string) (int, error) {
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pidfile %s: bad content %q", pidfile, strings.TrimSpace(string(b)))
+	}
+	return pid, nil
+}
+
+// Find returns the PID of the live VMM serving apiSock, as recorded in
+// pidfile, after checking that the process really is that VMM: its command
+// line names --api-sock apiSock, its executable is a VMM, and the API socket
+// answers. Anything else is ErrNotRunning (with the reason).
+func Find(ctx context.Context, pidfile, apiSock string) (int, error) {
+	pid, err := ReadPID(pidfile)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrNotRunning, err)
+	}
+	if err := Identify(pid, apiSock); err != nil {
+		return 0, err
+	}
+	if _, err := Describe(ctx, apiSock); err != nil {
+		return 0, fmt.Errorf("%w: pid %d does not answer on %s: %v", ErrNotRunning, pid, apiSock, err)
+	}
+	return pid, nil
+}
+
+// Identify checks that pid is a VMM serving apiSock (guards against PID reuse).
+func Identify(pid int, apiSock string) error {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return fmt.Errorf("%w: pid %d is gone", ErrNotRunning, pid)
+	}
+	args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	found := false
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--api-sock" && args[i+1] == apiSock {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: pid %d is not the VMM for %s (pid reused?)", ErrNotRunning, pid, apiSock)
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// Field 3 is the state; Z is a zombie.
+		if i := strings.LastIndexByte(string(st), ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+			return fmt.Errorf("%w: pid %d has exited", ErrNotRunning, pid)
+		}
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err == nil {
+		base := filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+		if !strings.Contains(base, "firecracker") && !strings.Contains(base, "banger-vmm") {
+			return fmt.Errorf("%w: pid %d runs %s, not a VMM", ErrNotRunning, pid, exe)
+		}
+	}
+	return nil
+}
+
+// Info is what the VMM's API says about itself.
+type Info struct {
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	VMMVersion string `json:"vmm_version"`
+	AppName    string `json:"app_name"`
+}
+
+// Describe asks the VMM at apiSock for GET /.
+func Describe(ctx context.Context, apiSock string) (Info, error) {
+	logger := logrus.New()
+	logger.SetOutput(io.Discard)
+	c := firecracker.NewClient(apiSock, logrus.NewEntry(logger), false)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	r, err := c.GetInstanceInfo(ctx)
+	if err != nil {
+		return Info{}, err
+	}
+	info := Info{AppName: deref(r.Payload.AppName), VMMVersion: deref(r.Payload.VmmVersion), ID: deref(r.Payload.ID), State: deref(r.Payload.State)}
+	return info, nil
+}
+
+// SendCtrlAltDel asks the guest to reboot (which ends the VMM).
+func SendCtrlAltDel(ctx context.Context, apiSock string) error {
+	logger := logrus.New()
+	logger.SetOutput(io.Discard)
+	c := firecracker.NewClient(apiSock, logrus.NewEntry(logger), false)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := c.CreateSyncAction(ctx, &models.InstanceActionInfo{ActionType: firecracker.String(models.InstanceActionInfoActionTypeSendCtrlAltDel)})
+	return err
+}
+
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(st), ')')
+	return !(i > 0 && len(st) > i+2 && st[i+2] == 'Z')
+}
+
+// WaitExit polls until pid is gone or ctx ends.
+func WaitExit(ctx context.Context, pid int) error {
+	for {
+		if !Alive(pid) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
