@@ -9,12 +9,21 @@ import (
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/roothelper"
+	"github.com/banger-dev/banger/internal/sysinstall"
 	"golang.org/x/sys/unix"
 )
 
 // runRootHelper runs bangerd as the root helper.
 func runRootHelper(l paths.Layout, ownerUID, ownerGID int, stderr io.Writer) int {
 	unix.Umask(0o077)
+	if ownerUID < 0 && l.Mode == paths.System {
+		m, err := sysinstall.ReadMeta(paths.InstallMetaPath())
+		if err != nil {
+			fmt.Fprintf(stderr, "bangerd: root helper: cannot read the install metadata (%v); run 'banger system install --owner USER'\n", err)
+			return 1
+		}
+		ownerUID, ownerGID = m.OwnerUID, m.OwnerGID
+	}
 	if ownerUID < 0 {
 		ownerUID = 0
 	}

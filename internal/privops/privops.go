@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"syscall"
 
@@ -132,8 +133,9 @@ type KillReq struct {
 var Signals = map[string]syscall.Signal{"": syscall.SIGKILL, "KILL": syscall.SIGKILL, "TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT}
 
 var (
-	idRE  = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
-	macRE = regexp.MustCompile(`^02(:[0-9a-f]{2}){5}$`)
+	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	idRE       = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+	macRE      = regexp.MustCompile(`^02(:[0-9a-f]{2}){5}$`)
 )
 
 func bad(format string, a ...any) error { return errdefs.New(errdefs.BadRequest, format, a...) }
@@ -214,9 +216,10 @@ func (p Policy) ValidateDisks(r DisksReq) error {
 	if err := p.file("base rootfs", r.BaseRootfs); err != nil {
 		return err
 	}
+	// The disks are direct children of the VM dir (which may not exist yet).
 	for what, path := range map[string]string{"rootfs": r.Rootfs, "work disk": r.WorkDisk} {
-		if err := p.under(what, path, r.VMDir); err != nil {
-			return err
+		if filepath.Dir(path) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(path)) {
+			return bad("%s %q must be a file directly inside the vm dir %s", what, path, r.VMDir)
 		}
 	}
 	if r.WorkDiskBytes < 64<<20 || r.WorkDiskBytes > 2<<40 {

@@ -67,6 +67,9 @@ type VMMChoice struct {
 
 // Init loads banger's SSH key (creating it if needed).
 func (s *Service) Init() error {
+	if err := os.MkdirAll(s.Layout.VMsDir(), 0o700); err != nil {
+		return err
+	}
 	signer, auth, err := guestssh.EnsureKey(s.KeyPath)
 	if err != nil {
 		return fmt.Errorf("ssh key %s: %w", s.KeyPath, err)
@@ -417,10 +420,8 @@ func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (
 		_ = s.Store.UpdateVM(ctx, rec)
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if c, err := guestssh.Dial(sctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions()); err == nil {
-			_, err := c.RunScript(sctx, "sync; (sleep 0.2; sync; reboot -f) >/dev/null 2>&1 </dev/null &", nil, io.Discard, io.Discard)
-			if err != nil {
-				log.Warn("guest shutdown command failed", "error", err)
-			}
+			// The guest dies under this command: no exit status comes back.
+			_, _ = c.RunScript(sctx, "sync; reboot -f", nil, io.Discard, io.Discard)
 			c.Close()
 		} else {
 			log.Warn("guest not reachable over SSH for a clean shutdown", "error", err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/testutil"
 )
 
@@ -34,6 +35,13 @@ func newVMEnv(t *testing.T) *vmEnv {
 	testutil.RequiresGuest(t)
 	if _, err := os.Stat(filepath.Join(binDir, "banger-vmm")); err != nil {
 		t.Skip("banger-vmm not built")
+	}
+	// Guest artifacts are built here, outside the namespace (their packages
+	// come from the Debian archive); inside it the daemon finds them cached.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
+		t.Fatalf("guest artifacts: %v", err)
 	}
 	b := make([]byte, 4)
 	rand.Read(b)

@@ -1,0 +1,212 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysinstall"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) installer() *sysinstall.Installer {
+	return &sysinstall.Installer{Layout: sysinstall.DefaultLayout(), Systemd: sysinstall.ExecSystemd{}, Out: a.stdout}
+}
+
+func (a *app) systemCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "system",
+		Short: "Install and manage banger as a system service (root)",
+		Long: `Install and manage banger as two systemd services: bangerd.service (the
+daemon, running as the owner user) and bangerd-root.service (the root helper).
+Restarting either never stops a running VM.`,
+	}
+	var owner string
+	install := &cobra.Command{
+		Use:   "install --owner USER",
+		Short: "Install the binaries and units, start both services and wait until they answer",
+		Example: `  sudo banger system install --owner "$USER"
+  sudo ./build/bin/banger system install --owner alice   # from a source build`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if owner == "" {
+				return usageError{errors.New("--owner USER is required: the user who will run banger")}
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			exe, _ = filepath.EvalSymlinks(exe)
+			return a.installer().Install(cmd.Context(), owner, filepath.Dir(exe))
+		},
+	}
+	install.Flags().StringVar(&owner, "owner", "", "the user who owns banger's daemon, VMs and state")
+
+	var asJSON bool
+	status := &cobra.Command{
+		Use:     "status",
+		Short:   "Show the installed services and whether they answer",
+		Example: "  banger system status\n  banger system status --json",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st := systemStatus(cmd.Context())
+			if asJSON {
+				if err := output.JSON(a.stdout, st); err != nil {
+					return err
+				}
+				if st.Installed && !st.Healthy {
+					return &ExitCodeError{Code: ExitFailure}
+				}
+				return nil
+			}
+			if !st.Installed {
+				fmt.Fprintln(a.stdout, "banger is not installed as a system service (see 'banger system install --help')")
+				return nil
+			}
+			rows := [][]string{}
+			for _, u := range st.Units {
+				rows = append(rows, []string{u.Unit, u.Active, u.MainPID, u.KillMode, yesNo(u.Answers), u.Version})
+			}
+			fmt.Fprintf(a.stdout, "installed %s for %s (uid %d) at %s\n", st.Meta.Version, st.Meta.OwnerUser, st.Meta.OwnerUID, st.Meta.InstalledAt)
+			return output.Table(a.stdout, []string{"UNIT", "ACTIVE", "PID", "KILLMODE", "ANSWERS", "VERSION"}, rows)
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	render := &cobra.Command{
+		Use:    "render-units",
+		Short:  "Print the unit files this binary would install, as JSON (used by update)",
+		Hidden: true,
+		Args:   noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := sysinstall.ReadMeta(paths.InstallMetaPath())
+			if err != nil {
+				return err
+			}
+			return output.JSON(a.stdout, sysinstall.RenderUnits(sysinstall.DefaultLayout(), m, sysinstall.UnitOptions{}))
+		},
+	}
+
+	restart := &cobra.Command{
+		Use:     "restart",
+		Short:   "Restart the root helper, then the daemon; wait until both answer (VMs keep running)",
+		Example: "  sudo banger system restart",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("system restart needs root; run: sudo banger system restart")
+			}
+			if err := a.installer().Restart(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "restarted bangerd-root.service and bangerd.service")
+			return nil
+		},
+	}
+	var purge bool
+	uninstall := &cobra.Command{
+		Use:   "uninstall [--purge]",
+		Short: "Stop and remove the services and binaries (--purge: also state, cache and config)",
+		Example: `  sudo banger system uninstall
+  sudo banger system uninstall --purge`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("system uninstall needs root; run: sudo banger system uninstall")
+			}
+			var vms []api.VM
+			c := client.New(paths.SystemLayout().SocketPath())
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+			defer cancel()
+			if err := c.Call(ctx, api.MethodVMList, nil, &vms); err == nil {
+				var running []string
+				for _, v := range vms {
+					if v.State == api.StateRunning {
+						running = append(running, v.Name)
+					}
+				}
+				if len(running) > 0 {
+					return fmt.Errorf("VMs are running (%s); stop or delete them first", strings.Join(running, ", "))
+				}
+			}
+			if err := a.installer().Uninstall(cmd.Context(), purge); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "banger uninstalled")
+			return nil
+		},
+	}
+	uninstall.Flags().BoolVar(&purge, "purge", false, "also delete /var/lib/banger, /var/cache/banger and /etc/banger")
+	cmd.AddCommand(install, status, restart, uninstall, render)
+	return cmd
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// UnitStatus is one service's state.
+type UnitStatus struct {
+	Unit     string `json:"unit"`
+	Active   string `json:"active"`
+	MainPID  string `json:"main_pid"`
+	KillMode string `json:"kill_mode"`
+	Answers  bool   `json:"answers"`
+	Version  string `json:"version,omitempty"`
+	Socket   string `json:"socket"`
+}
+
+// SystemStatus is 'system status --json'.
+type SystemStatus struct {
+	Installed bool            `json:"installed"`
+	Meta      sysinstall.Meta `json:"meta"`
+	Units     []UnitStatus    `json:"units"`
+	Healthy   bool            `json:"healthy"`
+}
+
+func systemStatus(ctx context.Context) SystemStatus {
+	var st SystemStatus
+	m, err := sysinstall.ReadMeta(paths.InstallMetaPath())
+	if err != nil {
+		return st
+	}
+	st.Installed, st.Meta, st.Healthy = true, m, true
+	l := paths.SystemLayout()
+	for _, u := range []struct{ unit, sock string }{{sysinstall.HelperUnit, l.HelperSocketPath()}, {sysinstall.DaemonUnit, l.SocketPath()}} {
+		us := UnitStatus{Unit: u.unit, Socket: u.sock}
+		out, _ := exec.CommandContext(ctx, "systemctl", "show", "--property=ActiveState,MainPID,KillMode", u.unit).Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			switch k {
+			case "ActiveState":
+				us.Active = v
+			case "MainPID":
+				us.MainPID = v
+			case "KillMode":
+				us.KillMode = v
+			}
+		}
+		var p api.PingResult
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := client.New(u.sock).Call(pctx, api.MethodPing, nil, &p); err == nil {
+			us.Answers, us.Version = true, p.Build.Version
+		}
+		cancel()
+		if us.Active != "active" || !us.Answers {
+			st.Healthy = false
+		}
+		st.Units = append(st.Units, us)
+	}
+	return st
+}

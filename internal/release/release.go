@@ -1,0 +1,556 @@
+package release
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/updater"
+)
+
+const buildinfoPkg = "github.com/banger-dev/banger/internal/buildinfo"
+
+// File names inside a release's version directory.
+const (
+	SumsFile      = "SHA256SUMS"
+	SignatureFile = "SHA256SUMS.sig"
+	ManifestFile  = "manifest.json"
+)
+
+// Options describe one release to build.
+type Options struct {
+	Version  string   // vMAJOR.MINOR.PATCH[-PRE]; required
+	OutDir   string   // release tree root; created if missing
+	KeyPath  string   // ECDSA P-256 private key (PEM) for openssl
+	BaseURL  string   // URL OutDir is served at; release URLs are BaseURL/<version>/<file>
+	Commit   string   // stamped commit; default `git rev-parse HEAD` in RepoDir, else "unknown"
+	Binaries []string // default updater.ReleaseBinaries
+	Latest   bool     // set latest_stable to Version
+
+	// ManifestIn is an existing manifest to merge into. Empty: OutDir's
+	// manifest.json if there is one, else a new manifest.
+	ManifestIn string
+	// Prebuilt packages <Prebuilt>/<name> for each binary instead of building.
+	Prebuilt string
+	// Cover builds with -cover (coverage-instrumented binaries for smoke runs).
+	Cover bool
+	// RepoDir is the module root to build in; default ".".
+	RepoDir string
+	// VerifyPub, if set, is a public key file the new signature must also
+	// verify with (e.g. internal/updater/release-key.pub), so a release signed
+	// with the wrong key is never published.
+	VerifyPub string
+	// BuiltAt stamps buildinfo.BuiltAt, published_at and the tar mtimes.
+	// Zero: SOURCE_DATE_EPOCH if set, else now.
+	BuiltAt time.Time
+	// GoCmd and OpenSSL are the tools run; defaults "go" and "openssl".
+	GoCmd   string
+	OpenSSL string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// Result is what Build wrote.
+type Result struct {
+	Release       updater.Release
+	Dir           string // OutDir/<version>
+	TarballPath   string
+	TarballSHA256 string
+	SumsPath      string
+	SignaturePath string
+	ManifestPath  string
+}
+
+// Build builds, packages, signs and publishes (into OutDir) one release.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	man, err := o.loadManifest()
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(man.Versions(), o.Version) {
+		return nil, fmt.Errorf("manifest already lists %s; versions are never reused", o.Version)
+	}
+	verDir := filepath.Join(o.OutDir, o.Version)
+	if _, err := os.Lstat(verDir); err == nil {
+		return nil, fmt.Errorf("%s already exists; versions are never reused", verDir)
+	}
+	pubPEM, err := o.publicKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	work, err := os.MkdirTemp(o.OutDir, "."+o.Version+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	stage := filepath.Join(work, o.Version)
+	if err := os.Mkdir(stage, 0o755); err != nil {
+		return nil, err
+	}
+
+	bins, err := o.binaries(ctx, work)
+	if err != nil {
+		return nil, err
+	}
+	tarName := updater.TarballName(o.Version)
+	tarPath := filepath.Join(stage, tarName)
+	if err := writeTarball(tarPath, o.Binaries, bins, o.BuiltAt); err != nil {
+		return nil, fmt.Errorf("write %s: %w", tarName, err)
+	}
+	sum, err := fileSHA256(tarPath)
+	if err != nil {
+		return nil, err
+	}
+	sums := []byte(sum + "  " + tarName + "\n")
+	sumsPath := filepath.Join(stage, SumsFile)
+	if err := os.WriteFile(sumsPath, sums, 0o644); err != nil {
+		return nil, err
+	}
+	der, err := run(ctx, "", nil, o.OpenSSL, "dgst", "-sha256", "-sign", o.KeyPath, sumsPath)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", SumsFile, err)
+	}
+	sig := []byte(base64.StdEncoding.EncodeToString(der))
+	if err := updater.VerifyBlobSignatureWithKey(sums, sig, pubPEM); err != nil {
+		return nil, fmt.Errorf("self-check of the new signature: %w", err)
+	}
+	if o.VerifyPub != "" {
+		want, err := os.ReadFile(o.VerifyPub)
+		if err != nil {
+			return nil, err
+		}
+		if err := updater.VerifyBlobSignatureWithKey(sums, sig, want); err != nil {
+			return nil, fmt.Errorf("signature does not verify with %s (signing key and published key differ?): %w", o.VerifyPub, err)
+		}
+	}
+	sigPath := filepath.Join(stage, SignatureFile)
+	if err := os.WriteFile(sigPath, sig, 0o644); err != nil {
+		return nil, err
+	}
+
+	rel := updater.Release{
+		Version:       o.Version,
+		TarballURL:    joinURL(o.BaseURL, o.Version, tarName),
+		SHA256SumsURL: joinURL(o.BaseURL, o.Version, SumsFile),
+		SignatureURL:  joinURL(o.BaseURL, o.Version, SignatureFile),
+		PublishedAt:   o.BuiltAt.UTC().Format(time.RFC3339),
+	}
+	man.Releases = append(man.Releases, rel)
+	if o.Latest {
+		man.LatestStable = o.Version
+	}
+	manBytes, err := json.MarshalIndent(man, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	manBytes = append(manBytes, '\n')
+	if _, err := updater.ParseManifest(manBytes); err != nil {
+		return nil, fmt.Errorf("the merged manifest would not parse: %w", err)
+	}
+
+	if err := os.Rename(stage, verDir); err != nil {
+		return nil, err
+	}
+	manPath := filepath.Join(o.OutDir, ManifestFile)
+	if err := writeFileAtomic(manPath, manBytes, 0o644); err != nil {
+		return nil, err
+	}
+	o.logf("release %s: %s (sha256 %s)", o.Version, filepath.Join(verDir, tarName), sum)
+	o.logf("manifest: %s (latest_stable %q, %d releases)", manPath, man.LatestStable, len(man.Releases))
+	return &Result{
+		Release:       rel,
+		Dir:           verDir,
+		TarballPath:   filepath.Join(verDir, tarName),
+		TarballSHA256: sum,
+		SumsPath:      filepath.Join(verDir, SumsFile),
+		SignaturePath: filepath.Join(verDir, SignatureFile),
+		ManifestPath:  manPath,
+	}, nil
+}
+
+// Keygen writes a new ECDSA P-256 private key to keyPath (0600, SEC1 PEM,
+// `openssl ecparam -name prime256v1 -genkey -noout`) and its public key to
+// pubPath (PEM PKIX, `openssl ec -pubout`). pubPath "" means keyPath with its
+// extension replaced by ".pub". Existing files are never overwritten.
+func Keygen(ctx context.Context, openssl, keyPath, pubPath string) (string, error) {
+	if openssl == "" {
+		openssl = "openssl"
+	}
+	if keyPath == "" {
+		return "", errors.New("keygen: no key path")
+	}
+	if pubPath == "" {
+		pubPath = PubPathFor(keyPath)
+	}
+	if pubPath == keyPath {
+		return "", fmt.Errorf("keygen: public key path %s is the private key path", pubPath)
+	}
+	if _, err := os.Lstat(pubPath); err == nil {
+		return "", fmt.Errorf("keygen: %s already exists; refusing to overwrite", pubPath)
+	}
+	key, err := run(ctx, "", nil, openssl, "ecparam", "-name", "prime256v1", "-genkey", "-noout")
+	if err != nil {
+		return "", fmt.Errorf("keygen: %w", err)
+	}
+	if err := writeNew(keyPath, key, 0o600); err != nil {
+		return "", fmt.Errorf("keygen: %w", err)
+	}
+	pub, err := run(ctx, "", nil, openssl, "ec", "-in", keyPath, "-pubout")
+	if err == nil {
+		_, err = updater.KeyFingerprint(pub)
+	}
+	if err == nil {
+		err = writeNew(pubPath, pub, 0o644)
+	}
+	if err != nil {
+		os.Remove(keyPath)
+		return "", fmt.Errorf("keygen: %w", err)
+	}
+	return pubPath, nil
+}
+
+// PubPathFor is the default public key path for a private key path:
+// key.pem → key.pub.
+func PubPathFor(keyPath string) string {
+	return strings.TrimSuffix(keyPath, filepath.Ext(keyPath)) + ".pub"
+}
+
+func (o *Options) defaults() error {
+	if !updater.IsSemver(o.Version) {
+		return fmt.Errorf("--version %q is not vMAJOR.MINOR.PATCH[-PRE]", o.Version)
+	}
+	if strings.Contains(o.Version, "+") {
+		return fmt.Errorf("--version %q: build metadata (+...) is not allowed in a release version", o.Version)
+	}
+	if o.OutDir == "" {
+		return errors.New("--out is required")
+	}
+	if o.KeyPath == "" {
+		return errors.New("--key is required")
+	}
+	if _, err := os.Stat(o.KeyPath); err != nil {
+		return fmt.Errorf("--key: %w", err)
+	}
+	u, err := url.Parse(o.BaseURL)
+	if o.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return fmt.Errorf("--base-url %q is not an absolute http(s) URL", o.BaseURL)
+	}
+	if len(o.Binaries) == 0 {
+		o.Binaries = append([]string(nil), updater.ReleaseBinaries...)
+	}
+	seen := map[string]bool{}
+	for _, b := range o.Binaries {
+		if b == "" || b == "." || b == ".." || strings.ContainsAny(b, "/\\ \t\n\x00") {
+			return fmt.Errorf("--binaries: %q is not a plain file name", b)
+		}
+		if seen[b] {
+			return fmt.Errorf("--binaries: %q listed twice", b)
+		}
+		seen[b] = true
+	}
+	if o.Cover && o.Prebuilt != "" {
+		return errors.New("--cover applies to a build; it cannot be combined with --prebuilt")
+	}
+	if o.RepoDir == "" {
+		o.RepoDir = "."
+	}
+	if o.GoCmd == "" {
+		o.GoCmd = "go"
+	}
+	if o.OpenSSL == "" {
+		o.OpenSSL = "openssl"
+	}
+	if o.BuiltAt.IsZero() {
+		o.BuiltAt = time.Now()
+		if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return fmt.Errorf("SOURCE_DATE_EPOCH %q is not a number", s)
+			}
+			o.BuiltAt = time.Unix(n, 0)
+		}
+	}
+	o.BuiltAt = o.BuiltAt.UTC().Truncate(time.Second)
+	return nil
+}
+
+func (o *Options) logf(format string, args ...any) {
+	if o.Log != nil {
+		fmt.Fprintf(o.Log, format+"\n", args...)
+	}
+}
+
+func (o *Options) loadManifest() (*updater.Manifest, error) {
+	path := o.ManifestIn
+	if path == "" {
+		path = filepath.Join(o.OutDir, ManifestFile)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return &updater.Manifest{SchemaVersion: updater.ManifestSchemaVersion, Releases: []updater.Release{}}, nil
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	m, err := updater.ParseManifest(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if m.Releases == nil {
+		m.Releases = []updater.Release{}
+	}
+	return m, nil
+}
+
+// publicKey derives the signing key's public half and checks it is a P-256
+// key the updater accepts.
+func (o *Options) publicKey(ctx context.Context) ([]byte, error) {
+	pub, err := run(ctx, "", nil, o.OpenSSL, "ec", "-in", o.KeyPath, "-pubout")
+	if err != nil {
+		return nil, fmt.Errorf("--key %s: %w", o.KeyPath, err)
+	}
+	if _, err := updater.KeyFingerprint(pub); err != nil {
+		return nil, fmt.Errorf("--key %s: %w", o.KeyPath, err)
+	}
+	return pub, nil
+}
+
+// binaries returns name → path of each binary to package, building them into
+// work/bin unless Prebuilt is set.
+func (o *Options) binaries(ctx context.Context, work string) (map[string]string, error) {
+	out := map[string]string{}
+	if o.Prebuilt != "" {
+		for _, b := range o.Binaries {
+			p := filepath.Join(o.Prebuilt, b)
+			fi, err := os.Stat(p)
+			if err != nil {
+				return nil, fmt.Errorf("--prebuilt: %w", err)
+			}
+			if !fi.Mode().IsRegular() {
+				return nil, fmt.Errorf("--prebuilt: %s is not a regular file", p)
+			}
+			out[b] = p
+		}
+		return out, nil
+	}
+	commit := o.Commit
+	if commit == "" {
+		c, err := run(ctx, o.RepoDir, nil, "git", "rev-parse", "HEAD")
+		if err != nil {
+			commit = "unknown"
+			o.logf("warning: no --commit and git rev-parse failed (%v); stamping commit %q", err, commit)
+		} else {
+			commit = strings.TrimSpace(string(c))
+		}
+	}
+	binDir := filepath.Join(work, "bin")
+	if err := os.Mkdir(binDir, 0o755); err != nil {
+		return nil, err
+	}
+	for _, b := range o.Binaries {
+		dst, err := filepath.Abs(filepath.Join(binDir, b))
+		if err != nil {
+			return nil, err
+		}
+		args := BuildArgs(o.Version, commit, o.BuiltAt, o.Cover, dst, b)
+		o.logf("build %s: %s %s", b, o.GoCmd, strings.Join(args, " "))
+		env := []string{"GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0"}
+		if _, err := run(ctx, o.RepoDir, env, o.GoCmd, args...); err != nil {
+			return nil, fmt.Errorf("build %s: %w", b, err)
+		}
+		out[b] = dst
+	}
+	return out, nil
+}
+
+// BuildArgs is the `go` argv that builds one release binary.
+func BuildArgs(version, commit string, builtAt time.Time, cover bool, out, name string) []string {
+	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=%s",
+		buildinfoPkg, version, buildinfoPkg, commit, buildinfoPkg, builtAt.UTC().Format(time.RFC3339))
+	args := []string{"build", "-trimpath", "-buildvcs=false"}
+	if cover {
+		args = append(args, "-cover")
+	}
+	return append(args, "-ldflags", ldflags, "-o", out, "./cmd/"+name)
+}
+
+// writeTarball writes a gzip'd tar holding exactly names, flat, as regular
+// 0755 files owned by 0:0 with mtime builtAt: the same inputs give the same
+// bytes.
+func writeTarball(dst string, names []string, paths map[string]string, builtAt time.Time) (err error) {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	zw, err := gzip.NewWriterLevel(f, gzip.BestCompression)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(zw)
+	for _, n := range names {
+		if err := addFile(tw, n, paths[n], builtAt); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func addFile(tw *tar.Writer, name, path string, mtime time.Time) error {
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	fi, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	hdr := &tar.Header{
+		Typeflag: tar.TypeReg,
+		Name:     name,
+		Mode:     0o755,
+		Size:     fi.Size(),
+		ModTime:  mtime,
+		Format:   tar.FormatUSTAR,
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	n, err := io.Copy(tw, src)
+	if err != nil {
+		return err
+	}
+	if n != fi.Size() {
+		return fmt.Errorf("%s changed size while being packaged", path)
+	}
+	return nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func joinURL(base string, elem ...string) string {
+	s, err := url.JoinPath(base, elem...)
+	if err != nil { // base was validated in defaults
+		panic(err)
+	}
+	return s
+}
+
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// run executes name with args (never a shell) in dir, with extra environment
+// entries appended, and returns its stdout. A failure carries the command and
+// the tail of its stderr, on one line.
+func run(ctx context.Context, dir string, env []string, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.Join(strings.Fields(lastLines(stderr.String(), 3)), " ")
+		if msg != "" {
+			return nil, fmt.Errorf("%s %s: %v: %s", name, args[0], err, msg)
+		}
+		return nil, fmt.Errorf("%s %s: %v", name, args[0], err)
+	}
+	return stdout.Bytes(), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

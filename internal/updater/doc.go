@@ -1,0 +1,50 @@
+// Package updater is the verification and staging half of banger's
+// self-update: it fetches the release manifest, verifies the signed
+// SHA256SUMS, downloads the release tarball while hashing it, and stages the
+// binaries it holds. It never touches an installed binary or a unit; the
+// swap, restarts and rollback live with the `banger update` command.
+//
+// # Security design
+//
+// One thing is trusted: the ECDSA P-256 release public key embedded in this
+// package (release-key.pub, go:embed). Everything fetched over the network is
+// untrusted until it has been tied back to that key, and is handled in this
+// order:
+//
+//  1. The manifest (DefaultManifestURL, a constant so a config file cannot
+//     redirect updates) is not signed. It is only a directory: which versions
+//     exist, which one is latest_stable, and where each release's files are.
+//     It carries no hashes. It is read through a 1 MiB cap, an unknown
+//     schema_version is refused, and every URL in it must be absolute http(s)
+//     (https only when the manifest itself came over https). A hostile
+//     manifest can at worst point at another genuinely signed release, which
+//     the caller catches: the hash is looked up in the signed SHA256SUMS under
+//     the versioned tarball name (TarballName), and the staged `banger
+//     --version` must name the target version.
+//  2. SHA256SUMS and its signature are downloaded (64 KiB and 4 KiB caps) and
+//     the signature is verified against the release key before a single line
+//     of SHA256SUMS is parsed. A release without a signature URL, or a binary
+//     whose embedded key is still the placeholder, is refused: there is no
+//     unsigned path. The format is the one `cosign sign-blob` writes and
+//     `openssl dgst -sha256 -sign` produces: base64 of an ASN.1 DER ECDSA
+//     signature over SHA-256 of the file; the key is PEM PKIX. Verification is
+//     the standard library only (crypto/ecdsa).
+//  3. The tarball is streamed to <dest>.partial while being hashed, under a
+//     512 MiB cap. It becomes <dest> only when its SHA-256 equals the one the
+//     signed SHA256SUMS gives; on any failure the partial file is deleted and
+//     nothing is left at <dest>.
+//  4. Only then is the tarball opened. Staging accepts exactly the expected
+//     set of regular files at the archive root — no extra or missing entry, no
+//     duplicate, no directory, link, device or path with "/" or "..", and a
+//     bounded uncompressed size — and writes each one 0755 into a fresh stage
+//     directory with O_EXCL|O_NOFOLLOW. A refusal removes the stage directory.
+//
+// Integrity therefore rests on the signature alone; TLS only adds
+// confidentiality and makes freeze or rollback games with the manifest harder.
+// Size caps come first everywhere so a hostile server cannot exhaust memory
+// or disk before verification has a chance to refuse.
+//
+// Every fetch takes an *http.Client (nil means http.DefaultClient, which has
+// no timeout: bound the time with ctx). Errors are one line and say what was
+// wrong; their class can be tested with errors.Is against the Err* sentinels.
+package updater
