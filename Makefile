@@ -12,7 +12,7 @@ BIN      := build/bin
 BINARIES := banger bangerd $(notdir $(wildcard cmd/banger-vmm))
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help deps build run test test-short lint fmt bench clean
+.PHONY: help deps build run test test-short smoke lint fmt bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ run: deps build ## the main job: set up, start the daemon, show it
 
 test: deps ## run every test (root tests and real guests included when possible)
 	$(GO) test -count=1 -timeout 40m ./...
+
+SCENARIO ?=
+JOBS     ?= 3
+smoke: deps ## end-to-end suite on real systemd + real guests (root; SCENARIO=a,b to pick; -smoke.list lists)
+	$(GO) test -tags smoke -count=1 -timeout 45m -v ./test/smoke -args -smoke.jobs=$(JOBS) $(if $(SCENARIO),-smoke.scenario=$(SCENARIO))
 
 test-short: ## unit tests only: no root, no guests
 	$(GO) test -short -count=1 ./...

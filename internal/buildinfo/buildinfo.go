@@ -14,6 +14,16 @@ var (
 	BuiltAt = "unknown"
 )
 
+// SmokeFault is empty in every real build. The smoke suite links special
+// builds with it set (-X ...SmokeFault=NAME) to produce failures a real part
+// cannot be made to produce on demand, and to prove the suite catches the
+// bugs banger's survival fixes prevent:
+//
+//	broken-daemon        bangerd passes --check-migrations but exits 1 as the daemon
+//	forward-signals      the VMM is launched with the SDK's default signal forwarding
+//	no-rollback-restart  a failed update restores files but does not restart units
+var SmokeFault = ""
+
 // Info is the build tuple a binary reports about itself.
 type Info struct {
 	Version   string `json:"version"`

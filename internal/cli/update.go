@@ -48,7 +48,9 @@ restarts them. Running VMs are never stopped.`,
   sudo banger update
   sudo banger update --to v0.2.0 --dry-run`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return a.runUpdate(cmd.Context(), f, cmd.Flags().Changed("to")) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runUpdate(cmd.Context(), f, cmd.Flags().Changed("to"))
+		},
 	}
 	fl := cmd.Flags()
 	fl.BoolVar(&f.check, "check", false, "only say whether an update is available (no root needed)")
@@ -332,6 +334,9 @@ func (u *updateTx) rollbackAndRestart(ctx context.Context, cause error) error {
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if buildinfo.SmokeFault == "no-rollback-restart" {
+		return fmt.Errorf("update to %s failed: %w (files rolled back to %s; services NOT restarted: smoke fault)", u.to, cause, u.from)
+	}
 	var errs []error
 	for _, unit := range []string{sysinstall.HelperUnit, sysinstall.DaemonUnit} {
 		_ = u.sd.Systemctl(rctx, "reset-failed", unit) // a crash loop may have hit the start limit

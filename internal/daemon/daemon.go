@@ -78,6 +78,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if *rootHelper {
 		return runRootHelper(layout, *ownerUID, *ownerGID, stderr)
 	}
+	if buildinfo.SmokeFault == "broken-daemon" {
+		fmt.Fprintln(stderr, "bangerd: this build is deliberately broken (smoke test fault broken-daemon)")
+		return 1
+	}
 	unix.Umask(0o077)
 	d, err := newDaemon(layout, stdout, stderr)
 	if err != nil {

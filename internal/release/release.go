@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -239,9 +240,13 @@ func PubPathFor(keyPath string) string {
 	return strings.TrimSuffix(keyPath, filepath.Ext(keyPath)) + ".pub"
 }
 
+var testVersionRE = regexp.MustCompile(`^v[0-9]+\.[A-Za-z0-9][A-Za-z0-9.-]{0,40}$`)
+
 func (o *Options) defaults() error {
-	if !updater.IsSemver(o.Version) {
-		return fmt.Errorf("--version %q is not vMAJOR.MINOR.PATCH[-PRE]", o.Version)
+	// Real releases are semver; test releases (v0.smoke.0) only need a safe
+	// name, and 'banger update' orders non-semver versions only with --to.
+	if !updater.IsSemver(o.Version) && !testVersionRE.MatchString(o.Version) {
+		return fmt.Errorf("--version %q is not vMAJOR.MINOR.PATCH[-PRE] (or a test name like v0.smoke.0)", o.Version)
 	}
 	if strings.Contains(o.Version, "+") {
 		return fmt.Errorf("--version %q: build metadata (+...) is not allowed in a release version", o.Version)

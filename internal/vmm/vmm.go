@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger-dev/banger/internal/buildinfo"
 	firecracker "github.com/firecracker-microvm/firecracker-go-sdk"
 	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
 	"github.com/sirupsen/logrus"
@@ -82,6 +83,9 @@ func Launch(spec Spec) (pid int, err error) {
 	fwd := spec.ForwardSignals
 	if fwd == nil {
 		fwd = []os.Signal{}
+	}
+	if buildinfo.SmokeFault == "forward-signals" {
+		fwd = nil // the SDK's default: relay SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGABRT to the VMM
 	}
 	cfg := firecracker.Config{
 		SocketPath:      spec.APISock,

@@ -1,0 +1,430 @@
+//go:build smoke
+
+package smoke
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+)
+
+type scenario struct {
+	name string
+	run  func(t *testing.T)
+}
+
+var scenarios = []scenario{
+	{"system_install", scSystemInstall},
+	{"update_check", scUpdateCheck},
+	{"update_to_unknown", scUpdateToUnknown},
+	{"update_no_root", scUpdateNoRoot},
+	{"update_dry_run", scUpdateDryRun},
+	{"update_refusals", scUpdateRefusals},
+	{"update_keeps_vm_alive", scUpdateKeepsVMAlive},
+	{"update_rollback_keeps_vm_alive", scUpdateRollbackKeepsVMAlive},
+	{"daemon_admin", scDaemonAdmin},
+	{"helper_restart_keeps_vm_alive", scHelperRestartKeepsVMAlive},
+	{"daemon_sigkill_keeps_vm_alive", scDaemonSigkillKeepsVMAlive},
+	{"helper_sigkill_keeps_vm_alive", scHelperSigkillKeepsVMAlive},
+	{"vm_lifecycle", scVMLifecycle},
+	{"catches_the_bug", scCatchesTheBug},
+}
+
+func TestSmoke(t *testing.T) {
+	want := map[string]bool{}
+	for _, n := range strings.Split(*flagScenario, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			want[n] = true
+		}
+	}
+	for n := range want {
+		found := false
+		for _, s := range scenarios {
+			found = found || s.name == n
+		}
+		if !found {
+			t.Fatalf("unknown scenario %q (see -smoke.list)", n)
+		}
+	}
+	sem := make(chan struct{}, *flagJobs)
+	for _, s := range scenarios {
+		if len(want) > 0 && !want[s.name] {
+			continue
+		}
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			start := time.Now()
+			s.run(t)
+			t.Logf("%s took %s", s.name, time.Since(start).Round(100*time.Millisecond))
+		})
+	}
+}
+
+func scSystemInstall(t *testing.T) {
+	h := newHost(t, art.bin)
+	for unit, want := range map[string]map[string]string{
+		"bangerd.service":      {"KillMode": "process", "ActiveState": "active"},
+		"bangerd-root.service": {"KillMode": "process", "SendSIGKILL": "no", "ActiveState": "active"},
+	} {
+		props := []string{}
+		for k := range want {
+			props = append(props, k)
+		}
+		got, err := h.sys.Show(t.Context(), unit, props...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s %s=%q, want %q", unit, k, got[k], v)
+			}
+		}
+	}
+	var st struct {
+		Healthy bool
+		Units   []struct {
+			Unit    string
+			Active  string
+			Answers bool
+			Version string
+		}
+	}
+	if err := json.Unmarshal([]byte(h.mustBanger("system", "status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Healthy || len(st.Units) != 2 {
+		t.Fatalf("system status: %+v", st)
+	}
+	for _, u := range st.Units {
+		if u.Active != "active" || !u.Answers || u.Version != baseVersion {
+			t.Errorf("unit %+v", u)
+		}
+	}
+	out := h.mustBanger("system", "status")
+	if !strings.Contains(out, "bangerd-root.service") || !strings.Contains(out, "process") {
+		t.Errorf("status table: %s", out)
+	}
+	meta := h.sh("cat /etc/banger/install.toml")
+	for _, k := range []string{"owner_user = '" + owner + "'", "version = '" + baseVersion + "'", "installed_at"} {
+		if !strings.Contains(meta, k) {
+			t.Errorf("install.toml lacks %q:\n%s", k, meta)
+		}
+	}
+	// The daemon runs as the owner, the helper as root.
+	if u := strings.TrimSpace(h.sh("ps -o user= -p $(systemctl show -P MainPID bangerd.service)")); u != owner {
+		t.Errorf("bangerd runs as %q", u)
+	}
+}
+
+func scUpdateCheck(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	// --check works without root.
+	r := h.exec(time.Minute, append([]string{"setpriv", "--reuid=" + owner, "--regid=" + owner, "--init-groups", "/usr/local/bin/banger"}, h.updateArgs("--check")...)...)
+	if r.code != 0 || strings.TrimSpace(r.out) != "update available: "+baseVersion+" → "+goodVersion {
+		t.Fatalf("check: %d %q %q", r.code, r.out, r.err)
+	}
+}
+
+func scUpdateToUnknown(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	before := h.snapshot()
+	r := h.banger(h.updateArgs("--to", "v9.9.9")...)
+	if r.code == 0 || !strings.Contains(r.err, "v9.9.9") || strings.Count(r.err, "\n") != 1 {
+		t.Fatalf("--to v9.9.9: %d %q", r.code, r.err)
+	}
+	h.assertUnchanged(before)
+}
+
+func scUpdateNoRoot(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	before := h.snapshot()
+	r := h.exec(time.Minute, append([]string{"setpriv", "--reuid=" + owner, "--regid=" + owner, "--init-groups", "/usr/local/bin/banger"}, h.updateArgs("--to", goodVersion)...)...)
+	if r.code == 0 || !strings.Contains(r.err, "needs root") {
+		t.Fatalf("no root: %d %q", r.code, r.err)
+	}
+	h.assertUnchanged(before)
+}
+
+func scUpdateDryRun(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	before := h.snapshot()
+	out := h.mustBanger(h.updateArgs("--to", goodVersion, "--dry-run")...)
+	if !strings.Contains(out, "dry run: "+baseVersion+" → "+goodVersion+" verified and staged; nothing swapped") {
+		t.Fatalf("dry run: %s", out)
+	}
+	h.assertUnchanged(before)
+	if v := h.mustBanger("--version"); !strings.Contains(v, baseVersion) {
+		t.Fatalf("version after dry run: %s", v)
+	}
+}
+
+func scUpdateKeepsVMAlive(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	out := h.mustBanger(h.updateArgs("--to", goodVersion)...)
+	if !strings.Contains(out, "updated "+baseVersion+" → "+goodVersion) {
+		t.Fatalf("update: %s", out)
+	}
+	if v := h.mustBanger("--version"); !strings.Contains(v, "banger "+goodVersion+" ") {
+		t.Fatalf("banger --version after update: %s", v)
+	}
+	var st api.DaemonStatus
+	json.Unmarshal([]byte(h.mustBanger("daemon", "status", "--json")), &st)
+	if st.Version != goodVersion {
+		t.Fatalf("daemon runs %s", st.Version)
+	}
+	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+	if meta := h.sh("cat /etc/banger/install.toml"); !strings.Contains(meta, "version = '"+goodVersion+"'") || !strings.Contains(meta, "owner_user = '"+owner+"'") {
+		t.Fatalf("install.toml not refreshed:\n%s", meta)
+	}
+	if out := h.sh("ls /usr/local/bin /usr/local/lib/banger"); strings.Contains(out, ".previous") {
+		t.Fatalf(".previous files left: %s", out)
+	}
+}
+
+func scUpdateRollbackKeepsVMAlive(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	before := h.snapshot()
+	r := h.banger(h.updateArgs("--to", brokenVersion)...)
+	if r.code == 0 || !strings.Contains(r.err, "(rolled back to "+baseVersion+")") {
+		t.Fatalf("broken update: %d\n%s\n%s", r.code, r.out, r.err)
+	}
+	// The .previous binaries are back in place, byte for byte.
+	after := h.snapshot()
+	for _, p := range []string{"/usr/local/bin/banger", "/usr/local/bin/bangerd", "/usr/local/lib/banger/banger-vmm"} {
+		if after[p] != before[p] {
+			t.Errorf("%s not restored", p)
+		}
+	}
+	// Restarted, not just restored: the daemon answers with the old version now.
+	var st api.DaemonStatus
+	if err := json.Unmarshal([]byte(h.mustBanger("daemon", "status", "--json")), &st); err != nil || st.Version != baseVersion {
+		t.Fatalf("daemon after rollback: %+v %v", st, err)
+	}
+	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func scDaemonAdmin(t *testing.T) {
+	h := newHost(t, art.bin)
+	if s := strings.TrimSpace(h.mustBanger("daemon", "socket")); s != "/run/banger/bangerd.sock" {
+		t.Fatalf("daemon socket: %q", s)
+	}
+	r := h.exec(time.Minute, "/usr/local/bin/bangerd", "--check-migrations", "--system")
+	if r.code != 0 || !strings.HasPrefix(r.out, "compatible: /var/lib/banger/banger.db") {
+		t.Fatalf("check-migrations: %d %q %q", r.code, r.out, r.err)
+	}
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	pid := vmmPID(t, h, "alive")
+	if out := h.mustBanger("daemon", "stop"); !strings.Contains(out, "daemon stopped") {
+		t.Fatalf("daemon stop: %s", out)
+	}
+	if !h.nsPIDAlive(pid) {
+		t.Fatal("VMM died with the daemon")
+	}
+	h.sys.Systemctl(t.Context(), "start", "bangerd.service")
+	waitAnswer(t, h)
+	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func vmmPID(t *testing.T, h *host, vm string) int {
+	t.Helper()
+	var v api.VM
+	json.Unmarshal([]byte(h.mustBanger("vm", "show", vm, "--json")), &v)
+	if v.Runtime.PID == 0 {
+		t.Fatalf("no VMM pid for %s", vm)
+	}
+	return v.Runtime.PID
+}
+
+func (h *host) nsPIDAlive(pid int) bool {
+	r := h.exec(30*time.Second, "kill", "-0", strconv.Itoa(pid))
+	return r.code == 0
+}
+
+func waitAnswer(t *testing.T, h *host) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if h.banger("daemon", "status").code == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatal("daemon did not answer within 60s")
+}
+
+func scHelperRestartKeepsVMAlive(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	steps := [][]string{
+		{"restart", "bangerd-root.service"},
+		{"restart", "bangerd.service"},
+		{"stop", "bangerd-root.service"}, {"start", "bangerd-root.service"},
+		{"stop", "bangerd.service"}, {"start", "bangerd.service"},
+	}
+	for _, st := range steps {
+		if _, err := h.sys.Systemctl(t.Context(), st...); err != nil {
+			t.Fatalf("systemctl %v: %v", st, err)
+		}
+		if st[0] == "stop" {
+			continue
+		}
+		waitAnswer(t, h)
+		if err := h.keepsAlive("alive", b); err != nil {
+			t.Fatalf("after systemctl %s: %v", strings.Join(st, " "), err)
+		}
+	}
+}
+
+func (h *host) killMain(unit string) {
+	h.t.Helper()
+	h.sh(fmt.Sprintf("kill -9 $(systemctl show -P MainPID %s)", unit))
+}
+
+func scDaemonSigkillKeepsVMAlive(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	h.killMain("bangerd.service")
+	time.Sleep(1500 * time.Millisecond) // Restart=on-failure, RestartSec=1
+	waitAnswer(t, h)
+	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func scHelperSigkillKeepsVMAlive(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("vm", "create", "--name", "alive")
+	b := h.mustBootID("alive")
+	h.killMain("bangerd-root.service")
+	if _, err := h.sys.WaitUnit(t.Context(), "bangerd-root.service", "ActiveState", "active"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	waitAnswer(t, h)
+	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+	// The new helper serves: a second VM starts.
+	h.mustBanger("vm", "create", "--name", "second")
+	h.mustBootID("second")
+}
+
+func scVMLifecycle(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("vm", "create", "--name", "life")
+	h.mustBanger("vm", "exec", "life", "--", "sh", "-c", "echo persisted > /root/f")
+	b1 := h.mustBootID("life")
+	h.mustBanger("vm", "stop", "life")
+	h.mustBanger("vm", "start", "life")
+	if got := strings.TrimSpace(h.mustBanger("vm", "exec", "life", "--", "cat", "/root/f")); got != "persisted" {
+		t.Fatalf("/root/f after stop/start: %q", got)
+	}
+	b2 := h.mustBootID("life")
+	h.mustBanger("vm", "restart", "life")
+	b3 := h.mustBootID("life")
+	if b1 == b2 || b2 == b3 {
+		t.Fatalf("boot ids %s %s %s", b1, b2, b3)
+	}
+	r := h.banger("vm", "run", "--rm", "--", "sh", "-c", "exit 42")
+	if r.code != 42 {
+		t.Fatalf("vm run exit %d: %s", r.code, r.err)
+	}
+	if out := h.sh("ls /var/lib/banger/vms | wc -l; ip -o link show | grep -c bgtap || true"); strings.Fields(out)[0] != "1" || strings.Fields(out)[1] != "1" {
+		t.Fatalf("after --rm: vm dirs / taps: %q", out)
+	}
+	h.mustBanger("vm", "create", "--name", "victim")
+	h.mustBanger("vm", "kill", "victim")
+	if s := h.vmState("victim"); s != "stopped" {
+		t.Fatalf("after kill: %s", s)
+	}
+	out := h.mustBanger("vm", "prune", "-f")
+	if !strings.Contains(out, "victim deleted") || strings.Contains(out, "life") {
+		t.Fatalf("prune: %s", out)
+	}
+	if err := h.keepsAlive("life", b3); err != nil {
+		t.Fatalf("prune touched a running VM: %v", err)
+	}
+}
+
+// scCatchesTheBug re-runs the keeps-alive checks with each of banger's three
+// survival fixes undone. Each check must FAIL: that is what shows the suite
+// would catch the bug coming back.
+func scCatchesTheBug(t *testing.T) {
+	t.Run("KillMode=control-group", func(t *testing.T) {
+		h := newHost(t, art.bin)
+		h.sh(`sed -i 's/^KillMode=process/KillMode=control-group/; /^SendSIGKILL=no/d' /etc/systemd/system/bangerd.service /etc/systemd/system/bangerd-root.service && systemctl daemon-reload`)
+		h.mustBanger("vm", "create", "--name", "alive")
+		b := h.mustBootID("alive")
+		h.sys.Systemctl(t.Context(), "restart", "bangerd-root.service")
+		waitAnswer(t, h)
+		expectCaught(t, h.keepsAlive("alive", b))
+	})
+	t.Run("signal forwarding on", func(t *testing.T) {
+		h := newHost(t, art.faults["forward-signals"])
+		h.mustBanger("vm", "create", "--name", "alive")
+		b := h.mustBootID("alive")
+		h.sys.Systemctl(t.Context(), "restart", "bangerd-root.service")
+		waitAnswer(t, h)
+		expectCaught(t, h.keepsAlive("alive", b))
+	})
+	t.Run("rollback without restart", func(t *testing.T) {
+		h := newHost(t, art.faults["no-rollback-restart"])
+		h.serveReleases()
+		h.mustBanger("vm", "create", "--name", "alive")
+		h.mustBootID("alive")
+		r := h.banger(h.updateArgs("--to", brokenVersion)...)
+		if r.code == 0 {
+			t.Fatal("broken update succeeded")
+		}
+		// The same check update_rollback_keeps_vm_alive makes: the daemon
+		// must answer with the old version right after the update returns.
+		var st api.DaemonStatus
+		dr := h.banger("daemon", "status", "--json")
+		err := json.Unmarshal([]byte(dr.out), &st)
+		if err == nil && dr.code == 0 && st.Version == baseVersion {
+			err = nil
+		} else {
+			err = fmt.Errorf("daemon not answering after rollback: %s", strings.TrimSpace(dr.err))
+		}
+		expectCaught(t, err)
+	})
+}
+
+func expectCaught(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		t.Fatal("the keeps-alive check PASSED with the fix undone: the suite would not catch this regression")
+	}
+	t.Logf("caught, as expected: %v", err)
+}
+
+var _ = os.Getpid
+var _ = filepath.Join
