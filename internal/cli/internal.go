@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/spf13/cobra"
 )
 
@@ -38,6 +39,23 @@ func (a *app) internalCmd() *cobra.Command {
 			var v any
 			_ = json.Unmarshal(out, &v)
 			return output.JSON(a.stdout, v)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "build-guest",
+		Short: "Build (or find cached) the guest kernel, initrd and tiny image in the cache dir, without a daemon",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			art, err := guestbuild.Ensure(cmd.Context(), guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "guest artifacts ready: %s (kernel %s)\n", art.Dir, art.KernelVersion)
+			return nil
 		},
 	})
 	return cmd

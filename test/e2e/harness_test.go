@@ -61,13 +61,13 @@ func buildBinaries(dir, version, commit string) error {
 
 // env is an isolated user-mode environment: its own HOME and runtime dir.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	home string
 	run  string
 	bin  string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	home, err := os.MkdirTemp("", "bhome")
 	if err != nil {

@@ -30,7 +30,7 @@ type vmEnv struct {
 	helper *exec.Cmd
 }
 
-func newVMEnv(t *testing.T) *vmEnv {
+func newVMEnv(t testing.TB) *vmEnv {
 	t.Helper()
 	testutil.RequiresGuest(t)
 	if _, err := os.Stat(filepath.Join(binDir, "banger-vmm")); err != nil {

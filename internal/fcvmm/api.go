@@ -1,0 +1,235 @@
+package fcvmm
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Phase errors, word for word Firecracker's.
+var (
+	errPostBoot = badRequest("The requested operation is not supported after starting the microVM.")
+	errPreBoot  = badRequest("The requested operation is not supported before starting the microVM.")
+)
+
+func notSupported(what string) *apiError {
+	return badRequest("The requested operation is not supported: %s is not supported by banger-vmm", what)
+}
+
+// ServeHTTP answers one API request, holding the VMM lock for its whole
+// duration: Firecracker's API thread also handles requests one at a time.
+func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, v.maxBody+1))
+	if err != nil {
+		v.reply(w, 0, nil, badRequest("%v", err))
+		return
+	}
+	if int64(len(body)) > v.maxBody {
+		size := r.ContentLength
+		if size < int64(len(body)) {
+			size = int64(len(body))
+		}
+		v.reply(w, 0, nil, badRequest("Request payload with size %d is larger than the limit of %d allowed by server.", size, v.maxBody))
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(body) > 0 {
+		v.log.info("fc_api", "The API server received a %s request on %q with body %q.", rustMethod(r.Method), r.URL.Path, string(body))
+	} else {
+		v.log.info("fc_api", "The API server received a %s request on %q.", rustMethod(r.Method), r.URL.Path)
+	}
+	status, out, aerr := v.route(r.Method, r.URL.Path, body)
+	v.met.count(r.Method+" "+firstToken(r.URL.Path), aerr != nil)
+	v.reply(w, status, out, aerr)
+}
+
+func rustMethod(m string) string {
+	if m == "" {
+		return m
+	}
+	return m[:1] + strings.ToLower(m[1:])
+}
+
+func firstToken(path string) string {
+	t, _, _ := strings.Cut(strings.TrimLeft(path, "/"), "/")
+	return t
+}
+
+// reply writes Firecracker's response shapes: 204 without a body, 200 with
+// JSON, or an error with {"fault_message": ...}; every response carries
+// "Server: Firecracker API" and every body "Content-Type: application/json".
+func (v *vmm) reply(w http.ResponseWriter, status int, out any, aerr *apiError) {
+	h := w.Header()
+	h.Set("Server", "Firecracker API")
+	if aerr != nil {
+		b, _ := json.Marshal(map[string]string{"fault_message": aerr.msg})
+		st := aerr.status
+		if st == 0 {
+			st = http.StatusBadRequest
+		}
+		v.log.errorf("fc_api", "Received Error. Status code: %d %s. Message: %s", st, http.StatusText(st), aerr.msg)
+		h.Set("Content-Type", "application/json")
+		h.Set("Content-Length", fmt.Sprint(len(b)))
+		w.WriteHeader(st)
+		w.Write(b)
+		return
+	}
+	if out == nil {
+		v.log.info("fc_api", "The request was executed successfully. Status code: 204 No Content.")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	b, _ := json.Marshal(out)
+	v.log.info("fc_api", "The request was executed successfully. Status code: 200 OK.")
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", fmt.Sprint(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// route dispatches like Firecracker's ParsedRequest::try_from: on the method,
+// the first path token and whether there is a body; the second token is a
+// resource id where one is expected.
+func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
+	tokens := strings.Split(strings.TrimLeft(uri, "/"), "/")
+	for len(tokens) > 0 && tokens[len(tokens)-1] == "" {
+		tokens = tokens[:len(tokens)-1] // split_terminator drops a trailing empty token
+	}
+	path := ""
+	if len(tokens) > 0 {
+		path = tokens[0]
+	}
+	var next *string
+	if len(tokens) > 1 {
+		next = &tokens[1]
+	}
+	nextIs := func(s string) bool { return next != nil && *next == s }
+	hasBody := len(body) > 0
+
+	switch method {
+	case http.MethodGet:
+		if !hasBody {
+			switch {
+			case path == "":
+				return 200, v.instanceInfo(), nil
+			case path == "balloon":
+				return 0, nil, badRequest("Balloon config error: No balloon device found.")
+			case path == "version":
+				return 200, map[string]string{"firecracker_version": firecrackerVers}, nil
+			case path == "vm" && nextIs("config"):
+				return 200, v.fullConfig(), nil
+			case path == "machine-config":
+				return 200, v.cfg.machine, nil
+			case path == "mmds":
+				return 0, nil, notSupported("MMDS")
+			case path == "hotplug" && nextIs("memory"):
+				return 0, nil, notSupported("memory hotplug")
+			}
+		} else {
+			return 0, nil, badRequest("GET request cannot have a body.")
+		}
+	case http.MethodPut:
+		if !hasBody {
+			return 0, nil, badRequest("Empty PUT request.")
+		}
+		switch path {
+		case "actions":
+			return v.putActions(body)
+		case "boot-source":
+			return v.putBootSource(body)
+		case "drives":
+			return v.putDrive(body, next)
+		case "logger":
+			return v.putLogger(body)
+		case "machine-config":
+			return v.putMachineConfig(body)
+		case "metrics":
+			return v.putMetrics(body)
+		case "network-interfaces":
+			return v.putNetwork(body, next)
+		case "entropy":
+			return v.putEntropy(body)
+		case "serial":
+			return v.putSerial(body)
+		case "vsock":
+			return v.unsupported(true, "vsock")
+		case "balloon":
+			return v.unsupported(true, "the balloon device")
+		case "mmds":
+			if next != nil && *next == "config" {
+				return v.unsupported(true, "MMDS")
+			}
+			return 0, nil, notSupported("MMDS")
+		case "cpu-config":
+			return v.unsupported(true, "a custom CPU template")
+		case "pmem":
+			return v.unsupported(true, "virtio-pmem")
+		case "snapshot":
+			switch {
+			case nextIs("create"):
+				return v.unsupported(false, "snapshot creation")
+			case nextIs("load"):
+				return v.unsupported(true, "snapshot loading")
+			}
+			return 0, nil, badRequest("Invalid request method and/or path: PUT snapshot.")
+		case "hotplug":
+			if nextIs("memory") {
+				return v.unsupported(true, "memory hotplug")
+			}
+		}
+	case http.MethodPatch:
+		if path == "balloon" {
+			return v.unsupported(false, "the balloon device")
+		}
+		if !hasBody {
+			return 0, nil, badRequest("Empty PATCH request.")
+		}
+		switch path {
+		case "drives":
+			return v.patchDrive(body, next)
+		case "machine-config":
+			return v.patchMachineConfig(body)
+		case "mmds":
+			return 0, nil, notSupported("MMDS")
+		case "network-interfaces":
+			return v.patchNetwork(body, next)
+		case "vm":
+			return v.patchVM(body)
+		case "hotplug":
+			if nextIs("memory") {
+				return v.unsupported(false, "memory hotplug")
+			}
+		}
+	}
+	return 0, nil, badRequest("Invalid request method and/or path: %s %s.", method, path)
+}
+
+// unsupported answers a Firecracker feature banger-vmm lacks, after the
+// boot-phase check Firecracker would apply first.
+func (v *vmm) unsupported(preBootOnly bool, what string) (int, any, *apiError) {
+	if preBootOnly && v.started {
+		return 0, nil, errPostBoot
+	}
+	if !preBootOnly && !v.started {
+		return 0, nil, errPreBoot
+	}
+	return 0, nil, notSupported(what)
+}
+
+// checkedID is Firecracker's checked_id for path ids.
+func checkedID(id *string) (string, *apiError) {
+	if id == nil || *id == "" {
+		return "", badRequest("The ID cannot be empty.")
+	}
+	for _, c := range *id {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return "", badRequest("API Resource IDs can only contain alphanumeric characters and underscores.")
+		}
+	}
+	return *id, nil
+}
+
+var errIDMismatch = badRequest("The id from the path does not match the id from the body!")

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/guestbuild"
+	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/testutil"
+)
+
+// BenchmarkVMRunRmTrue times `banger vm run --rm -- true` end to end:
+// create (disks), boot, SSH, the command, delete.
+func BenchmarkVMRunRmTrue(b *testing.B) {
+	v := newVMEnv(b)
+	v.must("vm", "run", "--rm", "--", "true") // warm: image published, bridge up
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := v.banger("vm", "run", "--rm", "--", "true"); r.code != 0 {
+			b.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	}
+}
+
+// BenchmarkBareQEMUBootSSHTrue is the floor banger is measured against: the
+// same kernel, initrd and image booted by plain qemu-system-x86_64 -M microvm
+// on a tap in a fresh namespace, until `true` has run over SSH.
+func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
+	testutil.RequiresGuest(b)
+	ctx := context.Background()
+	art, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	_, auth, err := guestssh.EnsureKey(filepath.Join(dir, "key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	seed := filepath.Join(dir, "seed")
+	os.MkdirAll(filepath.Join(seed, ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(seed, ".ssh", "authorized_keys"), []byte(auth+"\n"), 0o600)
+	ns := fmt.Sprintf("bgbench%d", os.Getpid())
+	exec.Command("ip", "netns", "add", ns).Run()
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"tuntap", "add", "dev", "tap0", "mode", "tap"}, {"addr", "add", "172.31.77.1/24", "dev", "tap0"}, {"link", "set", "tap0", "up"}} {
+		if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+			b.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	tsc := tscKHz()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		root := filepath.Join(dir, fmt.Sprintf("root%d.ext4", i))
+		work := filepath.Join(dir, fmt.Sprintf("work%d.ext4", i))
+		if _, err := disk.CloneRootfs(art.Rootfs, root); err != nil {
+			b.Fatal(err)
+		}
+		if err := disk.MakeWorkDisk(ctx, work, 128<<20, seed); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("ip", "netns", "exec", ns, "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
+			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
+			"-kernel", art.Vmlinux, "-initrd", art.Initrd,
+			"-append", "console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet root=/dev/vda rw banger.ip=172.31.77.2/24 banger.gw=172.31.77.1 banger.hostname=bench tsc_early_khz="+tsc,
+			"-drive", "file="+root+",if=none,id=d0,format=raw,cache=unsafe", "-device", "virtio-blk-device,drive=d0",
+			"-drive", "file="+work+",if=none,id=d1,format=raw,cache=unsafe", "-device", "virtio-blk-device,drive=d1",
+			"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0",
+			"-device", "virtio-rng-device")
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		code, err := sshTrueInNS(ns, filepath.Join(dir, "key"), filepath.Join(dir, fmt.Sprintf("kh%d", i)))
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil || code != 0 {
+			b.Fatalf("ssh true: %d %v", code, err)
+		}
+	}
+}
+
+// sshTrueInNS waits (inside the namespace) until the guest's SSH server
+// sends its banner, then runs `true` with the system ssh client, retrying a
+// failed connection as banger's own readiness wait does.
+func sshTrueInNS(ns, keyPath, knownHosts string) (int, error) {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := exec.Command("ip", "netns", "exec", ns, "bash", "-c",
+			"exec 3<>/dev/tcp/172.31.77.2/22 && head -c4 <&3").Output()
+		if err == nil && strings.HasPrefix(string(out), "SSH-") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var last error
+	for time.Now().Before(deadline) {
+		args := guestssh.SystemSSHArgs("172.31.77.2:22", keyPath, knownHosts, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "true")
+		err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).Run()
+		if err == nil {
+			return 0, nil
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	return -1, last
+}
+
+func tscKHz() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "cpu MHz") {
+			var mhz float64
+			fmt.Sscanf(strings.TrimSpace(strings.SplitN(line, ":", 2)[1]), "%f", &mhz)
+			return fmt.Sprint(int(mhz * 1000))
+		}
+	}
+	return "2500000"
+}
