@@ -30,8 +30,9 @@ build: ## build every binary into build/bin with build info stamped
 run: deps build ## the main job: set up, start the daemon, show it
 	@scripts/run.sh
 
-test: deps ## run every test (root tests and real guests included when possible)
-	$(GO) test -count=1 -timeout 40m ./...
+test: deps ## every test: unit, e2e with real guests, then the systemd smoke suite (root parts skip without root)
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) smoke
 
 SCENARIO ?=
 JOBS     ?= 3

@@ -70,7 +70,14 @@ func Open(nsPath string) (*Net, error) {
 		ns.Close()
 		return nil, fmt.Errorf("hostnet: %s is not a network namespace", nsName(nsPath))
 	}
-	h, err := netlink.NewHandleAt(ns)
+	// In the caller's own namespace, use plain sockets: joining a namespace
+	// (setns) needs CAP_SYS_ADMIN, which the root helper does not have.
+	var h *netlink.Handle
+	if nsPath == "" {
+		h, err = netlink.NewHandle()
+	} else {
+		h, err = netlink.NewHandleAt(ns)
+	}
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("hostnet: netlink in netns %s: %w", nsName(nsPath), err)
@@ -95,6 +102,9 @@ func nsName(p string) string {
 // are cheap (a netlink socket per operation) and a fresh one never carries a
 // failed batch over from an earlier call.
 func (n *Net) nft() (*nftables.Conn, error) {
+	if n.nsPath == "" {
+		return nftables.New()
+	}
 	return nftables.New(nftables.WithNetNSFd(int(n.ns)))
 }
 
@@ -102,6 +112,9 @@ func (n *Net) nft() (*nftables.Conn, error) {
 // locked and never unlocked, so the Go runtime destroys it when f returns and
 // the namespace switch cannot leak into other goroutines.
 func (n *Net) inNS(f func() error) error {
+	if n.nsPath == "" {
+		return f()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -173,6 +173,17 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 	if err := os.MkdirAll("/etc/banger", 0o755); err != nil {
 		return err
 	}
+	// The helper's sandbox names these directories; they must exist, owned
+	// by the owner, before either unit starts.
+	sl := paths.SystemLayout()
+	for _, d := range []string{sl.StateDir, sl.CacheDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chown(d, uid, gid); err != nil {
+			return err
+		}
+	}
 	for _, args := range [][]string{{"daemon-reload"}, {"enable", HelperUnit, DaemonUnit}, {"restart", HelperUnit}, {"restart", DaemonUnit}} {
 		if err := in.Systemd.Systemctl(ctx, args...); err != nil {
 			return err

@@ -232,7 +232,12 @@ func SendCtrlAltDel(ctx context.Context, apiSock string) error {
 
 // Alive reports whether pid exists and is not a zombie.
 func Alive(pid int) bool {
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+	if pid <= 0 {
+		return false
+	}
+	// EPERM: it exists but belongs to another user (a root-launched VMM
+	// seen from the owner daemon).
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
 	}
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

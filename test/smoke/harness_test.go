@@ -212,7 +212,7 @@ func newHost(t *testing.T, binDir string) *host {
 	art.coverDirs = append(art.coverDirs, cover)
 	art.mu.Unlock()
 	h.sh("useradd --create-home --shell /bin/sh " + owner)
-	h.sh("mkdir -p /var/cache/banger /var/lib/banger-cover && chmod 1777 /var/lib/banger-cover && cp -a /mnt/guestcache/guest /var/cache/banger/")
+	h.sh("mkdir -p /var/cache/banger /var/lib/banger-cover && chmod 0777 /var/lib/banger-cover && cp -a /mnt/guestcache/guest /var/cache/banger/")
 	h.sh("ip link set lo up")
 	// Coverage of the services: a test-side drop-in, not part of banger's units.
 	for _, u := range []string{"bangerd.service", "bangerd-root.service"} {
@@ -473,7 +473,8 @@ func reportCoverage() {
 		fmt.Printf("smoke: covdata: %v\n%s", err, out)
 		return
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	text := regexp.MustCompile(`\s+(github\.com/)`).ReplaceAllString(strings.TrimSpace(string(out)), "\n$1")
+	lines := strings.Split(text, "\n")
 	sort.Strings(lines)
 	fmt.Println("smoke: coverage of what the scenarios exercised (per package):")
 	for _, l := range lines {
