@@ -3,7 +3,7 @@
 # machine (Debian 12). Idempotent: does nothing when everything is present.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils busybox-static kmod cpio e2fsprogs iproute2
-      nftables openssh-client xfsprogs git ca-certificates openssl passwd util-linux)
+      nftables openssh-client xfsprogs git ca-certificates openssl passwd util-linux systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
