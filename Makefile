@@ -47,6 +47,8 @@ lint: ## gofmt, go vet, staticcheck
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) vet -tags smoke ./test/smoke
+	$(GO) run $(STATICCHECK) -tags smoke ./test/smoke
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')

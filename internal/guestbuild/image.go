@@ -341,10 +341,7 @@ func busyboxApplets(ctx context.Context, busybox string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing busybox applets: %w", err)
 	}
-	var l []string
-	for _, a := range strings.Fields(string(out)) {
-		l = append(l, a)
-	}
+	l := strings.Fields(string(out))
 	if len(l) < 50 {
 		return nil, fmt.Errorf("busybox --list-full printed only %d applets", len(l))
 	}

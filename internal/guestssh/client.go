@@ -238,6 +238,9 @@ func (c *Client) session(ctx context.Context, stdin io.Reader, stdout, stderr io
 		done <- result{code, err}
 	}()
 
+	stopKA := make(chan struct{})
+	defer close(stopKA)
+	go c.keepAlive(stopKA)
 	select {
 	case r := <-done:
 		return r.code, r.err
@@ -265,6 +268,44 @@ func (c *Client) session(ctx context.Context, stdin io.Reader, stdout, stderr io
 		errW.shut()
 	}
 	return -1, ctx.Err()
+}
+
+// Keep-alive: a guest that vanishes (rebooted, VMM killed) sends no FIN or
+// RST, so without probes a session would wait for TCP's own timeout.
+var (
+	KeepAliveInterval = 5 * time.Second
+	KeepAliveTimeout  = 15 * time.Second
+)
+
+// keepAlive probes the server until stop closes; an unanswered probe closes
+// the connection, which ends the session with a "connection lost" error.
+func (c *Client) keepAlive(stop <-chan struct{}) {
+	t := time.NewTicker(KeepAliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		replied := make(chan error, 1)
+		go func() {
+			_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
+			replied <- err
+		}()
+		select {
+		case <-stop:
+			return
+		case err := <-replied:
+			if err != nil {
+				c.ssh.Close()
+				return
+			}
+		case <-time.After(KeepAliveTimeout):
+			c.ssh.Close()
+			return
+		}
+	}
 }
 
 // exitResult maps Session.Wait's error to an exit code.

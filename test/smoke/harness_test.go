@@ -22,7 +22,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -482,4 +481,3 @@ func reportCoverage() {
 	}
 }
 
-func pidAlive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }

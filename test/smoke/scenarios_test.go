@@ -5,8 +5,6 @@ package smoke
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -425,6 +423,3 @@ func expectCaught(t *testing.T, err error) {
 	}
 	t.Logf("caught, as expected: %v", err)
 }
-
-var _ = os.Getpid
-var _ = filepath.Join
