@@ -480,4 +480,3 @@ func reportCoverage() {
 		fmt.Println("  " + strings.TrimSpace(l))
 	}
 }
-
