@@ -115,6 +115,16 @@ func (a *app) vmCreateCmd() *cobra.Command {
 	return cmd
 }
 
+// call reaches the daemon (starting it in user mode if needed) and makes
+// one call.
+func (a *app) call(ctx context.Context, method string, params, out any) error {
+	c, _, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Call(ctx, method, params, out)
+}
+
 func exactlyOneVM(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 {
 		return usageError{fmt.Errorf("%s needs exactly one VM name (got %d arguments)", cmd.CommandPath(), len(args))}
@@ -177,12 +187,8 @@ func (a *app) vmKillCmd() *cobra.Command {
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var v api.VM
-			if err := c.Call(cmd.Context(), api.MethodVMKill, api.VMKillParams{Name: args[0], Signal: strings.ToUpper(sig)}, &v); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMKill, api.VMKillParams{Name: args[0], Signal: strings.ToUpper(sig)}, &v); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s killed\n", v.Name)
@@ -228,12 +234,8 @@ func (a *app) vmPruneCmd() *cobra.Command {
 		Example: "  banger vm prune\n  banger vm prune -f",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var vms []api.VM
-			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
 				return err
 			}
 			var rows [][]string
@@ -260,7 +262,7 @@ func (a *app) vmPruneCmd() *cobra.Command {
 				}
 			}
 			var res api.VMPruneResult
-			if err := c.Call(cmd.Context(), api.MethodVMPrune, nil, &res); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMPrune, nil, &res); err != nil {
 				return err
 			}
 			for _, n := range res.Deleted {
@@ -332,12 +334,8 @@ func (a *app) vmListCmd() *cobra.Command {
 		Example: "  banger vm list\n  banger vm list --json | jq -r '.[].name'",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var vms []api.VM
-			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
 				return err
 			}
 			if asJSON {
@@ -370,12 +368,8 @@ func (a *app) vmShowCmd() *cobra.Command {
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var v api.VM
-			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &v); err != nil {
 				return err
 			}
 			if asJSON {
@@ -416,12 +410,8 @@ func (a *app) vmLogsCmd() *cobra.Command {
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var l api.VMLogs
-			if err := c.Call(cmd.Context(), api.MethodVMLogs, api.VMRef{Name: args[0]}, &l); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMLogs, api.VMRef{Name: args[0]}, &l); err != nil {
 				return err
 			}
 			if l.Truncated {

@@ -28,6 +28,16 @@ var _ Ops = (*Local)(nil)
 
 func (l *Local) net() (*hostnet.Net, error) { return hostnet.Open(l.NetNS) }
 
+// withNet runs f with a Net bound to the helper's namespace.
+func (l *Local) withNet(f func(n *hostnet.Net) error) error {
+	n, err := l.net()
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return f(n)
+}
+
 // EnsureBridge implements Ops.
 func (l *Local) EnsureBridge(ctx context.Context, r BridgeReq) error {
 	gw, err := l.Policy.ValidateBridge(r)
@@ -57,12 +67,7 @@ func (l *Local) CreateTap(ctx context.Context, r TapReq) error {
 	if r.Bridge == "" {
 		return bad("tap %s: bridge required", r.Name)
 	}
-	n, err := l.net()
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	return n.CreateTap(r.Name, r.Bridge, l.Policy.OwnerUID, l.Policy.OwnerGID)
+	return l.withNet(func(n *hostnet.Net) error { return n.CreateTap(r.Name, r.Bridge, l.Policy.OwnerUID, l.Policy.OwnerGID) })
 }
 
 // DeleteTap implements Ops.
@@ -70,12 +75,7 @@ func (l *Local) DeleteTap(ctx context.Context, r TapReq) error {
 	if err := l.Policy.ValidateTap(TapReq{Name: r.Name}); err != nil {
 		return err
 	}
-	n, err := l.net()
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	return n.DeleteTap(r.Name)
+	return l.withNet(func(n *hostnet.Net) error { return n.DeleteTap(r.Name) })
 }
 
 // ListTaps implements Ops.
@@ -94,12 +94,7 @@ func (l *Local) AddNAT(ctx context.Context, r NATReq) error {
 	if err != nil {
 		return err
 	}
-	n, err := l.net()
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	return n.AddNAT(a, r.Tap)
+	return l.withNet(func(n *hostnet.Net) error { return n.AddNAT(a, r.Tap) })
 }
 
 // RemoveNAT implements Ops.
@@ -108,12 +103,7 @@ func (l *Local) RemoveNAT(ctx context.Context, r NATReq) error {
 	if err != nil {
 		return err
 	}
-	n, err := l.net()
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	return n.RemoveNAT(a, r.Tap)
+	return l.withNet(func(n *hostnet.Net) error { return n.RemoveNAT(a, r.Tap) })
 }
 
 // PrepareDisks implements Ops. On failure nothing it created is left.

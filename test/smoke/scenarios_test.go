@@ -33,6 +33,7 @@ var scenarios = []scenario{
 	{"helper_sigkill_keeps_vm_alive", scHelperSigkillKeepsVMAlive},
 	{"vm_lifecycle", scVMLifecycle},
 	{"catches_the_bug", scCatchesTheBug},
+	{"system_uninstall", scSystemUninstall},
 }
 
 func TestSmoke(t *testing.T) {
@@ -130,6 +131,26 @@ func scUpdateCheck(t *testing.T) {
 	r := h.exec(time.Minute, append([]string{"setpriv", "--reuid=" + owner, "--regid=" + owner, "--init-groups", "/usr/local/bin/banger"}, h.updateArgs("--check")...)...)
 	if r.code != 0 || strings.TrimSpace(r.out) != "update available: "+baseVersion+" → "+goodVersion {
 		t.Fatalf("check: %d %q %q", r.code, r.out, r.err)
+	}
+	// Without --to, a version that cannot be ordered against the installed one
+	// (and so might be a downgrade) is refused before anything changes.
+	before := h.snapshot()
+	r = h.banger(h.updateArgs()...)
+	if r.code == 0 || !strings.Contains(r.err, "name the version with --to") {
+		t.Fatalf("unordered update without --to: %d %q", r.code, r.err)
+	}
+	h.assertUnchanged(before)
+}
+
+func scSystemUninstall(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("system", "uninstall", "--purge")
+	left := h.sh("ls /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/lib/banger /etc/banger/install.toml /etc/systemd/system/bangerd.service /etc/systemd/system/bangerd-root.service /var/lib/banger 2>&1 || true")
+	if strings.Count(left, "No such file or directory") != 7 {
+		t.Fatalf("left behind after uninstall --purge:\n%s", left)
+	}
+	if out, _ := h.sys.Systemctl(t.Context(), "is-active", "bangerd.service", "bangerd-root.service"); strings.Contains(out, "active\n") && !strings.Contains(out, "inactive") {
+		t.Fatalf("units still active: %s", out)
 	}
 }
 

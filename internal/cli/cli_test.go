@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func run(args ...string) (string, string, int) {
+	var out, errb bytes.Buffer
+	code := Main(args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestUpdateHiddenFlagsAbsentFromHelp(t *testing.T) {
+	out, _, code := run("update", "--help")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, hidden := range []string{"--manifest-url", "--pubkey-file"} {
+		if strings.Contains(out, hidden) {
+			t.Errorf("%s shown in update --help", hidden)
+		}
+	}
+	for _, shown := range []string{"--check", "--to", "--dry-run", "--force", "Example"} {
+		if !strings.Contains(out, shown) {
+			t.Errorf("%s missing from update --help", shown)
+		}
+	}
+}
+
+func TestEveryCommandHasHelpWithExamples(t *testing.T) {
+	root := (&app{}).rootCmd()
+	for _, c := range root.Commands() {
+		if c.Hidden || c.Name() == "completion" || c.Name() == "help" {
+			continue
+		}
+		for _, sub := range append(c.Commands(), c) {
+			if sub.Hidden || !sub.Runnable() {
+				continue
+			}
+			if sub.Short == "" {
+				t.Errorf("%s has no short help", sub.CommandPath())
+			}
+			if sub.Example == "" {
+				t.Errorf("%s has no example", sub.CommandPath())
+			}
+		}
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	_, errOut, code := run("vm", "create", "--vcpu", "lots")
+	if code != ExitUsage || !strings.HasPrefix(errOut, "banger: ") || strings.Count(errOut, "\n") != 1 {
+		t.Fatalf("bad flag: exit %d %q", code, errOut)
+	}
+	_, errOut, code = run("vm", "exec", "onlyname")
+	if code != ExitUsage || !strings.Contains(errOut, "usage: banger vm exec NAME -- CMD") {
+		t.Fatalf("exec without command: exit %d %q", code, errOut)
+	}
+	_, errOut, code = run("vm", "run", "-d", "--rm")
+	if code != ExitUsage || !strings.Contains(errOut, "-d cannot be combined") {
+		t.Fatalf("run -d --rm: exit %d %q", code, errOut)
+	}
+}
