@@ -418,15 +418,22 @@ func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (
 		rpcserver.SetStage(ctx, "shutting down the guest")
 		rec.State = api.StateStopping
 		_ = s.Store.UpdateVM(ctx, rec)
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if c, err := guestssh.Dial(sctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions()); err == nil {
-			// The guest dies under this command: no exit status comes back.
-			_, _ = c.RunScript(sctx, "sync; reboot -f", nil, io.Discard, io.Discard)
-			c.Close()
+			// sync first, and wait for it: what was written is on disk.
+			if _, err := c.RunScript(sctx, "sync", nil, io.Discard, io.Discard); err != nil {
+				log.Warn("guest sync failed", "error", err)
+			}
+			// The guest dies under reboot: no exit status comes back, so
+			// don't wait for one; the VMM's exit is what counts.
+			go func() {
+				_, _ = c.RunScript(sctx, "reboot -f", nil, io.Discard, io.Discard)
+				c.Close()
+			}()
 		} else {
 			log.Warn("guest not reachable over SSH for a clean shutdown", "error", err)
 		}
-		cancel()
+		defer cancel()
 		if !s.waitGone(ctx, pid, StopTimeout) {
 			log.Warn("guest did not power off in time; sending Ctrl-Alt-Del")
 			_ = vmm.SendCtrlAltDel(ctx, d.APISock())
@@ -544,8 +551,14 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 }
 
 func (s *Service) delete(ctx context.Context, rec store.VMRecord) error {
+	// The disks are about to go: no clean shutdown is owed to them.
+	d := vmdir.Dir(rec.Runtime.Dir)
+	if pid, err := vmm.ReadPID(d.PIDFile()); err == nil && vmm.Identify(pid, d.APISock()) == nil {
+		_ = s.Ops.KillVMM(ctx, privops.KillReq{PIDFile: d.PIDFile(), APISock: d.APISock(), Signal: "KILL"})
+		s.waitGone(ctx, pid, 10*time.Second)
+	}
 	var err error
-	if rec, err = s.stop(ctx, rec, ""); err != nil {
+	if rec, err = s.cleanup(ctx, rec, ""); err != nil {
 		logging.From(ctx).Warn("cleanup before delete", "vm", rec.Name, "error", err)
 	}
 	if rec.Runtime.Dir != "" {
