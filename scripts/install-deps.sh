@@ -2,7 +2,7 @@
 # install-deps.sh — install the Debian packages banger needs on this kind of
 # machine (Debian 12). Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils busybox-static kmod cpio e2fsprogs iproute2
+pkgs=(qemu-system-x86 qemu-utils busybox-static kmod cpio e2fsprogs mmdebstrap iproute2
       nftables openssh-client xfsprogs git ca-certificates openssl passwd util-linux systemd)
 missing=()
 for p in "${pkgs[@]}"; do

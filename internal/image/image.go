@@ -1,7 +1,7 @@
 // Package image owns images and kernels: resolving an image name to a root
-// filesystem and a kernel, and producing banger's built-in "tiny" image on
-// demand from Debian packages (internal/guestbuild). Builds of one name are
-// serialised; later callers get the published result.
+// filesystem and a kernel, and producing banger's built-in images ("tiny",
+// "debian-bookworm") on demand from Debian packages (internal/guestbuild).
+// Builds of one name are serialised; later callers get the published result.
 package image
 
 import (
@@ -28,8 +28,15 @@ import (
 // TinyImage is the built-in busybox + dropbear image.
 const TinyImage = "tiny"
 
-// builtins can be produced locally when missing.
-var builtins = map[string]bool{TinyImage: true}
+// DebianImage is the built-in Debian bookworm image (systemd, OpenSSH, git),
+// built locally with mmdebstrap; it boots the same kernel as tiny.
+const DebianImage = "debian-bookworm"
+
+// builtins can be produced locally when missing: name -> how.
+var builtins = map[string]func(context.Context, guestbuild.Options) (guestbuild.Artifacts, error){
+	TinyImage:   guestbuild.Ensure,
+	DebianImage: guestbuild.EnsureDebian,
+}
 
 // Service resolves and registers images.
 type Service struct {
@@ -61,7 +68,7 @@ func (s *Service) lock(name string) *sync.Mutex {
 
 // Known reports whether name is registered or can be built.
 func (s *Service) Known(ctx context.Context, name string) error {
-	if builtins[name] {
+	if builtins[name] != nil {
 		return nil
 	}
 	if _, err := s.Store.GetImage(ctx, name); err != nil {
@@ -107,8 +114,8 @@ func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) 
 	l.Lock()
 	defer l.Unlock()
 	im, err := s.Store.GetImage(ctx, name)
-	if errors.Is(err, errdefs.ErrNotFound) && builtins[name] {
-		im, err = s.buildTiny(ctx, progress)
+	if errors.Is(err, errdefs.ErrNotFound) && builtins[name] != nil {
+		im, err = s.buildBuiltin(ctx, name, progress)
 	}
 	if err != nil {
 		return Resolved{}, err
@@ -123,13 +130,14 @@ func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) 
 	return Resolved{Image: im, Kernel: k}, nil
 }
 
-// buildTiny builds (or reuses the cached) guest artifacts and publishes
-// them into the state dir: kernels/<version>/ and images/tiny/.
-func (s *Service) buildTiny(ctx context.Context, progress io.Writer) (store.ImageRecord, error) {
-	s.Log.Info("building image", "image", TinyImage)
-	art, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: s.Layout.CacheDir, Progress: progress})
+// buildBuiltin builds (or reuses the cached) guest artifacts of a built-in
+// image and publishes them into the state dir: kernels/<version>/ and
+// images/<name>/. All built-ins share the kernel record.
+func (s *Service) buildBuiltin(ctx context.Context, name string, progress io.Writer) (store.ImageRecord, error) {
+	s.Log.Info("building image", "image", name)
+	art, err := builtins[name](ctx, guestbuild.Options{CacheDir: s.Layout.CacheDir, Progress: progress})
 	if err != nil {
-		return store.ImageRecord{}, fmt.Errorf("build image %s: %w", TinyImage, err)
+		return store.ImageRecord{}, fmt.Errorf("build image %s: %w", name, err)
 	}
 	now := time.Now().UTC().Format(time.RFC3339)
 	kdir := filepath.Join(s.Layout.KernelsDir(), art.KernelVersion)
@@ -138,8 +146,8 @@ func (s *Service) buildTiny(ctx context.Context, progress io.Writer) (store.Imag
 		Vmlinux: filepath.Join(kdir, "vmlinux"), Vmlinuz: filepath.Join(kdir, "vmlinuz"), Initrd: filepath.Join(kdir, "initrd.img"),
 		CreatedAt: now,
 	}
-	idir := filepath.Join(s.Layout.ImagesDir(), TinyImage)
-	im := store.ImageRecord{ID: newID(), Name: TinyImage, Rootfs: filepath.Join(idir, "rootfs.ext4"), KernelID: k.ID, Managed: true, CreatedAt: now,
+	idir := filepath.Join(s.Layout.ImagesDir(), name)
+	im := store.ImageRecord{ID: newID(), Name: name, Rootfs: filepath.Join(idir, "rootfs.ext4"), KernelID: k.ID, Managed: true, CreatedAt: now,
 		Meta: map[string]string{"source": "guestbuild " + art.Key}}
 	for src, dst := range map[string]string{art.Vmlinux: k.Vmlinux, art.Vmlinuz: k.Vmlinuz, art.Initrd: k.Initrd, art.Rootfs: im.Rootfs} {
 		if err := publish(src, dst); err != nil {
@@ -152,7 +160,7 @@ func (s *Service) buildTiny(ctx context.Context, progress io.Writer) (store.Imag
 	if err := s.Store.PutImage(ctx, im); err != nil {
 		return store.ImageRecord{}, err
 	}
-	s.Log.Info("image registered", "image", TinyImage, "kernel", k.Name)
+	s.Log.Info("image registered", "image", name, "kernel", k.Name)
 	return im, nil
 }
 

@@ -158,9 +158,11 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 		}
 		in.say("installed %s", dst)
 	}
-	if err := write(in.Layout.MetaPath, nil, 0o644); err != nil {
+	mb, err := snapshot(in.Layout.MetaPath)
+	if err != nil {
 		return err
 	}
+	backups = append(backups, mb)
 	if err := WriteMeta(in.Layout.MetaPath, meta); err != nil {
 		return err
 	}
