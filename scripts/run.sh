@@ -11,12 +11,13 @@ if [ "$(id -u)" != 0 ]; then
   echo "run.sh: VMs need root here (bridge, taps); showing the daemon instead" >&2
   exec "$BIN/banger" daemon status
 fi
-# The guest kernel and image come from the Debian archive: build them outside
-# the namespace (which has no uplink), once; later runs reuse the cache.
+# The guest kernel and the default image (debian-bookworm) come from the
+# Debian archive: build them outside the namespace (which has no uplink),
+# once (~1 min); later runs reuse the cache.
 "$BIN/banger" internal build-guest
 # A daemon started outside the namespace would put the bridge on the host.
 "$BIN/banger" daemon stop >/dev/null
 ip netns add "$NS" 2>/dev/null || true
 ip -n "$NS" link set lo up
-ip netns exec "$NS" "$BIN/banger" vm run --rm -- uname -a
+ip netns exec "$NS" "$BIN/banger" vm run --rm -- sh -c 'uname -a; cat /etc/os-release'
 ip netns exec "$NS" "$BIN/banger" daemon status

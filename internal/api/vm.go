@@ -2,19 +2,21 @@ package api
 
 // VM methods.
 const (
-	MethodVMCreate  = "vm.create"
-	MethodVMStart   = "vm.start"
-	MethodVMStop    = "vm.stop"
-	MethodVMRestart = "vm.restart"
-	MethodVMKill    = "vm.kill"
-	MethodVMDelete  = "vm.delete"
-	MethodVMPrune   = "vm.prune"
-	MethodVMSet     = "vm.set"
-	MethodVMList    = "vm.list"
-	MethodVMShow    = "vm.show"
-	MethodVMLogs    = "vm.logs"
-	MethodVMSSHInfo = "vm.ssh_info"
-	MethodImageList = "image.list"
+	MethodVMCreate    = "vm.create"
+	MethodVMStart     = "vm.start"
+	MethodVMStop      = "vm.stop"
+	MethodVMRestart   = "vm.restart"
+	MethodVMKill      = "vm.kill"
+	MethodVMDelete    = "vm.delete"
+	MethodVMPrune     = "vm.prune"
+	MethodVMSet       = "vm.set"
+	MethodVMList      = "vm.list"
+	MethodVMShow      = "vm.show"
+	MethodVMLogs      = "vm.logs"
+	MethodVMSSHInfo   = "vm.ssh_info"
+	MethodImageList   = "image.list"
+	MethodImageShow   = "image.show"
+	MethodImageDelete = "image.delete"
 )
 
 // VM states.
@@ -115,9 +117,17 @@ type SSHInfo struct {
 
 // Image is a registered image.
 type Image struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	Rootfs    string `json:"rootfs"`
-	Kernel    string `json:"kernel"`
-	CreatedAt string `json:"created_at"`
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Rootfs    string   `json:"rootfs"`
+	Kernel    string   `json:"kernel"`
+	CreatedAt string   `json:"created_at"`
+	SizeBytes int64    `json:"size_bytes"`
+	Managed   bool     `json:"managed"`
+	UsedBy    []string `json:"used_by"`
+}
+
+// ImageRef names an image.
+type ImageRef struct {
+	Name string `json:"name"`
 }

@@ -41,22 +41,40 @@ func (a *app) internalCmd() *cobra.Command {
 			return output.JSON(a.stdout, v)
 		},
 	})
-	cmd.AddCommand(&cobra.Command{
-		Use:   "build-guest",
-		Short: "Build (or find cached) the guest kernel, initrd and tiny image in the cache dir, without a daemon",
+	var image string
+	buildGuest := &cobra.Command{
+		Use:   "build-guest [--image NAME]",
+		Short: "Build (or find cached) the guest kernel, initrd and an image's rootfs in the cache dir, without a daemon",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := a.layout()
 			if err != nil {
 				return err
 			}
-			art, err := guestbuild.Ensure(cmd.Context(), guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
+			if image == "" {
+				cfg, err := a.loadConfig(l)
+				if err != nil {
+					return err
+				}
+				image = cfg.DefaultImage
+			}
+			build := guestbuild.Ensure
+			switch image {
+			case "tiny":
+			case "debian-bookworm":
+				build = guestbuild.EnsureDebian
+			default:
+				return usageError{fmt.Errorf("--image %q is not a built-in image (tiny, debian-bookworm)", image)}
+			}
+			art, err := build(cmd.Context(), guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "guest artifacts ready: %s (kernel %s)\n", art.Dir, art.KernelVersion)
+			fmt.Fprintf(a.stdout, "guest artifacts for %s ready: %s (kernel %s)\n", image, art.Dir, art.KernelVersion)
 			return nil
 		},
-	})
+	}
+	buildGuest.Flags().StringVar(&image, "image", "", "built-in image to build (default: default_image)")
+	cmd.AddCommand(buildGuest)
 	return cmd
 }

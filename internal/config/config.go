@@ -50,7 +50,7 @@ func Default() Config {
 		LogLevel:     "info",
 		BridgeName:   "banger0",
 		CIDR:         "172.30.0.0/24",
-		DefaultImage: "tiny",
+		DefaultImage: "debian-bookworm",
 		VMDefaults:   VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "1G"},
 	}
 }

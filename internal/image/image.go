@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,6 +206,57 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
+// Show returns one registered image.
+func (s *Service) Show(ctx context.Context, name string) (api.Image, error) {
+	im, err := s.Store.GetImage(ctx, name)
+	if err != nil {
+		return api.Image{}, err
+	}
+	return s.toAPI(ctx, im), nil
+}
+
+// Delete removes a registered image and its root filesystem. It refuses
+// while any VM uses the image. A built-in image is built again on next use.
+func (s *Service) Delete(ctx context.Context, name string) error {
+	l := s.lock(name)
+	l.Lock()
+	defer l.Unlock()
+	im, err := s.Store.GetImage(ctx, name)
+	if err != nil {
+		return err
+	}
+	users, err := s.Store.VMsUsingImage(ctx, im.ID)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return errdefs.BadRequestf("image %s is used by VM(s) %s; delete them first", im.Name, strings.Join(users, ", "))
+	}
+	if err := s.Store.DeleteImage(ctx, im.ID); err != nil {
+		return err
+	}
+	if im.Managed {
+		if err := os.RemoveAll(filepath.Dir(im.Rootfs)); err != nil {
+			return fmt.Errorf("image %s: remove %s: %w", im.Name, filepath.Dir(im.Rootfs), err)
+		}
+	}
+	s.Log.Info("image deleted", "image", im.Name)
+	return nil
+}
+
+func (s *Service) toAPI(ctx context.Context, im store.ImageRecord) api.Image {
+	kname := im.KernelID
+	if k, err := s.Store.GetKernel(ctx, im.KernelID); err == nil {
+		kname = k.Name
+	}
+	var size int64
+	if fi, err := os.Stat(im.Rootfs); err == nil {
+		size = fi.Size()
+	}
+	users, _ := s.Store.VMsUsingImage(ctx, im.ID)
+	return api.Image{ID: im.ID, Name: im.Name, Rootfs: im.Rootfs, Kernel: kname, CreatedAt: im.CreatedAt, SizeBytes: size, Managed: im.Managed, UsedBy: users}
+}
+
 // List returns the registered images.
 func (s *Service) List(ctx context.Context) ([]api.Image, error) {
 	ims, err := s.Store.ListImages(ctx)
@@ -213,11 +265,7 @@ func (s *Service) List(ctx context.Context) ([]api.Image, error) {
 	}
 	out := []api.Image{}
 	for _, im := range ims {
-		kname := im.KernelID
-		if k, err := s.Store.GetKernel(ctx, im.KernelID); err == nil {
-			kname = k.Name
-		}
-		out = append(out, api.Image{ID: im.ID, Name: im.Name, Rootfs: im.Rootfs, Kernel: kname, CreatedAt: im.CreatedAt})
+		out = append(out, s.toAPI(ctx, im))
 	}
 	return out, nil
 }

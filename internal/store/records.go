@@ -215,6 +215,30 @@ func (s *Store) ListImages(ctx context.Context) ([]ImageRecord, error) {
 	return out, rows.Err()
 }
 
+// VMsUsingImage names the VMs built from image id.
+func (s *Store) VMsUsingImage(ctx context.Context, imageID string) ([]string, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT name FROM vms WHERE image_id=? ORDER BY name`, imageID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// DeleteImage removes an image row.
+func (s *Store) DeleteImage(ctx context.Context, id string) error {
+	_, err := s.DB.ExecContext(ctx, `DELETE FROM images WHERE id=?`, id)
+	return err
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1

@@ -51,7 +51,7 @@ func newVMEnv(t testing.TB) *vmEnv {
 	}
 	exec.Command("ip", "-n", v.ns, "link", "set", "lo", "up").Run()
 	os.MkdirAll(filepath.Dir(v.configFile()), 0o700)
-	os.WriteFile(v.configFile(), []byte("[vm_defaults]\nmemory_mib = 256\ndisk_size = \"128M\"\n"), 0o600)
+	os.WriteFile(v.configFile(), []byte("default_image = \"tiny\"\n\n[vm_defaults]\nmemory_mib = 256\ndisk_size = \"128M\"\n"), 0o600)
 	t.Cleanup(func() {
 		if t.Failed() {
 			v.dumpLogs()
@@ -391,5 +391,36 @@ func TestVMBadInputsCreateNothing(t *testing.T) {
 	json.Unmarshal([]byte(v.must("vm", "list", "--json")), &vms)
 	if len(vms) != 1 || len(v.vmDirs()) != len(before) || len(v.taps()) != 0 {
 		t.Fatalf("bad input left something: %d VMs, dirs %v, taps %v", len(vms), v.vmDirs(), v.taps())
+	}
+}
+
+func TestImageDeleteRefusedWhileInUse(t *testing.T) {
+	v := newVMEnv(t)
+	v.must("vm", "create", "--name", "user1", "--no-start")
+	var ims []api.Image
+	json.Unmarshal([]byte(v.must("image", "list", "--json")), &ims)
+	if len(ims) != 1 || ims[0].Name != "tiny" || len(ims[0].UsedBy) != 1 || ims[0].UsedBy[0] != "user1" {
+		t.Fatalf("image list: %+v", ims)
+	}
+	r := v.banger("image", "delete", "tiny")
+	if r.code == 0 || !strings.Contains(r.stderr, "image tiny is used by VM(s) user1; delete them first") || strings.Count(r.stderr, "\n") != 1 {
+		t.Fatalf("delete of an image in use: %d %q", r.code, r.stderr)
+	}
+	rootfs := ims[0].Rootfs
+	if _, err := os.Stat(rootfs); err != nil {
+		t.Fatalf("refused delete removed the rootfs: %v", err)
+	}
+	v.must("vm", "delete", "user1")
+	v.must("image", "delete", "tiny")
+	if out := strings.TrimSpace(v.must("image", "list", "--json")); out != "[]" {
+		t.Fatalf("image still listed: %s", out)
+	}
+	if _, err := os.Stat(rootfs); err == nil {
+		t.Fatal("rootfs left after delete")
+	}
+	// A built-in image comes back on next use.
+	v.must("vm", "create", "--name", "user2", "--no-start")
+	if out := v.must("image", "show", "tiny", "--json"); !strings.Contains(out, `"user2"`) {
+		t.Fatalf("image show: %s", out)
 	}
 }
