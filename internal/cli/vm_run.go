@@ -8,20 +8,23 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
 )
 
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
-	var rm, detach bool
+	var rm, detach, untracked, dryRun bool
+	var guestPath string
 	cmd := &cobra.Command{
-		Use:   "run [-- CMD [ARG...]]",
+		Use:   "run [PATH] [-- CMD [ARG...]]",
 		Short: "Create and boot a fresh VM, then open a shell or run a command",
 		Long: `Create and boot a fresh VM, then:
   - with no command: open an interactive SSH shell (the VM keeps running
@@ -29,21 +32,58 @@ func (a *app) vmRunCmd() *cobra.Command {
   - with '-- CMD': run CMD in the guest and exit with its exit code
     (128+N when it is killed by signal N).
 
+With PATH (inside a git repository), the repository is copied to
+/root/<repo name> (--guest-path to change) with its real history — a shallow
+clone of HEAD with your working tree laid over it, so 'git status' and
+'git diff' in the guest show your changes — and the command runs there.
+Only git-tracked files are copied; --include-untracked adds untracked files
+git does not ignore; ignored files (.env, credentials) are never copied.
+
 --rm deletes the VM afterwards whatever the exit code, except when the guest
 never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 		Example: `  banger vm run
+  banger vm run ./repo -- make test                 # exit code of make
+  banger vm run --rm --include-untracked . -- git status
+  banger vm run --dry-run .                         # list what would be copied
   banger vm run --rm -- sh -c 'exit 42'; echo $?     # 42
   banger vm run --name scratch --nat -- ping -c1 10.0.2.2
   banger vm run -d --name bg                        # create and boot, then return`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if dash := cmd.ArgsLenAtDash(); (dash == -1 && len(args) > 0) || dash > 0 {
-				return usageError{fmt.Errorf("vm run takes no path yet (workspaces come later); put the command after '--'")}
+			dash := cmd.ArgsLenAtDash()
+			if (dash == -1 && len(args) > 1) || dash > 1 {
+				return usageError{fmt.Errorf("vm run takes at most one PATH before '--' (got %q)", args)}
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var path string
+			if dash := cmd.ArgsLenAtDash(); (dash == -1 && len(args) == 1) || dash == 1 {
+				path, args = args[0], args[1:]
+			}
 			if detach && (rm || len(args) > 0) {
 				return usageError{errors.New("-d cannot be combined with --rm or a command")}
+			}
+			var ws *workspace.Workspace
+			if path != "" {
+				var err error
+				if ws, err = workspace.Inspect(cmd.Context(), path, workspace.Options{IncludeUntracked: untracked}); err != nil {
+					return usageError{err}
+				}
+				if guestPath == "" {
+					guestPath = "/root/" + ws.Name
+				}
+				if dryRun {
+					fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head[:12])
+					for _, f := range ws.Files {
+						fmt.Fprintln(a.stdout, f)
+					}
+					return nil
+				}
+				if ws.SkippedUntracked > 0 {
+					fmt.Fprintf(a.stderr, "banger: %d untracked file(s) not copied (--include-untracked copies those git does not ignore)\n", ws.SkippedUntracked)
+				}
+			} else if dryRun {
+				return usageError{errors.New("--dry-run needs a PATH: it lists the files a workspace run would copy")}
 			}
 			c, _, err := a.daemon(cmd.Context())
 			if err != nil {
@@ -67,9 +107,17 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 					}
 				}()
 			}
+			if ws != nil {
+				if err := a.copyWorkspace(cmd.Context(), c, v.Name, ws, guestPath); err != nil {
+					return err
+				}
+			}
 			if detach {
 				fmt.Fprintf(a.stdout, "%s running (%s); 'banger vm ssh %s' to connect\n", v.Name, v.IP, v.Name)
 				return nil
+			}
+			if ws != nil && len(args) > 0 {
+				args = append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", guestPath}, args...)
 			}
 			code, err := a.guestSession(cmd.Context(), c, v.Name, args, !rm)
 			if err != nil {
@@ -84,7 +132,39 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 	f.add(cmd)
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the shell or command ends")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "create and boot the VM, then return")
+	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "with PATH: also copy untracked files git does not ignore")
+	cmd.Flags().StringVar(&guestPath, "guest-path", "", "with PATH: where the repository goes in the guest (default /root/<repo name>)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with PATH: list the files and the mode, create nothing")
 	return cmd
+}
+
+// copyWorkspace streams the workspace into the guest as tar over SSH.
+func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws *workspace.Workspace, dest string) error {
+	var info api.SSHInfo
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: vm}, &info); err != nil {
+		return err
+	}
+	signer, _, err := guestssh.EnsureKey(info.KeyPath)
+	if err != nil {
+		return err
+	}
+	sc, err := guestssh.Dial(ctx, net.JoinHostPort(info.Host, "22"), guestssh.DialOptions{User: info.User, Signer: signer, KnownHosts: guestssh.OpenKnownHosts(info.KnownHosts), Timeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer sc.Close()
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(ws.WriteTar(ctx, pw)) }()
+	var stderr strings.Builder
+	code, err := sc.Run(ctx, []string{"sh", "-c", `mkdir -p "$1" && tar -x -o -C "$1"`, "sh", dest}, pr, io.Discard, &stderr)
+	pr.Close()
+	if err != nil {
+		return fmt.Errorf("copy workspace: %w", err)
+	}
+	if code != 0 {
+		return fmt.Errorf("copy workspace into %s:%s failed (exit %d): %s", vm, dest, code, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 func (a *app) vmSSHCmd() *cobra.Command {

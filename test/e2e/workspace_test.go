@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/guestbuild"
+	"github.com/banger-dev/banger/internal/testutil"
+)
+
+func gitFixture(t *testing.T, dir, script string) string {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@e", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@e", "GIT_CONFIG_GLOBAL=/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// TestWorkspaceRun copies a repository with tracked, untracked and ignored
+// files into a Debian guest (which has git) and runs commands in it.
+func TestWorkspaceRun(t *testing.T) {
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed: the debian-bookworm image (with git) cannot be built")
+	}
+	v := newVMEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	if _, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
+		t.Fatalf("debian image: %v", err)
+	}
+	repo := filepath.Join(v.home, "proj")
+	os.MkdirAll(filepath.Join(repo, "sub"), 0o755)
+	gitFixture(t, repo, `git init -q -b main && printf 'v1\n' > a.txt && printf 'b\n' > sub/b.txt && printf 'd\n' > d.txt &&
+		printf '.env\n' > .gitignore && git add -A && git commit -qm one &&
+		printf 'v2\n' > a.txt && rm d.txt && printf 'u\n' > u.txt && printf 'SECRET=1\n' > .env`)
+	list := `find . -path ./.git -prune -o -type f -print | sort`
+
+	// --dry-run lists and creates nothing.
+	out := v.must("vm", "run", "--dry-run", repo)
+	if !strings.HasPrefix(out, "mode: tracked; 3 file(s)") || strings.Contains(out, ".env") || strings.Contains(out, "u.txt") {
+		t.Fatalf("dry run: %s", out)
+	}
+	if vms := strings.TrimSpace(v.must("vm", "list", "--json")); vms != "[]" {
+		t.Fatalf("--dry-run created a VM: %s", vms)
+	}
+
+	// Default: tracked files only (the deleted one stays deleted); the
+	// command's exit code comes back.
+	r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm", repo, "--", "sh", "-c", list+"; pwd; exit 42")
+	if r.code != 42 {
+		t.Fatalf("exit %d, want 42: %s", r.code, r.stderr)
+	}
+	if got := strings.TrimSpace(r.stdout); got != "./.gitignore\n./a.txt\n./sub/b.txt\n/root/proj" {
+		t.Fatalf("default copy:\n%s", got)
+	}
+	if !strings.Contains(r.stderr, "1 untracked file(s) not copied") {
+		t.Fatalf("no notice of the skipped untracked file: %q", r.stderr)
+	}
+
+	// --include-untracked adds u.txt, never .env; git status matches the host's.
+	host := gitFixture(t, repo, "git status --porcelain")
+	r = v.banger("vm", "run", "--rm", "--image", "debian-bookworm", "--include-untracked", repo, "--", "sh", "-c", list+"; git status --porcelain; exit 1")
+	if r.code != 1 {
+		t.Fatalf("exit %d, want 1: %s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "./u.txt\n") || strings.Contains(r.stdout, ".env") {
+		t.Fatalf("untracked copy:\n%s", r.stdout)
+	}
+	if !strings.HasSuffix(r.stdout, host) {
+		t.Fatalf("guest git status differs from the host's %q:\n%s", host, r.stdout)
+	}
+
+	// Exit 0, and a submodule repository is refused before anything is made.
+	if r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm", repo, "--", "git", "diff", "--quiet", "HEAD", "--", "sub"); r.code != 0 {
+		t.Fatalf("exit %d, want 0: %s", r.code, r.stderr)
+	}
+	sub := filepath.Join(v.home, "lib")
+	os.MkdirAll(sub, 0o755)
+	gitFixture(t, sub, "git init -q && echo x > x && git add x && git commit -qm x")
+	gitFixture(t, repo, "git -c protocol.file.allow=always submodule --quiet add "+sub+" lib && git commit -qm sub")
+	r = v.banger("vm", "run", "--rm", repo, "--", "true")
+	if r.code != 2 || !strings.Contains(r.stderr, "has git submodules (lib)") || strings.Count(r.stderr, "\n") != 1 {
+		t.Fatalf("submodule repo: %d %q", r.code, r.stderr)
+	}
+	if vms := strings.TrimSpace(v.must("vm", "list", "--json")); vms != "[]" {
+		t.Fatalf("VMs left: %s", vms)
+	}
+}
