@@ -2,21 +2,23 @@ package api
 
 // VM methods.
 const (
-	MethodVMCreate    = "vm.create"
-	MethodVMStart     = "vm.start"
-	MethodVMStop      = "vm.stop"
-	MethodVMRestart   = "vm.restart"
-	MethodVMKill      = "vm.kill"
-	MethodVMDelete    = "vm.delete"
-	MethodVMPrune     = "vm.prune"
-	MethodVMSet       = "vm.set"
-	MethodVMList      = "vm.list"
-	MethodVMShow      = "vm.show"
-	MethodVMLogs      = "vm.logs"
-	MethodVMSSHInfo   = "vm.ssh_info"
-	MethodImageList   = "image.list"
-	MethodImageShow   = "image.show"
-	MethodImageDelete = "image.delete"
+	MethodVMCreate  = "vm.create"
+	MethodVMStart   = "vm.start"
+	MethodVMStop    = "vm.stop"
+	MethodVMRestart = "vm.restart"
+	MethodVMKill    = "vm.kill"
+	MethodVMDelete  = "vm.delete"
+	MethodVMPrune   = "vm.prune"
+	MethodVMSet     = "vm.set"
+	MethodVMList    = "vm.list"
+	MethodVMShow    = "vm.show"
+	MethodVMLogs    = "vm.logs"
+	MethodVMSSHInfo = "vm.ssh_info"
+	// MethodVMWorkspaceRecord records the workspace last prepared in a VM.
+	MethodVMWorkspaceRecord = "vm.workspace.record"
+	MethodImageList         = "image.list"
+	MethodImageShow         = "image.show"
+	MethodImageDelete       = "image.delete"
 )
 
 // VM states.
@@ -58,6 +60,8 @@ type VMRuntime struct {
 	CloneMethod string `json:"clone_method,omitempty"`
 	StartedAt   string `json:"started_at,omitempty"`
 	StoppedAt   string `json:"stopped_at,omitempty"`
+	// Workspace is the repository last prepared in the VM, if any.
+	Workspace *Workspace `json:"workspace,omitempty"`
 	// StopReason says why a VM is not running when banger did not stop it.
 	StopReason string `json:"stop_reason,omitempty"`
 	LastError  string `json:"last_error,omitempty"`
@@ -107,12 +111,28 @@ type VMLogs struct {
 
 // SSHInfo is what a client needs to reach a guest over SSH.
 type SSHInfo struct {
-	Name       string `json:"name"`
-	State      string `json:"state"`
-	Host       string `json:"host"`
-	User       string `json:"user"`
-	KeyPath    string `json:"key_path"`
-	KnownHosts string `json:"known_hosts"`
+	Name       string     `json:"name"`
+	State      string     `json:"state"`
+	Host       string     `json:"host"`
+	User       string     `json:"user"`
+	KeyPath    string     `json:"key_path"`
+	KnownHosts string     `json:"known_hosts"`
+	Workspace  *Workspace `json:"workspace,omitempty"`
+}
+
+// Workspace is a repository copied into a VM.
+type Workspace struct {
+	HostPath   string `json:"host_path"`
+	GuestPath  string `json:"guest_path"`
+	HeadCommit string `json:"head_commit"`
+	Mode       string `json:"mode"`
+	PreparedAt string `json:"prepared_at"`
+}
+
+// VMWorkspaceParams records a workspace for a VM.
+type VMWorkspaceParams struct {
+	Name      string    `json:"name"`
+	Workspace Workspace `json:"workspace"`
 }
 
 // Image is a registered image.

@@ -33,7 +33,7 @@ then an SSH shell or a command.`,
 		a.vmRefCmd("stop", "Stop a VM cleanly (sync, power off; killed after a timeout)", api.MethodVMStop, "stopped"),
 		a.vmRefCmd("restart", "Stop then start a VM (a fresh boot)", api.MethodVMRestart, "restarted"),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
-		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd())
+		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd())
 	return cmd
 }
 
@@ -381,6 +381,9 @@ func (a *app) vmShowCmd() *cobra.Command {
 				{"work disk", fmt.Sprintf("%d MiB", v.DiskBytes>>20)}, {"nat", fmt.Sprint(v.NAT)},
 				{"vmm", orDash(v.Runtime.VMMKind)}, {"vmm binary", orDash(v.Runtime.VMM)}, {"vmm pid", orDash(pidStr(v.Runtime.PID))},
 				{"tap", v.Runtime.Tap}, {"root disk", orDash(v.Runtime.CloneMethod)}, {"created", v.CreatedAt},
+			}
+			if w := v.Runtime.Workspace; w != nil {
+				pairs = append(pairs, [2]string{"workspace", fmt.Sprintf("%s → %s (HEAD %s, %s)", w.HostPath, w.GuestPath, w.HeadCommit, w.Mode)})
 			}
 			if v.Runtime.StopReason != "" {
 				pairs = append(pairs, [2]string{"stop reason", v.Runtime.StopReason})

@@ -156,7 +156,7 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(ws.WriteTar(ctx, pw)) }()
 	var stderr strings.Builder
-	code, err := sc.Run(ctx, []string{"sh", "-c", `mkdir -p "$1" && tar -x -o -C "$1"`, "sh", dest}, pr, io.Discard, &stderr)
+	code, err := sc.Run(ctx, []string{"sh", "-c", `rm -rf "$1" && mkdir -p "$1" && tar -x -o -C "$1"`, "sh", dest}, pr, io.Discard, &stderr)
 	pr.Close()
 	if err != nil {
 		return fmt.Errorf("copy workspace: %w", err)
@@ -164,7 +164,24 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 	if code != 0 {
 		return fmt.Errorf("copy workspace into %s:%s failed (exit %d): %s", vm, dest, code, strings.TrimSpace(stderr.String()))
 	}
-	return nil
+	return c.Call(ctx, api.MethodVMWorkspaceRecord, api.VMWorkspaceParams{Name: vm, Workspace: api.Workspace{
+		HostPath: ws.Root, GuestPath: dest, HeadCommit: ws.Head, Mode: ws.Mode}}, nil)
+}
+
+// inWorkspace runs argv in the VM's last prepared workspace (home if none),
+// warning when the host repository's HEAD moved since it was prepared.
+func (a *app) inWorkspace(ctx context.Context, info api.SSHInfo, argv []string) []string {
+	w := info.Workspace
+	if w == nil {
+		return argv
+	}
+	if head, err := exec.CommandContext(ctx, "git", "-C", w.HostPath, "rev-parse", "HEAD").Output(); err == nil {
+		if h := strings.TrimSpace(string(head)); h != w.HeadCommit {
+			fmt.Fprintf(a.stderr, "banger: warning: HEAD of %s moved since the workspace was prepared (%.12s → %.12s); 'banger vm workspace prepare %s %s' re-syncs it\n",
+				w.HostPath, w.HeadCommit, h, info.Name, w.HostPath)
+		}
+	}
+	return append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", w.GuestPath}, argv...)
 }
 
 func (a *app) vmSSHCmd() *cobra.Command {
@@ -194,7 +211,7 @@ func (a *app) vmSSHCmd() *cobra.Command {
 func (a *app) vmExecCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "exec NAME -- CMD [ARG...]",
-		Short: "Run a command in a running VM and exit with its exit code",
+		Short: "Run a command in a running VM (in its workspace, if one was prepared) and exit with its exit code",
 		Example: `  banger vm exec dev -- uname -a
   banger vm exec dev -- sh -c 'echo $HOME'`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -209,7 +226,11 @@ func (a *app) vmExecCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			code, err := a.guestSession(cmd.Context(), c, args[0], args[1:], false)
+			var info api.SSHInfo
+			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
+				return err
+			}
+			code, err := a.guestSession(cmd.Context(), c, args[0], a.inWorkspace(cmd.Context(), info, args[1:]), false)
 			if err != nil {
 				return err
 			}
@@ -239,20 +260,36 @@ func (a *app) guestSession(ctx context.Context, c *client.Client, name string, a
 		}
 		return code, err
 	}
-	signer, _, err := guestssh.EnsureKey(info.KeyPath)
-	if err != nil {
-		return 0, err
-	}
-	sc, err := guestssh.Dial(ctx, addr, guestssh.DialOptions{User: info.User, Signer: signer, KnownHosts: guestssh.OpenKnownHosts(info.KnownHosts), Timeout: 10 * time.Second})
-	if err != nil {
-		return 0, err
-	}
-	defer sc.Close()
 	var stdin io.Reader = a.stdin
 	if f, ok := a.stdin.(*os.File); ok && output.IsTerminal(f) {
 		stdin = nil // don't hold the terminal for a non-interactive command
 	}
-	return sc.Run(ctx, argv, stdin, a.stdout, a.stderr)
+	return runIn(ctx, info, argv, stdin, a.stdout, a.stderr)
+}
+
+// guestSessionTo runs argv in a running VM with its output captured.
+func (a *app) guestSessionTo(ctx context.Context, c *client.Client, name string, argv []string, stdout, stderr io.Writer) (int, error) {
+	var info api.SSHInfo
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+		return 0, err
+	}
+	if info.State != api.StateRunning {
+		return 0, fmt.Errorf("VM %s is %s; start it with 'banger vm start %s'", name, info.State, name)
+	}
+	return runIn(ctx, info, argv, nil, stdout, stderr)
+}
+
+func runIn(ctx context.Context, info api.SSHInfo, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	signer, _, err := guestssh.EnsureKey(info.KeyPath)
+	if err != nil {
+		return 0, err
+	}
+	sc, err := guestssh.Dial(ctx, net.JoinHostPort(info.Host, "22"), guestssh.DialOptions{User: info.User, Signer: signer, KnownHosts: guestssh.OpenKnownHosts(info.KnownHosts), Timeout: 10 * time.Second})
+	if err != nil {
+		return 0, err
+	}
+	defer sc.Close()
+	return sc.Run(ctx, argv, stdin, stdout, stderr)
 }
 
 // interactive hands over to the system ssh client when there is one, with

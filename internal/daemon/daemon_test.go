@@ -34,6 +34,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodVMSSHInfo,
 		api.MethodVMStart,
 		api.MethodVMStop,
+		api.MethodVMWorkspaceRecord,
 	}
 	if got := d.srv.Methods(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("methods %v, want %v", got, want)

@@ -685,7 +685,25 @@ func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
-	return api.SSHInfo{Name: rec.Name, State: rec.State, Host: rec.GuestIP, User: "root", KeyPath: s.KeyPath, KnownHosts: s.KnownHosts.Path()}, nil
+	return api.SSHInfo{Name: rec.Name, State: rec.State, Host: rec.GuestIP, User: "root", KeyPath: s.KeyPath, KnownHosts: s.KnownHosts.Path(), Workspace: rec.Runtime.Workspace}, nil
+}
+
+// RecordWorkspace remembers the workspace last prepared in a VM, so
+// 'vm exec' runs there and can tell when the host repository moved on.
+func (s *Service) RecordWorkspace(ctx context.Context, p api.VMWorkspaceParams) (api.VM, error) {
+	if p.Workspace.GuestPath == "" || p.Workspace.GuestPath[0] != '/' {
+		return api.VM{}, errdefs.BadRequestf("workspace guest path %q must be absolute", p.Workspace.GuestPath)
+	}
+	rec, unlock, err := s.get(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	w := p.Workspace
+	w.PreparedAt = now()
+	rec.Runtime.Workspace = &w
+	rec.UpdatedAt = now()
+	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
 }
 
 // Reconcile checks every VM recorded as running: a live VMM (pidfile,

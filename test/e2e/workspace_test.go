@@ -95,3 +95,51 @@ func TestWorkspaceRun(t *testing.T) {
 		t.Fatalf("VMs left: %s", vms)
 	}
 }
+
+// TestWorkspaceExportRoundTrip: prepare, change and commit in the guest,
+// export with --base-commit, git apply on the host → the same tree; and
+// vm exec runs in the workspace and warns when the host HEAD moves.
+func TestWorkspaceExportRoundTrip(t *testing.T) {
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed: the debian-bookworm image (with git) cannot be built")
+	}
+	v := newVMEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	if _, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
+		t.Fatalf("debian image: %v", err)
+	}
+	repo := filepath.Join(v.home, "proj")
+	os.MkdirAll(repo, 0o755)
+	gitFixture(t, repo, `git init -q -b main && printf 'one\n' > a.txt && git add -A && git commit -qm one`)
+	head := strings.TrimSpace(gitFixture(t, repo, "git rev-parse HEAD"))
+	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm")
+	if out := v.must("vm", "workspace", "prepare", "ws", repo); !strings.Contains(out, "prepared in ws:/root/proj") {
+		t.Fatalf("prepare: %s", out)
+	}
+	if pwd := strings.TrimSpace(v.must("vm", "exec", "ws", "--", "pwd")); pwd != "/root/proj" {
+		t.Fatalf("vm exec ran in %q", pwd)
+	}
+	v.must("vm", "exec", "ws", "--", "sh", "-c", `printf 'two\n' >> a.txt && printf 'new\n' > b.txt && git add -A &&
+		git -c user.name=g -c user.email=g@e commit -qm guest && printf 'dirty\n' > c.txt && mkdir -p d && printf 'x\n' > d/e.txt`)
+	statusBefore := v.must("vm", "exec", "ws", "--", "git", "status", "--porcelain")
+	patch := filepath.Join(v.home, "guest.patch")
+	v.must("vm", "workspace", "export", "ws", "--base-commit", head, "-o", patch)
+	// Export touched nothing in the guest.
+	if after := v.must("vm", "exec", "ws", "--", "git", "status", "--porcelain"); after != statusBefore {
+		t.Fatalf("export changed the guest's status:\n%s\n---\n%s", statusBefore, after)
+	}
+	gitFixture(t, repo, "git apply "+patch)
+	for f, want := range map[string]string{"a.txt": "one\ntwo\n", "b.txt": "new\n", "c.txt": "dirty\n", "d/e.txt": "x\n"} {
+		b, err := os.ReadFile(filepath.Join(repo, f))
+		if err != nil || string(b) != want {
+			t.Errorf("%s on the host after git apply: %q %v", f, b, err)
+		}
+	}
+	// The host moves on: vm exec warns.
+	gitFixture(t, repo, "git add -A && git commit -qm host")
+	r := v.banger("vm", "exec", "ws", "--", "true")
+	if r.code != 0 || !strings.Contains(r.stderr, "moved since the workspace was prepared") {
+		t.Fatalf("no HEAD-moved warning: %d %q", r.code, r.stderr)
+	}
+}

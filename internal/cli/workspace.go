@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/workspace"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) vmWorkspaceCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "workspace",
+		Short: "Copy a repository into a VM, and bring the guest's changes back as a patch",
+	}
+	var untracked, dryRun bool
+	var guestPath string
+	prepare := &cobra.Command{
+		Use:   "prepare VM PATH",
+		Short: "Copy (or re-sync) a repository into a running VM; 'vm exec' then runs there",
+		Example: `  banger vm workspace prepare dev .
+  banger vm workspace prepare dev ~/src/app --include-untracked`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ws, err := workspace.Inspect(cmd.Context(), args[1], workspace.Options{IncludeUntracked: untracked})
+			if err != nil {
+				return usageError{err}
+			}
+			if guestPath == "" {
+				guestPath = "/root/" + ws.Name
+			}
+			if dryRun {
+				fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
+				for _, f := range ws.Files {
+					fmt.Fprintln(a.stdout, f)
+				}
+				return nil
+			}
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if ws.SkippedUntracked > 0 {
+				fmt.Fprintf(a.stderr, "banger: %d untracked file(s) not copied (--include-untracked copies those git does not ignore)\n", ws.SkippedUntracked)
+			}
+			err = a.withProgress(cmd.Context(), c, "copying workspace", func(ctx context.Context) error {
+				return a.copyWorkspace(ctx, c, args[0], ws, guestPath)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s prepared in %s:%s (HEAD %.12s)\n", ws.Root, args[0], guestPath, ws.Head)
+			return nil
+		},
+	}
+	prepare.Flags().BoolVar(&untracked, "include-untracked", false, "also copy untracked files git does not ignore")
+	prepare.Flags().StringVar(&guestPath, "guest-path", "", "where the repository goes in the guest (default /root/<repo name>)")
+	prepare.Flags().BoolVar(&dryRun, "dry-run", false, "list the files and the mode, copy nothing")
+
+	var base, outFile string
+	export := &cobra.Command{
+		Use:   "export VM",
+		Short: "Write the guest's changes as a patch that 'git apply' takes on the host",
+		Long: `Write the guest's changes to its workspace as a patch (to stdout, or -o FILE).
+
+Without --base-commit the patch is the guest's uncommitted changes against its
+HEAD; with --base-commit (normally the HEAD the workspace was prepared at,
+shown by 'vm show') commits made inside the guest are included too. The
+guest's index, working tree and refs are not touched: a throwaway index
+inside .git is used.`,
+		Example: `  banger vm workspace export dev > changes.patch && git apply changes.patch
+  banger vm workspace export dev --base-commit "$(git rev-parse HEAD)" -o guest.patch`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if base != "" && !regexp.MustCompile(`^[0-9a-f]{7,40}$`).MatchString(base) {
+				return usageError{fmt.Errorf("--base-commit %q is not a commit id", base)}
+			}
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var info api.SSHInfo
+			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
+				return err
+			}
+			if info.Workspace == nil {
+				return fmt.Errorf("VM %s has no workspace; prepare one with 'banger vm workspace prepare %s PATH'", args[0], args[0])
+			}
+			script := `cd "$1" || exit 1
+gd=$(git rev-parse --absolute-git-dir) || exit 1
+idx="$gd/banger-export-index.$$"
+trap 'rm -f "$idx"' EXIT
+cp "$gd/index" "$idx" 2>/dev/null || true
+GIT_INDEX_FILE="$idx" git add -A && GIT_INDEX_FILE="$idx" git diff --cached --binary "$2"`
+			ref := base
+			if ref == "" {
+				ref = "HEAD"
+			}
+			var patch, stderr bytes.Buffer
+			argv := []string{"sh", "-c", script, "sh", info.Workspace.GuestPath, ref}
+			code, err := a.guestSessionTo(cmd.Context(), c, args[0], argv, &patch, &stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return fmt.Errorf("export from %s failed (exit %d): %s", args[0], code, strings.TrimSpace(stderr.String()))
+			}
+			if outFile != "" {
+				if err := os.WriteFile(outFile, patch.Bytes(), 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "banger: wrote %d bytes to %s\n", patch.Len(), outFile)
+				return nil
+			}
+			_, err = a.stdout.Write(patch.Bytes())
+			return err
+		},
+	}
+	export.Flags().StringVar(&base, "base-commit", "", "diff from this commit, so commits made in the guest are included")
+	export.Flags().StringVarP(&outFile, "output", "o", "", "write the patch to this file instead of stdout")
+	cmd.AddCommand(prepare, export)
+	return cmd
+}
