@@ -46,7 +46,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
   banger vm run --rm --include-untracked . -- git status
   banger vm run --dry-run .                         # list what would be copied
   banger vm run --rm -- sh -c 'exit 42'; echo $?     # 42
-  banger vm run --name scratch --nat -- ping -c1 10.0.2.2
+  banger vm run --name scratch --nat -- apt-get update   # --nat: outbound network
   banger vm run -d --name bg                        # create and boot, then return`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
@@ -71,9 +71,11 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 				}
 				if guestPath == "" {
 					guestPath = "/root/" + ws.Name
+				} else if !strings.HasPrefix(guestPath, "/") {
+					return usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
 				}
 				if dryRun {
-					fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head[:12])
+					fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
 					for _, f := range ws.Files {
 						fmt.Fprintln(a.stdout, f)
 					}

@@ -33,6 +33,8 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
 			}
 			if guestPath == "" {
 				guestPath = "/root/" + ws.Name
+			} else if !strings.HasPrefix(guestPath, "/") {
+				return usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
 			}
 			if dryRun {
 				fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
