@@ -65,24 +65,10 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			}
 			var ws *workspace.Workspace
 			if path != "" {
+				var done bool
 				var err error
-				if ws, err = workspace.Inspect(cmd.Context(), path, workspace.Options{IncludeUntracked: untracked}); err != nil {
-					return usageError{err}
-				}
-				if guestPath == "" {
-					guestPath = "/root/" + ws.Name
-				} else if !strings.HasPrefix(guestPath, "/") {
-					return usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
-				}
-				if dryRun {
-					fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
-					for _, f := range ws.Files {
-						fmt.Fprintln(a.stdout, f)
-					}
-					return nil
-				}
-				if ws.SkippedUntracked > 0 {
-					fmt.Fprintf(a.stderr, "banger: %d untracked file(s) not copied (--include-untracked copies those git does not ignore)\n", ws.SkippedUntracked)
+				if ws, guestPath, done, err = a.planWorkspace(cmd.Context(), path, untracked, guestPath, dryRun); err != nil || done {
+					return err
 				}
 			} else if dryRun {
 				return usageError{errors.New("--dry-run needs a PATH: it lists the files a workspace run would copy")}

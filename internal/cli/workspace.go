@@ -27,28 +27,14 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
   banger vm workspace prepare dev ~/src/app --include-untracked`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ws, err := workspace.Inspect(cmd.Context(), args[1], workspace.Options{IncludeUntracked: untracked})
-			if err != nil {
-				return usageError{err}
+			ws, dest, done, err := a.planWorkspace(cmd.Context(), args[1], untracked, guestPath, dryRun)
+			if err != nil || done {
+				return err
 			}
-			if guestPath == "" {
-				guestPath = "/root/" + ws.Name
-			} else if !strings.HasPrefix(guestPath, "/") {
-				return usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
-			}
-			if dryRun {
-				fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
-				for _, f := range ws.Files {
-					fmt.Fprintln(a.stdout, f)
-				}
-				return nil
-			}
+			guestPath = dest
 			c, _, err := a.daemon(cmd.Context())
 			if err != nil {
 				return err
-			}
-			if ws.SkippedUntracked > 0 {
-				fmt.Fprintf(a.stderr, "banger: %d untracked file(s) not copied (--include-untracked copies those git does not ignore)\n", ws.SkippedUntracked)
 			}
 			err = a.withProgress(cmd.Context(), c, "copying workspace", func(ctx context.Context) error {
 				return a.copyWorkspace(ctx, c, args[0], ws, guestPath)
@@ -127,4 +113,30 @@ GIT_INDEX_FILE="$idx" git add -A && GIT_INDEX_FILE="$idx" git diff --cached --bi
 	export.Flags().StringVarP(&outFile, "output", "o", "", "write the patch to this file instead of stdout")
 	cmd.AddCommand(prepare, export)
 	return cmd
+}
+
+// planWorkspace inspects path and resolves the guest path. With dryRun it
+// prints the plan and reports done; otherwise it prints the notice about
+// skipped untracked files.
+func (a *app) planWorkspace(ctx context.Context, path string, untracked bool, guestPath string, dryRun bool) (ws *workspace.Workspace, dest string, done bool, err error) {
+	ws, err = workspace.Inspect(ctx, path, workspace.Options{IncludeUntracked: untracked})
+	if err != nil {
+		return nil, "", false, usageError{err}
+	}
+	if guestPath == "" {
+		guestPath = "/root/" + ws.Name
+	} else if !strings.HasPrefix(guestPath, "/") {
+		return nil, "", false, usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
+	}
+	if dryRun {
+		fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
+		for _, f := range ws.Files {
+			fmt.Fprintln(a.stdout, f)
+		}
+		return ws, guestPath, true, nil
+	}
+	if ws.SkippedUntracked > 0 {
+		fmt.Fprintf(a.stderr, "banger: %d untracked file(s) not copied (--include-untracked copies those git does not ignore)\n", ws.SkippedUntracked)
+	}
+	return ws, guestPath, false, nil
 }

@@ -25,9 +25,10 @@ func gitFixture(t *testing.T, dir, script string) string {
 	return string(out)
 }
 
-// TestWorkspaceRun copies a repository with tracked, untracked and ignored
-// files into a Debian guest (which has git) and runs commands in it.
-func TestWorkspaceRun(t *testing.T) {
+// newDebianEnv is a VM environment whose debian-bookworm image (which has
+// git) is built beforehand, outside the test's network namespace.
+func newDebianEnv(t *testing.T) *vmEnv {
+	t.Helper()
 	if _, err := exec.LookPath("mmdebstrap"); err != nil {
 		t.Skip("mmdebstrap not installed: the debian-bookworm image (with git) cannot be built")
 	}
@@ -37,6 +38,13 @@ func TestWorkspaceRun(t *testing.T) {
 	if _, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
 		t.Fatalf("debian image: %v", err)
 	}
+	return v
+}
+
+// TestWorkspaceRun copies a repository with tracked, untracked and ignored
+// files into a Debian guest (which has git) and runs commands in it.
+func TestWorkspaceRun(t *testing.T) {
+	v := newDebianEnv(t)
 	repo := filepath.Join(v.home, "proj")
 	os.MkdirAll(filepath.Join(repo, "sub"), 0o755)
 	gitFixture(t, repo, `git init -q -b main && printf 'v1\n' > a.txt && printf 'b\n' > sub/b.txt && printf 'd\n' > d.txt &&
@@ -100,15 +108,7 @@ func TestWorkspaceRun(t *testing.T) {
 // export with --base-commit, git apply on the host → the same tree; and
 // vm exec runs in the workspace and warns when the host HEAD moves.
 func TestWorkspaceExportRoundTrip(t *testing.T) {
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed: the debian-bookworm image (with git) cannot be built")
-	}
-	v := newVMEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	if _, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
-		t.Fatalf("debian image: %v", err)
-	}
+	v := newDebianEnv(t)
 	repo := filepath.Join(v.home, "proj")
 	os.MkdirAll(repo, 0o755)
 	gitFixture(t, repo, `git init -q -b main && printf 'one\n' > a.txt && git add -A && git commit -qm one`)
