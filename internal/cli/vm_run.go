@@ -107,14 +107,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			if ws != nil && len(args) > 0 {
 				args = append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", guestPath}, args...)
 			}
-			code, err := a.guestSession(cmd.Context(), c, v.Name, args, !rm)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return &ExitCodeError{Code: code}
-			}
-			return nil
+			return exitStatus(a.guestSession(cmd.Context(), c, v.Name, args, !rm))
 		},
 	}
 	f.add(cmd)
@@ -184,14 +177,7 @@ func (a *app) vmSSHCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			code, err := a.guestSession(cmd.Context(), c, args[0], args[1:], true)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return &ExitCodeError{Code: code}
-			}
-			return nil
+			return exitStatus(a.guestSession(cmd.Context(), c, args[0], args[1:], true))
 		},
 	}
 }
@@ -218,14 +204,7 @@ func (a *app) vmExecCmd() *cobra.Command {
 			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
-			code, err := a.guestSession(cmd.Context(), c, args[0], a.inWorkspace(cmd.Context(), info, args[1:]), false)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return &ExitCodeError{Code: code}
-			}
-			return nil
+			return exitStatus(a.guestSession(cmd.Context(), c, args[0], a.inWorkspace(cmd.Context(), info, args[1:]), false))
 		},
 	}
 }
@@ -253,6 +232,18 @@ func (a *app) guestSession(ctx context.Context, c *client.Client, name string, a
 		stdin = nil // don't hold the terminal for a non-interactive command
 	}
 	return runIn(ctx, info, argv, stdin, a.stdout, a.stderr)
+}
+
+// exitStatus turns a guest command's result into banger's: its exit code
+// passes through unchanged.
+func exitStatus(code int, err error) error {
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &ExitCodeError{Code: code}
+	}
+	return nil
 }
 
 // guestSessionTo runs argv in a running VM with its output captured.

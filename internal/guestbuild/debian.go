@@ -102,21 +102,7 @@ func debianKey(kernelKey string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\nkernel %s\npackages %v\nmasked %v\ndpkg %v\nsources %q\nheadroom %d\n",
 		debianRecipeVersion, kernelKey, debianPackages, debianMasked, debianDpkgOpts, debianSourcesList(), debianHeadroom)
-	for _, fsys := range []embed.FS{debianFiles, debianSources} {
-		var names []string
-		fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() {
-				names = append(names, p)
-			}
-			return nil
-		})
-		sort.Strings(names)
-		for _, n := range names {
-			b, _ := fsys.ReadFile(n)
-			fmt.Fprintf(h, "%s %d\n", n, len(b))
-			h.Write(b)
-		}
-	}
+	hashFiles(h, debianFiles, debianSources)
 	return debianSuite + "-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 

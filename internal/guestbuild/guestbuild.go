@@ -86,7 +86,14 @@ func mustScript(name string) []byte {
 var recipeOnce = sync.OnceValue(func() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\nrootfs %s\nmodules %v %v\nuserland %v\n", recipeVersion, RootfsSize, guestModules, optionalModules, userlandPackages)
-	for _, fsys := range []embed.FS{guestFiles, recipeSources} {
+	hashFiles(h, guestFiles, recipeSources)
+	return hex.EncodeToString(h.Sum(nil))
+})
+
+// hashFiles feeds every file of the embedded trees, in a stable order and
+// with its name and length, into h.
+func hashFiles(h io.Writer, trees ...embed.FS) {
+	for _, fsys := range trees {
 		var names []string
 		fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
@@ -101,8 +108,7 @@ var recipeOnce = sync.OnceValue(func() string {
 			h.Write(b)
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil))
-})
+}
 
 // recipeHash identifies this package's recipe (code version, scripts, lists).
 func recipeHash() string { return recipeOnce() }
