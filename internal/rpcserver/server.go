@@ -183,20 +183,27 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			return
 		}
-		s.mu.Lock()
-		closing := s.closing
-		s.mu.Unlock()
-		if closing {
-			_ = enc.Encode(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.Unavailable, "daemon is shutting down")))
-			return
-		}
 		if !authorized {
 			opID := logging.NewOpID()
 			s.log.Warn("rpc refused", "op_id", opID, "uid", cred.UID, "pid", cred.PID)
 			_ = enc.Encode(s.errorResponse(0, opID, errdefs.New(errdefs.Unauthorized, "uid %d may not use this socket", cred.UID)))
 			return
 		}
-		if err := enc.Encode(s.dispatch(line, cred)); err != nil {
+		// A call is in flight until its response is written, so Shutdown
+		// never closes the connection under an answer (daemon.shutdown's own).
+		s.mu.Lock()
+		closing := s.closing
+		if !closing {
+			s.wg.Add(1)
+		}
+		s.mu.Unlock()
+		if closing {
+			_ = enc.Encode(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.Unavailable, "daemon is shutting down")))
+			return
+		}
+		err = enc.Encode(s.dispatch(line, cred))
+		s.wg.Done()
+		if err != nil {
 			return
 		}
 	}
@@ -246,13 +253,11 @@ func (s *Server) dispatch(line []byte, cred safesock.Cred) api.Response {
 	}
 	s.mu.Lock()
 	s.inflight[opID] = api.Operation{OpID: opID, Method: req.Method, StartedAt: start.UTC().Format(time.RFC3339Nano)}
-	s.wg.Add(1)
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.inflight, opID)
 		s.mu.Unlock()
-		s.wg.Done()
 	}()
 	ctx := logging.WithOpID(logging.With(s.baseCtx, s.log), opID)
 	ctx = context.WithValue(ctx, stageKey{}, func(stage string) {
