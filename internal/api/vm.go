@@ -144,6 +144,7 @@ type Image struct {
 	CreatedAt string   `json:"created_at"`
 	SizeBytes int64    `json:"size_bytes"`
 	Managed   bool     `json:"managed"`
+	Source    string   `json:"source,omitempty"`
 	UsedBy    []string `json:"used_by"`
 }
 

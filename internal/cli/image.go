@@ -1,30 +1,102 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/client"
 	"github.com/spf13/cobra"
 )
+
+// completeNames completes the names a list method returns (images, kernels).
+func (a *app) completeNames(method string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		l, err := a.layout()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var items []struct {
+			Name string `json:"name"`
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := client.New(l.SocketPath()).Call(ctx, method, nil, &items); err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []string
+		for _, it := range items {
+			out = append(out, it.Name)
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// longCall makes one call with the progress display.
+func (a *app) longCall(ctx context.Context, label, method string, params, out any) error {
+	c, _, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	return a.withProgress(ctx, c, label, func(ctx context.Context) error {
+		return c.Call(ctx, method, params, out)
+	})
+}
+
+func mib(n int64) string { return fmt.Sprintf("%dM", n>>20) }
+
+func (a *app) printCatalog(cat api.Catalog, asJSON bool, withKernel bool) error {
+	if asJSON {
+		return output.JSON(a.stdout, cat)
+	}
+	head := []string{"NAME", "VERSION", "STATE", "SIZE", "DESCRIPTION"}
+	if withKernel {
+		head = []string{"NAME", "VERSION", "KERNEL", "STATE", "SIZE", "DESCRIPTION"}
+	}
+	rows := [][]string{}
+	for _, e := range cat.Entries {
+		r := []string{e.Name, orDash(e.Version), e.State, mib(e.SizeBytes), orDash(e.Description)}
+		if withKernel {
+			r = []string{e.Name, orDash(e.Version), orDash(e.Kernel), e.State, mib(e.SizeBytes), orDash(e.Description)}
+		}
+		rows = append(rows, r)
+	}
+	return output.Table(a.stdout, head, rows)
+}
 
 func (a *app) imageCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
-		Short: "List, inspect and delete images",
-		Long: `Images are read-only root filesystems VMs are created from. The built-in
-images (tiny, debian-bookworm) are built from Debian packages the first time
-a VM needs them, and registered; 'image list' shows the registered ones.`,
+		Short: "Build, pull, register and inspect images",
+		Long: `Images are read-only root filesystems VMs are created from. They come from:
+  - banger itself: 'image build' makes tiny or debian-bookworm from Debian
+    packages (also done on demand when a VM needs one);
+  - the image catalog (catalog.image_url): signed index, checked bundles;
+  - any OCI registry: 'image pull docker.io/library/alpine:3.20';
+  - a local ext4 file: 'image register', then 'image promote'.`,
 	}
-	var asJSON bool
+	var asJSON, available bool
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List registered images",
-		Example: "  banger image list\n  banger image list --json",
+		Short:   "List registered images (or, with --available, the image catalog)",
+		Example: "  banger image list\n  banger image list --json\n  banger image list --available",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if available {
+				var cat api.Catalog
+				if err := a.call(cmd.Context(), api.MethodImageCatalog, nil, &cat); err != nil {
+					return err
+				}
+				return a.printCatalog(cat, asJSON, true)
+			}
 			var ims []api.Image
 			if err := a.call(cmd.Context(), api.MethodImageList, nil, &ims); err != nil {
 				return err
@@ -34,18 +106,20 @@ a VM needs them, and registered; 'image list' shows the registered ones.`,
 			}
 			rows := [][]string{}
 			for _, im := range ims {
-				rows = append(rows, []string{im.Name, im.Kernel, fmt.Sprintf("%dM", im.SizeBytes>>20), orDash(strings.Join(im.UsedBy, ",")), age(im.CreatedAt)})
+				rows = append(rows, []string{im.Name, im.Kernel, mib(im.SizeBytes), orDash(im.Source), orDash(strings.Join(im.UsedBy, ",")), age(im.CreatedAt)})
 			}
-			return output.Table(a.stdout, []string{"NAME", "KERNEL", "SIZE", "USED BY", "AGE"}, rows)
+			return output.Table(a.stdout, []string{"NAME", "KERNEL", "SIZE", "SOURCE", "USED BY", "AGE"}, rows)
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	list.Flags().BoolVar(&available, "available", false, "list the image catalog, with a pulled/available state")
 	var showJSON bool
 	show := &cobra.Command{
-		Use:     "show NAME",
-		Short:   "Show one image",
-		Example: "  banger image show tiny --json",
-		Args:    cobra.ExactArgs(1),
+		Use:               "show NAME",
+		Short:             "Show one image",
+		Example:           "  banger image show tiny --json",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeNames(api.MethodImageList),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var im api.Image
 			if err := a.call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &im); err != nil {
@@ -55,16 +129,18 @@ a VM needs them, and registered; 'image list' shows the registered ones.`,
 				return output.JSON(a.stdout, im)
 			}
 			return output.KV(a.stdout, [][2]string{{"name", im.Name}, {"id", im.ID}, {"rootfs", im.Rootfs},
-				{"kernel", im.Kernel}, {"size", fmt.Sprintf("%d MiB", im.SizeBytes>>20)}, {"used by", orDash(strings.Join(im.UsedBy, ", "))}, {"created", im.CreatedAt}})
+				{"kernel", im.Kernel}, {"size", fmt.Sprintf("%d MiB", im.SizeBytes>>20)}, {"managed", fmt.Sprint(im.Managed)},
+				{"source", orDash(im.Source)}, {"used by", orDash(strings.Join(im.UsedBy, ", "))}, {"created", im.CreatedAt}})
 		},
 	}
 	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
 	del := &cobra.Command{
-		Use:     "delete NAME",
-		Aliases: []string{"rm"},
-		Short:   "Delete an image no VM uses (a built-in one is rebuilt on next use)",
-		Example: "  banger image delete debian-bookworm",
-		Args:    cobra.ExactArgs(1),
+		Use:               "delete NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Delete an image no VM uses (a built-in one is rebuilt on next use)",
+		Example:           "  banger image delete debian-bookworm",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeNames(api.MethodImageList),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := a.call(cmd.Context(), api.MethodImageDelete, api.ImageRef{Name: args[0]}, nil); err != nil {
 				return err
@@ -73,6 +149,298 @@ a VM needs them, and registered; 'image list' shows the registered ones.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(list, show, del)
+	printImage := func(im api.Image, verb string, asJSON bool) error {
+		if asJSON {
+			return output.JSON(a.stdout, im)
+		}
+		fmt.Fprintf(a.stdout, "%s %s (kernel %s, %s)\n", im.Name, verb, im.Kernel, mib(im.SizeBytes))
+		return nil
+	}
+	var buildJSON bool
+	build := &cobra.Command{
+		Use:   "build [NAME]",
+		Short: "Build a built-in image from Debian packages (default debian-bookworm)",
+		Long: `Build banger's own image locally: debian-bookworm (systemd, OpenSSH, git,
+curl, ca-certificates; mmdebstrap, no root needed) or tiny (busybox and
+dropbear). Only the Debian archive is contacted. The result is cached: a
+second build is instant unless the recipe or the packages changed.`,
+		Example: "  banger image build\n  banger image build tiny",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := "debian-bookworm"
+			if len(args) == 1 {
+				name = args[0]
+			}
+			var im api.Image
+			if err := a.longCall(cmd.Context(), "building "+name, api.MethodImageBuild, api.ImageBuildParams{Name: name}, &im); err != nil {
+				return err
+			}
+			return printImage(im, "built", buildJSON)
+		},
+	}
+	build.Flags().BoolVar(&buildJSON, "json", false, "print the image as JSON")
+	var pp api.ImagePullParams
+	var pullJSON bool
+	pull := &cobra.Command{
+		Use:   "pull NAME|OCI-REF",
+		Short: "Pull an image from the image catalog or an OCI registry",
+		Long: `A name the image catalog (catalog.image_url) lists is pulled from it: the
+index's signature is checked with the release key, the bundle's sha256 while
+it streams, and the kernel it names is pulled too. Anything else is an OCI
+reference (linux/amd64; credentials from ~/.docker/config.json): the layers
+are flattened into an ext4 root filesystem, and banger's guest kit (a static
+busybox and an init at /.banger) makes it boot; an image without an SSH
+server gets one from its package manager on first boot (needs --nat).`,
+		Example: `  banger image pull docker.io/library/debian:bookworm
+  banger image pull alpine:3.20 --name alpine
+  banger image pull ghcr.io/org/app:v1 --force`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pp.Ref = args[0]
+			var im api.Image
+			if err := a.longCall(cmd.Context(), "pulling "+args[0], api.MethodImagePull, pp, &im); err != nil {
+				return err
+			}
+			return printImage(im, "pulled", pullJSON)
+		},
+	}
+	pull.Flags().StringVar(&pp.Name, "name", "", "image name (default: the catalog name, or derived from the reference)")
+	pull.Flags().StringVar(&pp.Kernel, "kernel", "", "registered kernel to boot an OCI image with (default: the built-in kernel)")
+	pull.Flags().BoolVar(&pp.Force, "force", false, "replace a registered image of that name")
+	pull.Flags().BoolVar(&pullJSON, "json", false, "print the image as JSON")
+	var rp api.ImageRegisterParams
+	register := &cobra.Command{
+		Use:   "register --name NAME --rootfs FILE [--kernel NAME | --vmlinux FILE [--initrd FILE]]",
+		Short: "Register an existing ext4 root filesystem (used where it is)",
+		Long: `Record an ext4 image file as an image without copying it. banger never
+deletes it. Because the root helper only reads files under banger's own
+directories, run 'banger image promote NAME' before creating VMs from it.`,
+		Example: `  banger image register --name mine --rootfs /srv/images/mine.ext4
+  banger image register --name mine --rootfs /srv/mine.ext4 --vmlinux /srv/vmlinux --initrd /srv/initrd.img`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rp.Name == "" || rp.Rootfs == "" {
+				return usageError{fmt.Errorf("image register needs --name and --rootfs")}
+			}
+			if rp.Kernel != "" && rp.Vmlinux != "" {
+				return usageError{fmt.Errorf("--kernel and --vmlinux are mutually exclusive")}
+			}
+			var err error
+			for _, p := range []*string{&rp.Rootfs, &rp.Vmlinux, &rp.Initrd} {
+				if *p != "" {
+					if *p, err = absPath(*p); err != nil {
+						return err
+					}
+				}
+			}
+			var im api.Image
+			if err := a.call(cmd.Context(), api.MethodImageRegister, rp, &im); err != nil {
+				return err
+			}
+			return printImage(im, "registered", false)
+		},
+	}
+	register.Flags().StringVar(&rp.Name, "name", "", "image name")
+	register.Flags().StringVar(&rp.Rootfs, "rootfs", "", "ext4 root filesystem `file`")
+	register.Flags().StringVar(&rp.Kernel, "kernel", "", "registered kernel `name` to boot (default: the built-in kernel)")
+	register.Flags().StringVar(&rp.Vmlinux, "vmlinux", "", "kernel `file` (registered as kernel NAME-kernel)")
+	register.Flags().StringVar(&rp.Initrd, "initrd", "", "initramfs `file` for --vmlinux")
+	register.Flags().StringVar(&rp.Init, "init", "", "init= for the kernel command line (a path inside the image)")
+	promote := &cobra.Command{
+		Use:               "promote NAME",
+		Short:             "Copy a registered image (and its kernel files) under banger's state dir",
+		Example:           "  banger image promote mine",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeNames(api.MethodImageList),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var im api.Image
+			if err := a.longCall(cmd.Context(), "promoting "+args[0], api.MethodImagePromote, api.ImageRef{Name: args[0]}, &im); err != nil {
+				return err
+			}
+			return printImage(im, "promoted", false)
+		},
+	}
+	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache"}
+	var dryRun, pruneJSON bool
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete the cached OCI layers (registered images are not affected)",
+		Long: `Empty the OCI layer cache. The cache directory is renamed aside and
+recreated empty before the old copy is deleted, so a pull in progress is not
+corrupted. --dry-run only reports what would be freed.`,
+		Example: "  banger image cache prune --dry-run\n  banger image cache prune",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var r api.CachePruneResult
+			if err := a.call(cmd.Context(), api.MethodImageCachePrune, api.CachePruneParams{DryRun: dryRun}, &r); err != nil {
+				return err
+			}
+			if pruneJSON {
+				return output.JSON(a.stdout, r)
+			}
+			verb := "freed"
+			if r.DryRun {
+				verb = "would free"
+			}
+			fmt.Fprintf(a.stdout, "%s %s across %d blob(s) in %s\n", verb, humanSize(r.FreedBytes), r.Blobs, r.Dir)
+			return nil
+		},
+	}
+	prune.Flags().BoolVar(&dryRun, "dry-run", false, "report what would be freed; delete nothing")
+	prune.Flags().BoolVar(&pruneJSON, "json", false, "print JSON")
+	cache.AddCommand(prune)
+	cmd.AddCommand(list, show, del, build, pull, register, promote, cache)
 	return cmd
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func (a *app) kernelCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "kernel",
+		Short: "Import, pull and inspect kernels",
+		Long: `Kernels boot images. The built-in one is Debian's cloud kernel, made by
+'kernel import' (also done on demand): an uncompressed vmlinux for
+Firecracker, plus the bzImage and an initramfs loading the virtio modules.
+Others come from the kernel catalog (catalog.kernel_url) with 'kernel pull'.`,
+	}
+	var asJSON, available bool
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List registered kernels (or, with --available, the kernel catalog)",
+		Example: "  banger kernel list\n  banger kernel list --available --json",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if available {
+				var cat api.Catalog
+				if err := a.call(cmd.Context(), api.MethodKernelCatalog, nil, &cat); err != nil {
+					return err
+				}
+				return a.printCatalog(cat, asJSON, false)
+			}
+			var ks []api.Kernel
+			if err := a.call(cmd.Context(), api.MethodKernelList, nil, &ks); err != nil {
+				return err
+			}
+			if asJSON {
+				return output.JSON(a.stdout, ks)
+			}
+			rows := [][]string{}
+			for _, k := range ks {
+				rows = append(rows, []string{k.Name, orDash(k.Version), mib(k.SizeBytes), orDash(strings.Join(k.UsedBy, ",")), age(k.CreatedAt)})
+			}
+			return output.Table(a.stdout, []string{"NAME", "VERSION", "SIZE", "USED BY", "AGE"}, rows)
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	list.Flags().BoolVar(&available, "available", false, "list the kernel catalog, with a pulled/available state")
+	var showJSON bool
+	show := &cobra.Command{
+		Use:               "show NAME",
+		Short:             "Show one kernel",
+		Example:           "  banger kernel show 6.1.0-28-cloud-amd64 --json",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeNames(api.MethodKernelList),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var k api.Kernel
+			if err := a.call(cmd.Context(), api.MethodKernelShow, api.KernelRef{Name: args[0]}, &k); err != nil {
+				return err
+			}
+			if showJSON {
+				return output.JSON(a.stdout, k)
+			}
+			return output.KV(a.stdout, [][2]string{{"name", k.Name}, {"version", orDash(k.Version)}, {"vmlinux", k.Vmlinux},
+				{"vmlinuz", orDash(k.Vmlinuz)}, {"initrd", orDash(k.Initrd)}, {"modules", orDash(k.Modules)}, {"source", orDash(k.Source)},
+				{"managed", fmt.Sprint(k.Managed)}, {"used by", orDash(strings.Join(k.UsedBy, ", "))}, {"created", k.CreatedAt}})
+		},
+	}
+	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
+	rm := &cobra.Command{
+		Use:               "rm NAME",
+		Aliases:           []string{"delete"},
+		Short:             "Delete a kernel no image boots",
+		Example:           "  banger kernel rm generic-6.1",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeNames(api.MethodKernelList),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd.Context(), api.MethodKernelDelete, api.KernelRef{Name: args[0]}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s deleted\n", args[0])
+			return nil
+		},
+	}
+	printKernel := func(k api.Kernel, verb string, asJSON bool) error {
+		if asJSON {
+			return output.JSON(a.stdout, k)
+		}
+		fmt.Fprintf(a.stdout, "kernel %s %s (%s)\n", k.Name, verb, orDash(k.Version))
+		return nil
+	}
+	var force, pullJSON bool
+	pull := &cobra.Command{
+		Use:     "pull NAME",
+		Short:   "Pull a kernel from the kernel catalog",
+		Example: "  banger kernel pull generic-6.1\n  banger kernel pull generic-6.1 --force",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var k api.Kernel
+			if err := a.longCall(cmd.Context(), "pulling kernel "+args[0], api.MethodKernelPull, api.KernelRef{Name: args[0], Force: force}, &k); err != nil {
+				return err
+			}
+			return printKernel(k, "pulled", pullJSON)
+		},
+	}
+	pull.Flags().BoolVar(&force, "force", false, "pull again even if a kernel of that name is registered")
+	pull.Flags().BoolVar(&pullJSON, "json", false, "print the kernel as JSON")
+	var ip api.KernelImportParams
+	var importJSON bool
+	imp := &cobra.Command{
+		Use:   "import [--deb FILE] [--name NAME]",
+		Short: "Import Debian's cloud kernel package as a kernel",
+		Long: `Import linux-image-cloud-amd64 from the Debian archive (or a local
+linux-image-*.deb with --deb): the vmlinux Firecracker boots, the bzImage, an
+initramfs that loads the virtio modules, and the modules.`,
+		Example: "  banger kernel import\n  banger kernel import --deb ./linux-image-6.1.0-28-cloud-amd64_6.1.119-1_amd64.deb --name cloud-6.1",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ip.Deb != "" {
+				var err error
+				if ip.Deb, err = absPath(ip.Deb); err != nil {
+					return err
+				}
+			}
+			var k api.Kernel
+			if err := a.longCall(cmd.Context(), "importing kernel", api.MethodKernelImport, ip, &k); err != nil {
+				return err
+			}
+			return printKernel(k, "imported", importJSON)
+		},
+	}
+	imp.Flags().StringVar(&ip.Deb, "deb", "", "local linux-image-*.deb `file` instead of the archive's")
+	imp.Flags().StringVar(&ip.Name, "name", "", "kernel name (default: the kernel version)")
+	imp.Flags().BoolVar(&importJSON, "json", false, "print the kernel as JSON")
+	cmd.AddCommand(list, show, rm, pull, imp)
+	return cmd
+}
+
+// absPath makes a path flag absolute against the CLI's working directory
+// (the daemon has its own).
+func absPath(p string) (string, error) {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return a, nil
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -35,6 +36,19 @@ type Config struct {
 	SSHKeyPath string `toml:"ssh_key_path" json:"ssh_key_path"`
 	// VMDefaults are the resources of a VM created without flags.
 	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
+	// Catalog is where images and kernels are pulled from by name.
+	Catalog Catalog `toml:"catalog" json:"catalog"`
+}
+
+// Catalog is the [catalog] table: signed image and kernel indexes
+// (docs/catalog.md). Empty URLs mean no catalog: images are built locally.
+type Catalog struct {
+	// ImageURL is the image catalog's index.json (signed: index.json.sig beside it).
+	ImageURL string `toml:"image_url" json:"image_url"`
+	// KernelURL is the kernel catalog's index.json.
+	KernelURL string `toml:"kernel_url" json:"kernel_url"`
+	// PublicKeyFile verifies the indexes instead of the release key built into banger.
+	PublicKeyFile string `toml:"public_key_file" json:"public_key_file"`
 }
 
 // VMDefaults is the [vm_defaults] table.
@@ -184,6 +198,17 @@ func (c *Config) validate() error {
 	}
 	if _, err := ParseSize(c.VMDefaults.DiskSize); err != nil {
 		return bad("vm_defaults.disk_size", "%v", err)
+	}
+	for key, u := range map[string]string{"catalog.image_url": c.Catalog.ImageURL, "catalog.kernel_url": c.Catalog.KernelURL} {
+		if u == "" {
+			continue
+		}
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return bad(key, "%q must be an http(s) URL of an index.json", u)
+		}
+	}
+	if c.Catalog.PublicKeyFile != "" && !filepath.IsAbs(c.Catalog.PublicKeyFile) {
+		return bad("catalog.public_key_file", "%q must be an absolute path", c.Catalog.PublicKeyFile)
 	}
 	return nil
 }

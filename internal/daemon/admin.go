@@ -18,6 +18,7 @@ func (d *Daemon) register() {
 	d.srv.Handle(api.MethodDaemonShutdown, d.shutdown)
 	d.srv.Handle(api.MethodOperationsList, d.operations)
 	d.registerVMs()
+	d.registerImages()
 }
 
 func (d *Daemon) ping(ctx context.Context, _ json.RawMessage) (any, error) {

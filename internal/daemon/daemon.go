@@ -162,7 +162,7 @@ func (d *Daemon) wire() error {
 	ctx := logging.With(context.Background(), d.log)
 	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout)
 	d.vmm, d.vmmError = chooseVMM(d.cfg.Config)
-	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log}
+	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log, Catalog: d.cfg.Catalog}
 	keyPath := d.cfg.SSHKeyPath
 	if keyPath == "" {
 		keyPath = filepath.Join(d.layout.SSHDir(), "id_ed25519")
@@ -219,6 +219,7 @@ func (d *Daemon) run() int {
 	} else {
 		d.log.Info("vmm", "binary", d.vmm.Binary, "kind", d.vmm.Kind, "why", d.vmm.Reason)
 	}
+	d.images.CleanStaging()
 	d.vms.Reconcile(ctx)
 	go d.vms.Monitor(ctx, d.helperID)
 	sigs := make(chan os.Signal, 2)

@@ -195,21 +195,4 @@ func (d *Daemon) registerVMs() {
 		}
 		return s.RecordWorkspace(ctx, p)
 	})
-	d.srv.Handle(api.MethodImageList, func(ctx context.Context, raw json.RawMessage) (any, error) {
-		return d.images.List(ctx)
-	})
-	d.srv.Handle(api.MethodImageShow, func(ctx context.Context, raw json.RawMessage) (any, error) {
-		p, err := decode[api.ImageRef](raw)
-		if err != nil {
-			return nil, err
-		}
-		return d.images.Show(ctx, p.Name)
-	})
-	d.srv.Handle(api.MethodImageDelete, func(ctx context.Context, raw json.RawMessage) (any, error) {
-		p, err := decode[api.ImageRef](raw)
-		if err != nil {
-			return nil, err
-		}
-		return struct{}{}, d.images.Delete(ctx, p.Name)
-	})
 }

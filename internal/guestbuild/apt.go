@@ -282,7 +282,7 @@ type resolveMemo struct {
 
 // makePlan pins the packages (from the memo when apt's state is unchanged)
 // and computes the cache key.
-func makePlan(ctx context.Context, root string) (plan, error) {
+func makePlan(ctx context.Context, root, kernelDeb string) (plan, error) {
 	var pl plan
 	memoPath := filepath.Join(root, "resolve.json")
 	fp := aptStateFingerprint()
@@ -304,7 +304,11 @@ func makePlan(ctx context.Context, root string) (plan, error) {
 			_ = writeFileAtomic(memoPath, b, 0o644) // only an optimisation
 		}
 	}
-	if deb := os.Getenv(KernelDebEnv); deb != "" {
+	deb := kernelDeb
+	if deb == "" {
+		deb = os.Getenv(KernelDebEnv)
+	}
+	if deb != "" {
 		dpkgDeb, err := findTool("dpkg-deb", "dpkg")
 		if err != nil {
 			return pl, err

@@ -37,6 +37,9 @@ import (
 type Options struct {
 	CacheDir string    // artifacts under CacheDir/guest/<key>/ ; key changes when the recipe or kernel version changes
 	Progress io.Writer // optional: one line per step ("guest: fetching kernel 6.1.0-xx-cloud-amd64 ...")
+	// KernelDeb, if set, is a local linux-image-*.deb used instead of the
+	// archive's linux-image-cloud-amd64 (like BANGER_KERNEL_DEB, which it overrides).
+	KernelDeb string
 }
 
 // Artifacts are the absolute paths of a published guest build.
@@ -157,7 +160,7 @@ func Ensure(ctx context.Context, opts Options) (Artifacts, error) {
 		return Artifacts{}, fmt.Errorf("guestbuild: %w", err)
 	}
 	p := progress{opts.Progress}
-	pl, err := makePlan(ctx, root)
+	pl, err := makePlan(ctx, root, opts.KernelDeb)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Artifacts{}, ctx.Err()

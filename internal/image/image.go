@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/paths"
@@ -39,14 +42,22 @@ var builtins = map[string]func(context.Context, guestbuild.Options) (guestbuild.
 	DebianImage: guestbuild.EnsureDebian,
 }
 
-// Service resolves and registers images.
+// Service resolves and registers images and kernels.
 type Service struct {
-	Store  *store.Store
-	Layout paths.Layout
-	Log    *slog.Logger
+	Store   *store.Store
+	Layout  paths.Layout
+	Log     *slog.Logger
+	Catalog config.Catalog // where `image pull NAME` / `kernel pull NAME` look
+	HTTP    *http.Client   // nil: the catalog client's default
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
+
+	catOnce    sync.Once
+	cat        *catalog.Client
+	keyOnce    sync.Once
+	catalogKey []byte
+	keyErr     error
 }
 
 // Resolved is what a VM boots from.
@@ -67,18 +78,26 @@ func (s *Service) lock(name string) *sync.Mutex {
 	return s.locks[name]
 }
 
-// Known reports whether name is registered or can be built.
+// Known reports whether name is registered, can be built, or is in the
+// image catalog.
 func (s *Service) Known(ctx context.Context, name string) error {
 	if builtins[name] != nil {
 		return nil
 	}
-	if _, err := s.Store.GetImage(ctx, name); err != nil {
-		if errors.Is(err, errdefs.ErrNotFound) {
-			return errdefs.NotFoundf("unknown image %q (available: %s)", name, s.available(ctx))
-		}
+	_, err := s.Store.GetImage(ctx, name)
+	if err == nil || !errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	return nil
+	if s.Catalog.ImageURL != "" {
+		ix, _, cerr := s.catalogIndex(ctx, catalog.KindImage)
+		if cerr != nil {
+			return fmt.Errorf("image %q is not registered, and the image catalog cannot be read: %w", name, cerr)
+		}
+		if _, ok := ix.Find(name); ok {
+			return nil
+		}
+	}
+	return errdefs.NotFoundf("unknown image %q (available: %s; or 'banger image pull REF')", name, s.available(ctx))
 }
 
 func (s *Service) available(ctx context.Context) string {
@@ -96,72 +115,132 @@ func (s *Service) available(ctx context.Context) string {
 		out = append(out, n)
 	}
 	sort.Strings(out)
-	s2 := ""
-	for i, n := range out {
-		if i > 0 {
-			s2 += ", "
-		}
-		s2 += n
-	}
-	return s2
+	return strings.Join(out, ", ")
 }
 
-// Resolve returns the image and its kernel, building a missing built-in.
+// Resolve returns the image and its kernel: a registered image as is; a
+// missing built-in is built, a missing catalog image pulled (with its
+// kernel), showing progress.
 func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) (Resolved, error) {
 	if err := s.Known(ctx, name); err != nil {
 		return Resolved{}, err
 	}
 	l := s.lock(name)
 	l.Lock()
-	defer l.Unlock()
 	im, err := s.Store.GetImage(ctx, name)
-	if errors.Is(err, errdefs.ErrNotFound) && builtins[name] != nil {
-		im, err = s.buildBuiltin(ctx, name, progress)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		if builtins[name] != nil {
+			im, err = s.buildBuiltin(ctx, name, progress)
+		} else {
+			im, err = s.pullCatalogImage(ctx, name, false, progress)
+		}
 	}
+	l.Unlock()
 	if err != nil {
 		return Resolved{}, err
 	}
 	if _, err := os.Stat(im.Rootfs); err != nil {
-		return Resolved{}, fmt.Errorf("image %s: root filesystem %s is missing", name, im.Rootfs)
+		return Resolved{}, fmt.Errorf("image %s: root filesystem %s is missing (delete the image and pull or build it again)", name, im.Rootfs)
 	}
 	k, err := s.Store.GetKernel(ctx, im.KernelID)
+	if errors.Is(err, errdefs.ErrNotFound) && im.Meta[metaKernelRef] != "" {
+		// The catalog kernel was removed: pull it again.
+		k, err = s.pullKernel(ctx, im.Meta[metaKernelRef], false, progress)
+	}
 	if err != nil {
 		return Resolved{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	// The root helper only reads files under banger's own directories.
+	for _, f := range []string{im.Rootfs, k.Vmlinux, k.Initrd} {
+		if f != "" && !s.underRoots(f) {
+			return Resolved{}, errdefs.BadRequestf("image %s uses %s, outside banger's state dir: run 'banger image promote %s' to copy it in", name, f, name)
+		}
 	}
 	return Resolved{Image: im, Kernel: k}, nil
 }
 
+func (s *Service) underRoots(f string) bool {
+	for _, root := range []string{s.Layout.StateDir, s.Layout.CacheDir} {
+		if rel, err := filepath.Rel(root, f); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return true
+		}
+	}
+	return false
+}
+
+// Image meta keys.
+const (
+	metaKernelRef = "kernel_ref" // catalog kernel name, pulled again when missing
+	metaInit      = "init"       // init= on the kernel command line
+)
+
+// Init is the init= the image boots with ("" = the initramfs default).
+func (r Resolved) Init() string { return r.Image.Meta[metaInit] }
+
+// BuildImage builds a built-in image from Debian packages and registers it,
+// replacing the registered root filesystem when the recipe changed.
+func (s *Service) BuildImage(ctx context.Context, name string, progress io.Writer) (api.Image, error) {
+	if builtins[name] == nil {
+		return api.Image{}, errdefs.BadRequestf("cannot build %q: banger builds %s; import other images with 'banger image pull REF'", name, strings.Join(builtinNames(), " and "))
+	}
+	l := s.lock(name)
+	l.Lock()
+	defer l.Unlock()
+	im, err := s.buildBuiltin(ctx, name, progress)
+	if err != nil {
+		return api.Image{}, err
+	}
+	return s.toAPI(ctx, im), nil
+}
+
+func builtinNames() []string {
+	out := []string{}
+	for n := range builtins {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // buildBuiltin builds (or reuses the cached) guest artifacts of a built-in
 // image and publishes them into the state dir: kernels/<version>/ and
-// images/<name>/. All built-ins share the kernel record.
+// images/<name>/. All built-ins share the kernel record. The caller holds
+// the name's lock.
 func (s *Service) buildBuiltin(ctx context.Context, name string, progress io.Writer) (store.ImageRecord, error) {
 	s.Log.Info("building image", "image", name)
+	k, _, err := s.ensureBuiltinKernel(ctx, progress)
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
 	art, err := builtins[name](ctx, guestbuild.Options{CacheDir: s.Layout.CacheDir, Progress: progress})
 	if err != nil {
 		return store.ImageRecord{}, fmt.Errorf("build image %s: %w", name, err)
 	}
-	now := time.Now().UTC().Format(time.RFC3339)
-	kdir := filepath.Join(s.Layout.KernelsDir(), art.KernelVersion)
-	k := store.KernelRecord{
-		ID: "k-" + art.KernelVersion, Name: art.KernelVersion, Version: art.KernelVersion,
-		Vmlinux: filepath.Join(kdir, "vmlinux"), Vmlinuz: filepath.Join(kdir, "vmlinuz"), Initrd: filepath.Join(kdir, "initrd.img"),
-		CreatedAt: now,
-	}
-	idir := filepath.Join(s.Layout.ImagesDir(), name)
-	im := store.ImageRecord{ID: newID(), Name: name, Rootfs: filepath.Join(idir, "rootfs.ext4"), KernelID: k.ID, Managed: true, CreatedAt: now,
-		Meta: map[string]string{"source": "guestbuild " + art.Key}}
-	for src, dst := range map[string]string{art.Vmlinux: k.Vmlinux, art.Vmlinuz: k.Vmlinuz, art.Initrd: k.Initrd, art.Rootfs: im.Rootfs} {
-		if err := publish(src, dst); err != nil {
-			return store.ImageRecord{}, err
+	source := "guestbuild " + art.Key
+	old, oldErr := s.Store.GetImage(ctx, name)
+	if oldErr == nil && old.Meta[metaSource] == source && old.KernelID == k.ID {
+		if _, err := os.Stat(old.Rootfs); err == nil {
+			fmt.Fprintf(orDiscard(progress), "image %s is up to date (%s)\n", name, art.Key)
+			return old, nil
 		}
 	}
-	if err := s.Store.PutKernel(ctx, k); err != nil {
+	now := time.Now().UTC().Format(time.RFC3339)
+	idir := filepath.Join(s.Layout.ImagesDir(), name)
+	im := store.ImageRecord{ID: newID(), Name: name, Rootfs: filepath.Join(idir, "rootfs.ext4"), KernelID: k.ID, Managed: true, CreatedAt: now,
+		Meta: map[string]string{metaSource: source}}
+	if err := publish(art.Rootfs, im.Rootfs); err != nil {
 		return store.ImageRecord{}, err
 	}
-	if err := s.Store.PutImage(ctx, im); err != nil {
+	if oldErr == nil {
+		im.ID, im.CreatedAt = old.ID, old.CreatedAt
+		err = s.Store.UpdateImage(ctx, im)
+	} else {
+		err = s.Store.PutImage(ctx, im)
+	}
+	if err != nil {
 		return store.ImageRecord{}, err
 	}
-	s.Log.Info("image registered", "image", name, "kernel", k.Name)
+	s.Log.Info("image registered", "image", name, "kernel", k.Name, "source", source)
 	return im, nil
 }
 
@@ -254,7 +333,7 @@ func (s *Service) toAPI(ctx context.Context, im store.ImageRecord) api.Image {
 		size = fi.Size()
 	}
 	users, _ := s.Store.VMsUsingImage(ctx, im.ID)
-	return api.Image{ID: im.ID, Name: im.Name, Rootfs: im.Rootfs, Kernel: kname, CreatedAt: im.CreatedAt, SizeBytes: size, Managed: im.Managed, UsedBy: users}
+	return api.Image{ID: im.ID, Name: im.Name, Rootfs: im.Rootfs, Kernel: kname, CreatedAt: im.CreatedAt, SizeBytes: size, Managed: im.Managed, Source: im.Meta[metaSource], UsedBy: users}
 }
 
 // List returns the registered images.

@@ -16,6 +16,8 @@ const usage = `banger-release builds a signed banger release tree.
                  [--manifest-in manifest.json] [--prebuilt DIR] [--cover]
                  [--repo DIR] [--verify-pub release-key.pub]
   banger-release --keygen key.pem [--pub key.pub]
+  banger-release catalog --kind image|kernel --name NAME --out DIR --key key.pem --from DIR ...
+                 (see banger-release catalog --help and docs/catalog.md)
 
 Writes DIR/manifest.json and DIR/<version>/{banger-<version>-linux-amd64.tar.gz,
 SHA256SUMS, SHA256SUMS.sig}. See docs/release-process.md.
@@ -26,6 +28,9 @@ Flags:
 // Main is banger-release: it parses args and runs Keygen or Build. It
 // returns the process exit code: 0 done, 1 failed, 2 bad usage.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "catalog" {
+		return CatalogMain(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("banger-release", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {

@@ -47,6 +47,7 @@ type KernelRecord struct {
 	Vmlinuz   string
 	Initrd    string
 	CreatedAt string
+	Meta      map[string]string // source, sha256, modules dir, managed ("1" = files under the state dir)
 }
 
 func isUnique(err error) bool {
@@ -148,21 +149,67 @@ func (s *Store) UsedIPs(ctx context.Context) (map[string]bool, error) {
 
 // PutKernel inserts or replaces a kernel by name.
 func (s *Store) PutKernel(ctx context.Context, k KernelRecord) error {
-	_, err := s.DB.ExecContext(ctx, `INSERT INTO kernels(id, name, version, vmlinux, vmlinuz, initrd, created_at) VALUES(?,?,?,?,?,?,?)
-		ON CONFLICT(name) DO UPDATE SET version=excluded.version, vmlinux=excluded.vmlinux, vmlinuz=excluded.vmlinuz, initrd=excluded.initrd`,
-		k.ID, k.Name, k.Version, k.Vmlinux, k.Vmlinuz, k.Initrd, k.CreatedAt)
+	meta, _ := json.Marshal(k.Meta)
+	_, err := s.DB.ExecContext(ctx, `INSERT INTO kernels(id, name, version, vmlinux, vmlinuz, initrd, created_at, meta_json) VALUES(?,?,?,?,?,?,?,?)
+		ON CONFLICT(name) DO UPDATE SET version=excluded.version, vmlinux=excluded.vmlinux, vmlinuz=excluded.vmlinuz, initrd=excluded.initrd, meta_json=excluded.meta_json`,
+		k.ID, k.Name, k.Version, k.Vmlinux, k.Vmlinuz, k.Initrd, k.CreatedAt, string(meta))
 	return err
+}
+
+const kernelCols = `id, name, version, vmlinux, vmlinuz, initrd, created_at, meta_json`
+
+func scanKernel(sc interface{ Scan(...any) error }) (KernelRecord, error) {
+	var k KernelRecord
+	var meta string
+	err := sc.Scan(&k.ID, &k.Name, &k.Version, &k.Vmlinux, &k.Vmlinuz, &k.Initrd, &k.CreatedAt, &meta)
+	_ = json.Unmarshal([]byte(meta), &k.Meta)
+	return k, err
 }
 
 // GetKernel finds a kernel by id or name.
 func (s *Store) GetKernel(ctx context.Context, idOrName string) (KernelRecord, error) {
-	var k KernelRecord
-	err := s.DB.QueryRowContext(ctx, `SELECT id, name, version, vmlinux, vmlinuz, initrd, created_at FROM kernels WHERE id=? OR name=? LIMIT 1`, idOrName, idOrName).
-		Scan(&k.ID, &k.Name, &k.Version, &k.Vmlinux, &k.Vmlinuz, &k.Initrd, &k.CreatedAt)
+	k, err := scanKernel(s.DB.QueryRowContext(ctx, `SELECT `+kernelCols+` FROM kernels WHERE id=? OR name=? LIMIT 1`, idOrName, idOrName))
 	if errors.Is(err, sql.ErrNoRows) {
-		return k, errdefs.NotFoundf("no kernel %q", idOrName)
+		return k, errdefs.NotFoundf("no kernel %q (see 'banger kernel list')", idOrName)
 	}
 	return k, err
+}
+
+// ListKernels returns every kernel.
+func (s *Store) ListKernels(ctx context.Context) ([]KernelRecord, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT `+kernelCols+` FROM kernels ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []KernelRecord
+	for rows.Next() {
+		k, err := scanKernel(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// ImagesUsingKernel names the images that boot kernel id.
+func (s *Store) ImagesUsingKernel(ctx context.Context, kernelID string) ([]string, error) {
+	return s.names(ctx, `SELECT name FROM images WHERE kernel_id=? ORDER BY name`, kernelID)
+}
+
+// DeleteKernel removes a kernel row.
+func (s *Store) DeleteKernel(ctx context.Context, id string) error {
+	_, err := s.DB.ExecContext(ctx, `DELETE FROM kernels WHERE id=?`, id)
+	return err
+}
+
+// UpdateImage rewrites an image row (rootfs, kernel, managed, meta).
+func (s *Store) UpdateImage(ctx context.Context, im ImageRecord) error {
+	meta, _ := json.Marshal(im.Meta)
+	_, err := s.DB.ExecContext(ctx, `UPDATE images SET rootfs=?, kernel_id=?, managed=?, meta_json=? WHERE id=?`,
+		im.Rootfs, nullable(im.KernelID), boolInt(im.Managed), string(meta), im.ID)
+	return err
 }
 
 // PutImage inserts an image; a duplicate name is already_exists.
@@ -217,7 +264,11 @@ func (s *Store) ListImages(ctx context.Context) ([]ImageRecord, error) {
 
 // VMsUsingImage names the VMs built from image id.
 func (s *Store) VMsUsingImage(ctx context.Context, imageID string) ([]string, error) {
-	rows, err := s.DB.QueryContext(ctx, `SELECT name FROM vms WHERE image_id=? ORDER BY name`, imageID)
+	return s.names(ctx, `SELECT name FROM vms WHERE image_id=? ORDER BY name`, imageID)
+}
+
+func (s *Store) names(ctx context.Context, query string, args ...any) ([]string, error) {
+	rows, err := s.DB.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

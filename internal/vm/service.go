@@ -257,10 +257,14 @@ func (e *notReadyError) Error() string {
 	return fmt.Sprintf("VM %s booted but its guest did not answer SSH (%v); it was kept: read 'banger vm logs %s', then 'banger vm delete %s'", e.name, e.err, e.name, e.name)
 }
 
-func (s *Service) bootArgs(rec store.VMRecord) string {
+func (s *Service) bootArgs(rec store.VMRecord, res image.Resolved) string {
 	gw := gateway(s.Config.Network())
-	return fmt.Sprintf("console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet banger.ip=%s/%d banger.gw=%s banger.hostname=%s",
+	args := fmt.Sprintf("console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet banger.ip=%s/%d banger.gw=%s banger.hostname=%s",
 		rec.GuestIP, gw.Bits(), gw.Addr(), rec.Name)
+	if init := res.Init(); init != "" {
+		args += " init=" + init
+	}
+	return args
 }
 
 // start boots a recorded VM whose disks exist. The caller holds the VM lock.
@@ -297,7 +301,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	_ = s.Store.UpdateVM(ctx, rec)
 	lr, err := s.Ops.LaunchVMM(ctx, privops.LaunchReq{
 		ID: rec.ID, Binary: s.VMM.Binary, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(),
-		Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec), Rootfs: dir.Rootfs(),
+		Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec, res), Rootfs: dir.Rootfs(),
 		Drives: []string{dir.WorkDisk()}, Tap: tap, MAC: rec.Runtime.MAC, VCPU: int64(rec.VCPU), MemMiB: int64(rec.MemoryMiB),
 	})
 	if err != nil {
@@ -427,7 +431,7 @@ func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (
 			// The guest dies under reboot: no exit status comes back, so
 			// don't wait for one; the VMM's exit is what counts.
 			go func() {
-				_, _ = c.RunScript(sctx, "reboot -f", nil, io.Discard, io.Discard)
+				_, _ = c.RunScript(sctx, "reboot -f 2>/dev/null || /.banger/bin/reboot -f", nil, io.Discard, io.Discard)
 				c.Close()
 			}()
 		} else {

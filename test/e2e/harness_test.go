@@ -45,7 +45,7 @@ func repoRoot() string {
 func buildBinaries(dir, version, commit string) error {
 	pkg := "github.com/banger-dev/banger/internal/buildinfo"
 	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=2026-11-25T20:00:00Z", pkg, version, pkg, commit, pkg)
-	bins := []string{"banger", "bangerd"}
+	bins := []string{"banger", "bangerd", "banger-release"}
 	if _, err := os.Stat(filepath.Join(repoRoot(), "cmd", "banger-vmm")); err == nil {
 		bins = append(bins, "banger-vmm")
 	}

@@ -1,0 +1,102 @@
+package api
+
+// Image and kernel methods beyond list/show/delete (see vm.go).
+const (
+	MethodImageBuild      = "image.build"
+	MethodImagePull       = "image.pull"
+	MethodImageRegister   = "image.register"
+	MethodImagePromote    = "image.promote"
+	MethodImageCachePrune = "image.cache.prune"
+	MethodKernelList      = "kernel.list"
+	MethodKernelShow      = "kernel.show"
+	MethodKernelDelete    = "kernel.delete"
+	MethodKernelPull      = "kernel.pull"
+	MethodKernelImport    = "kernel.import"
+	MethodKernelCatalog   = "kernel.catalog"
+	MethodImageCatalog    = "image.catalog"
+)
+
+// ImageBuildParams builds a built-in image (tiny, debian-bookworm) locally.
+type ImageBuildParams struct {
+	Name string `json:"name"`
+}
+
+// ImagePullParams pulls an image from the image catalog (a catalog name) or
+// from an OCI registry (any other reference).
+type ImagePullParams struct {
+	Ref    string `json:"ref"`
+	Name   string `json:"name,omitempty"`   // default: the catalog name, or derived from the reference
+	Kernel string `json:"kernel,omitempty"` // kernel to boot an OCI image with (default: the built-in kernel)
+	Force  bool   `json:"force,omitempty"`  // replace a registered image of that name
+}
+
+// ImageRegisterParams registers an existing ext4 root filesystem. Kernel
+// names a registered kernel; Vmlinux (+Initrd) registers the files as a new
+// kernel named after the image. The two are mutually exclusive.
+type ImageRegisterParams struct {
+	Name    string `json:"name"`
+	Rootfs  string `json:"rootfs"`
+	Kernel  string `json:"kernel,omitempty"`
+	Vmlinux string `json:"vmlinux,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Init    string `json:"init,omitempty"` // init= for the kernel command line (default: the image's /sbin/init)
+}
+
+// CachePruneParams prunes the OCI layer cache.
+type CachePruneParams struct {
+	DryRun bool `json:"dry_run"`
+}
+
+// CachePruneResult says what was (or would be) freed.
+type CachePruneResult struct {
+	Dir        string `json:"dir"`
+	FreedBytes int64  `json:"freed_bytes"`
+	Blobs      int    `json:"blobs"`
+	DryRun     bool   `json:"dry_run"`
+}
+
+// Kernel is a registered kernel.
+type Kernel struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Version   string   `json:"version"`
+	Vmlinux   string   `json:"vmlinux"`
+	Vmlinuz   string   `json:"vmlinuz,omitempty"`
+	Initrd    string   `json:"initrd,omitempty"`
+	Modules   string   `json:"modules,omitempty"`
+	Source    string   `json:"source"`
+	Managed   bool     `json:"managed"`
+	SizeBytes int64    `json:"size_bytes"`
+	CreatedAt string   `json:"created_at"`
+	UsedBy    []string `json:"used_by"`
+}
+
+// KernelRef names a kernel.
+type KernelRef struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// KernelImportParams imports Debian's cloud kernel package: from the apt
+// archive (Deb empty) or a local .deb file.
+type KernelImportParams struct {
+	Name string `json:"name,omitempty"` // default: the kernel version
+	Deb  string `json:"deb,omitempty"`
+}
+
+// CatalogEntry is one catalog entry with its local state.
+type CatalogEntry struct {
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	Description string `json:"description,omitempty"`
+	Kernel      string `json:"kernel,omitempty"`
+	SizeBytes   int64  `json:"size_bytes"`
+	SHA256      string `json:"sha256"`
+	State       string `json:"state"` // "pulled" or "available"
+}
+
+// Catalog is a verified catalog index.
+type Catalog struct {
+	URL     string         `json:"url"`
+	Entries []CatalogEntry `json:"entries"`
+}

@@ -1,0 +1,96 @@
+package image
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/oci"
+)
+
+// The guest kit makes an imported OCI image bootable as a banger guest
+// without touching what the image has: /.banger/bin holds banger's static
+// busybox (with a link per applet) and /.banger/init is PID 1 (init= on the
+// kernel command line). See guestkit/init and docs/oci-import.md.
+
+//go:embed guestkit/init
+var kitInit []byte
+
+const kitInitPath = "/.banger/init"
+
+type guestKit struct {
+	busybox []byte
+	applets []string
+}
+
+// guestKit takes the static busybox out of the built-in guest's rootfs
+// (debugfs, no mount) and lists its applets.
+func (s *Service) guestKit(ctx context.Context, progress io.Writer) (*guestKit, error) {
+	_, art, err := s.ensureBuiltinKernel(ctx, progress)
+	if err != nil {
+		return nil, err
+	}
+	debugfs, err := exec.LookPath("debugfs")
+	if err != nil {
+		return nil, fmt.Errorf("debugfs not found: install e2fsprogs")
+	}
+	tmp, err := os.MkdirTemp("", "banger-kit-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	bb := filepath.Join(tmp, "busybox")
+	if out, err := exec.CommandContext(ctx, debugfs, "-R", "dump /bin/busybox "+bb, art.Rootfs).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("busybox from %s: %v: %s", art.Rootfs, err, strings.TrimSpace(string(out)))
+	}
+	data, err := os.ReadFile(bb)
+	if err != nil || len(data) < 100000 {
+		return nil, fmt.Errorf("busybox from %s: not found or truncated", art.Rootfs)
+	}
+	if err := os.Chmod(bb, 0o755); err != nil {
+		return nil, err
+	}
+	out, err := exec.CommandContext(ctx, bb, "--list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("busybox --list: %w", err)
+	}
+	k := &guestKit{busybox: data}
+	for _, a := range strings.Fields(string(out)) {
+		if a != "busybox" && !strings.ContainsAny(a, "/\"\\") {
+			k.applets = append(k.applets, a)
+		}
+	}
+	return k, nil
+}
+
+// inject adds the kit to a flattened image tree.
+func (k *guestKit) inject(t *oci.Tree) error {
+	if t.Has("/.banger") {
+		return fmt.Errorf("the image already has a /.banger directory")
+	}
+	if err := t.AddFile("/.banger/bin/busybox", 0o755, k.busybox); err != nil {
+		return err
+	}
+	for _, a := range k.applets {
+		if err := t.AddSymlink("/.banger/bin/"+a, "busybox"); err != nil {
+			return err
+		}
+	}
+	if err := t.AddFile(kitInitPath, 0o755, kitInit); err != nil {
+		return err
+	}
+	// Mount points the init needs, in case the image has none.
+	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/root", "/etc"} {
+		if !t.Has(d) {
+			if err := t.AddFile(d+"/.keep", 0o644, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

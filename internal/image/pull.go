@@ -1,0 +1,248 @@
+package image
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/oci"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// PullImage pulls an image by catalog name (when the image catalog has it)
+// or from an OCI registry, and registers it. Pulls of one name are
+// serialised; a later caller gets the published image unless Force.
+func (s *Service) PullImage(ctx context.Context, p api.ImagePullParams, progress io.Writer) (api.Image, error) {
+	if strings.TrimSpace(p.Ref) == "" {
+		return api.Image{}, errdefs.BadRequestf("image pull needs a catalog name or an OCI reference (e.g. docker.io/library/debian:bookworm)")
+	}
+	if p.Name != "" && !catalog.SafeEntryName(p.Name) {
+		return api.Image{}, errdefs.BadRequestf("invalid --name %q: use lower-case letters, digits, '.', '_' and '-'", p.Name)
+	}
+	if builtins[p.Ref] != nil {
+		return api.Image{}, errdefs.BadRequestf("%s is built locally, not pulled: run 'banger image build %s'", p.Ref, p.Ref)
+	}
+	if s.Catalog.ImageURL != "" && catalog.SafeEntryName(p.Ref) {
+		ix, _, err := s.catalogIndex(ctx, catalog.KindImage)
+		if err != nil {
+			return api.Image{}, err
+		}
+		if _, ok := ix.Find(p.Ref); ok {
+			if p.Name != "" && p.Name != p.Ref {
+				return api.Image{}, errdefs.BadRequestf("catalog image %s keeps its name; drop --name", p.Ref)
+			}
+			l := s.lock(p.Ref)
+			l.Lock()
+			defer l.Unlock()
+			im, err := s.pullCatalogImage(ctx, p.Ref, p.Force, progress)
+			if err != nil {
+				return api.Image{}, err
+			}
+			return s.toAPI(ctx, im), nil
+		}
+	}
+	im, err := s.pullOCI(ctx, p, progress)
+	if err != nil {
+		return api.Image{}, err
+	}
+	return s.toAPI(ctx, im), nil
+}
+
+// pullCatalogImage pulls a catalog image and the kernel it names. The caller
+// holds the name's lock.
+func (s *Service) pullCatalogImage(ctx context.Context, name string, force bool, progress io.Writer) (store.ImageRecord, error) {
+	old, oldErr := s.Store.GetImage(ctx, name)
+	if oldErr == nil && !force {
+		return old, nil
+	}
+	ix, url, err := s.catalogIndex(ctx, catalog.KindImage)
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
+	e, ok := ix.Find(name)
+	if !ok {
+		return store.ImageRecord{}, errdefs.NotFoundf("image %q is not in the image catalog %s", name, url)
+	}
+	var k store.KernelRecord
+	if e.Kernel != "" {
+		if k, err = s.pullKernel(ctx, e.Kernel, false, progress); err != nil {
+			return store.ImageRecord{}, fmt.Errorf("image %s needs kernel %s: %w", name, e.Kernel, err)
+		}
+	} else if k, _, err = s.ensureBuiltinKernel(ctx, progress); err != nil {
+		return store.ImageRecord{}, err
+	}
+	fmt.Fprintf(orDiscard(progress), "pulling image %s (%s)\n", name, humanBytes(e.Size))
+	dir, err := s.catalogClient().Pull(ctx, ix, e, s.Layout.ImagesDir(), pullProgress(progress, "image "+name))
+	if err != nil {
+		return store.ImageRecord{}, fmt.Errorf("pull image %s: %w", name, err)
+	}
+	im := store.ImageRecord{ID: newID(), Name: name, Rootfs: filepath.Join(dir, "rootfs.ext4"), KernelID: k.ID, Managed: true,
+		CreatedAt: time.Now().UTC().Format(time.RFC3339),
+		Meta:      map[string]string{metaSource: "catalog " + url, metaSHA256: e.SHA256, metaKernelRef: e.Kernel}}
+	if err := s.putOrReplace(ctx, im, old, oldErr == nil); err != nil {
+		os.RemoveAll(dir)
+		return store.ImageRecord{}, err
+	}
+	s.Log.Info("image pulled", "image", name, "sha256", e.SHA256, "kernel", k.Name)
+	return s.Store.GetImage(ctx, name)
+}
+
+// putOrReplace registers im, or rewrites the old record of that name (same
+// id, so VMs made from it keep their image) and removes the old files.
+func (s *Service) putOrReplace(ctx context.Context, im, old store.ImageRecord, replace bool) error {
+	if !replace {
+		return s.Store.PutImage(ctx, im)
+	}
+	im.ID, im.CreatedAt = old.ID, old.CreatedAt
+	if err := s.Store.UpdateImage(ctx, im); err != nil {
+		return err
+	}
+	if old.Managed {
+		if od, nd := filepath.Dir(old.Rootfs), filepath.Dir(im.Rootfs); od != nd && s.managedDir(s.Layout.ImagesDir(), old.Rootfs) == od {
+			os.RemoveAll(od)
+		}
+	}
+	return nil
+}
+
+// pullOCI imports an image from a registry: layers fetched (and cached),
+// flattened, banger's guest kit added, an ext4 built without mounting, and
+// published by an atomic rename.
+func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress io.Writer) (store.ImageRecord, error) {
+	name := p.Name
+	if name == "" {
+		n, err := oci.DefaultName(p.Ref)
+		if err != nil {
+			return store.ImageRecord{}, errdefs.BadRequestf("%q is neither a catalog image nor an OCI reference: %v", p.Ref, err)
+		}
+		name = n
+	}
+	if builtins[name] != nil {
+		return store.ImageRecord{}, errdefs.BadRequestf("%s is a built-in image name; choose another with --name", name)
+	}
+	l := s.lock(name)
+	l.Lock()
+	defer l.Unlock()
+	old, oldErr := s.Store.GetImage(ctx, name)
+	if oldErr == nil && !p.Force {
+		return store.ImageRecord{}, errdefs.AlreadyExistsf("an image named %s already exists: pass --force to replace it, or --name", name)
+	}
+	var k store.KernelRecord
+	var err error
+	if p.Kernel != "" {
+		if k, err = s.Store.GetKernel(ctx, p.Kernel); err != nil {
+			return store.ImageRecord{}, err
+		}
+	} else if k, _, err = s.ensureBuiltinKernel(ctx, progress); err != nil {
+		return store.ImageRecord{}, err
+	}
+	kit, err := s.guestKit(ctx, progress)
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
+	w := orDiscard(progress)
+	puller := &oci.Puller{CacheDir: s.Layout.CacheDir, Progress: func(msg string) { fmt.Fprintln(w, msg) }}
+	f, err := puller.Fetch(ctx, p.Ref)
+	if err != nil {
+		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
+	}
+	staging, err := os.MkdirTemp(stagingRoot(s.Layout.ImagesDir()), name+"-")
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
+	defer os.RemoveAll(staging)
+	fmt.Fprintf(w, "flattening %d layer(s)\n", len(f.Layers))
+	tree, err := oci.Flatten(ctx, f.Layers, filepath.Join(staging, "tree"))
+	if err != nil {
+		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
+	}
+	if err := kit.inject(tree); err != nil {
+		return store.ImageRecord{}, fmt.Errorf("pull %s: add banger's guest kit: %w", p.Ref, err)
+	}
+	fmt.Fprintf(w, "building the root filesystem (%s of files)\n", humanBytes(tree.Bytes))
+	if err := oci.BuildExt4(ctx, tree, filepath.Join(staging, "rootfs.ext4"), ociHeadroom); err != nil {
+		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
+	}
+	if err := os.RemoveAll(tree.Dir); err != nil {
+		return store.ImageRecord{}, err
+	}
+	if err := os.Chmod(filepath.Join(staging, "rootfs.ext4"), 0o444); err != nil {
+		return store.ImageRecord{}, err
+	}
+	final := filepath.Join(s.Layout.ImagesDir(), name+"-"+shortDigest(f.Digest))
+	if err := os.RemoveAll(final); err != nil {
+		return store.ImageRecord{}, err
+	}
+	if err := os.Rename(staging, final); err != nil {
+		return store.ImageRecord{}, err
+	}
+	im := store.ImageRecord{ID: newID(), Name: name, Rootfs: filepath.Join(final, "rootfs.ext4"), KernelID: k.ID, Managed: true,
+		CreatedAt: time.Now().UTC().Format(time.RFC3339),
+		Meta:      map[string]string{metaSource: "oci " + f.Ref + "@" + f.Digest, metaInit: kitInitPath}}
+	if err := s.putOrReplace(ctx, im, old, oldErr == nil); err != nil {
+		os.RemoveAll(final)
+		return store.ImageRecord{}, err
+	}
+	s.Log.Info("image imported", "image", name, "ref", f.Ref, "digest", f.Digest, "layers", len(f.Layers))
+	return s.Store.GetImage(ctx, name)
+}
+
+// ociHeadroom is free space added to an imported root filesystem.
+const ociHeadroom = 512 << 20
+
+func shortDigest(d string) string {
+	d = strings.TrimPrefix(d, "sha256:")
+	if len(d) > 12 {
+		d = d[:12]
+	}
+	return d
+}
+
+// stagingRoot is root/.staging, created on demand; leftovers of a crash are
+// removed by the next daemon start (CleanStaging).
+func stagingRoot(root string) string {
+	d := filepath.Join(root, ".staging")
+	_ = os.MkdirAll(d, 0o755)
+	return d
+}
+
+// CleanStaging removes what interrupted pulls left behind. Called at daemon
+// start, before any pull can run.
+func (s *Service) CleanStaging() {
+	for _, root := range []string{s.Layout.ImagesDir(), s.Layout.KernelsDir()} {
+		ents, err := os.ReadDir(filepath.Join(root, ".staging"))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			p := filepath.Join(root, ".staging", e.Name())
+			if err := os.RemoveAll(p); err == nil {
+				s.Log.Info("removed an interrupted pull", "path", p)
+			}
+		}
+	}
+}
+
+// CachePrune empties the OCI layer cache (or, dry, says what that frees).
+func (s *Service) CachePrune(ctx context.Context, dryRun bool) (api.CachePruneResult, error) {
+	freed, blobs, err := oci.PruneCache(s.Layout.CacheDir, dryRun)
+	if err != nil {
+		return api.CachePruneResult{}, err
+	}
+	return api.CachePruneResult{Dir: filepath.Join(s.Layout.CacheDir, "oci"), FreedBytes: freed, Blobs: blobs, DryRun: dryRun}, nil
+}
+
+// ImageCatalog lists the image catalog with each entry's local state.
+func (s *Service) ImageCatalog(ctx context.Context) (api.Catalog, error) {
+	return s.catalogListing(ctx, catalog.KindImage, func(name string) bool {
+		_, err := s.Store.GetImage(ctx, name)
+		return err == nil
+	})
+}

@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"net"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/testutil"
+)
+
+// tarTree writes dir as an uncompressed layer tar (owners from the files,
+// as root extracted them), skipping paths for which skip is true.
+func tarTree(t *testing.T, dir string, skip func(rel string) bool) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		if skip(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			link, _ = os.Readlink(p)
+		}
+		if fi.Mode()&(fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket) != 0 {
+			return nil
+		}
+		h, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		h.Name = rel
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			h.Uid, h.Gid = int(st.Uid), int(st.Gid)
+		}
+		h.Uname, h.Gname = "", ""
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = io.Copy(tw, f)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func tarOf(t *testing.T, entries ...tar.Header) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range entries {
+		body := h.Linkname
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(body))
+			h.Linkname = ""
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write([]byte(body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func layerOf(t *testing.T, b []byte) v1.Layer {
+	t.Helper()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestOCIImport builds an image in the test (the built-in guest's busybox and
+// dropbear, without banger's init or scripts, plus a second layer with a
+// whiteout and a new file), serves it from go-containerregistry's in-process
+// registry inside the test's netns, pulls it with `image pull`, boots a VM
+// from it and runs a command; then prunes the layer cache, dry first.
+func TestOCIImport(t *testing.T) {
+	testutil.RequiresGuest(t)
+	art := guestArtifacts(t)
+	v := newVMEnv(t)
+
+	tree := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(tree, 0o755)
+	runTool(t, "debugfs", "-R", "rdump / "+tree, art.Rootfs)
+	// debugfs rdump of / lands in tree/ itself or in tree/<something>; find the root.
+	root := tree
+	if _, err := os.Stat(filepath.Join(root, "etc")); err != nil {
+		ents, _ := os.ReadDir(tree)
+		for _, e := range ents {
+			if _, err := os.Stat(filepath.Join(tree, e.Name(), "etc")); err == nil {
+				root = filepath.Join(tree, e.Name())
+			}
+		}
+	}
+	os.WriteFile(filepath.Join(root, "etc", "doomed"), []byte("layer 1\n"), 0o644)
+	base := tarTree(t, root, func(rel string) bool {
+		return rel == "etc/banger" || rel == "etc/inittab" || rel == "lost+found"
+	})
+	top := tarOf(t,
+		tar.Header{Typeflag: tar.TypeReg, Name: "etc/.wh.doomed", Mode: 0o644},
+		tar.Header{Typeflag: tar.TypeReg, Name: "hello.txt", Mode: 0o640, Uid: 1000, Gid: 1000, Linkname: "from layer 2\n"},
+	)
+	img, err := mutate.AppendLayers(empty.Image, layerOf(t, base), layerOf(t, top))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = []string{"/bin/sh"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+
+	// One registry, two listeners: the test pushes through the root
+	// namespace's loopback, the daemon pulls through the netns's.
+	reg := registry.New()
+	pushSrv := httptest.NewServer(reg)
+	defer pushSrv.Close()
+	ln := listenInNS(t, v.ns)
+	serve(t, ln, reg)
+	port := ln.Addr().(*net.TCPAddr).Port
+	push, _ := name.ParseReference(strings.TrimPrefix(pushSrv.URL, "http://") + "/e2e/tiny:v1")
+	if err := remote.Write(push, img); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	// The same repository, named with the netns listener's port.
+	ref := "127.0.0.1:" + strconv.Itoa(port) + "/e2e/tiny:v1"
+
+	var im api.Image
+	if err := json.Unmarshal([]byte(v.must("image", "pull", ref, "--name", "ocitiny", "--json")), &im); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(im.Source, "oci "+ref+"@sha256:") {
+		t.Fatalf("image source %q", im.Source)
+	}
+	out := v.must("vm", "run", "--rm", "--image", "ocitiny", "--",
+		"sh", "-c", "cat /hello.txt; stat -c '%u:%g %a' /hello.txt; test -e /etc/doomed && echo doomed-present || echo doomed-gone; test -e /etc/banger && echo banger-scripts || echo no-banger-scripts")
+	want := "from layer 2\n1000:1000 640\ndoomed-gone\nno-banger-scripts\n"
+	if out != want {
+		t.Fatalf("guest printed %q, want %q", out, want)
+	}
+
+	// Pulling the same name again needs --force.
+	if r := v.banger("image", "pull", ref, "--name", "ocitiny"); r.code == 0 || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("second pull: exit %d: %s", r.code, r.stderr)
+	}
+
+	// Cache prune: dry first (nothing deleted), then for real.
+	blobs := filepath.Join(testutil.CacheDir(), "xdg", "banger", "oci", "blobs", "sha256")
+	before, _ := os.ReadDir(blobs)
+	if len(before) < 2 {
+		t.Fatalf("%d cached blobs, want the 2 layers at least", len(before))
+	}
+	var pr api.CachePruneResult
+	json.Unmarshal([]byte(v.must("image", "cache", "prune", "--dry-run", "--json")), &pr)
+	if !pr.DryRun || pr.Blobs < 2 || pr.FreedBytes <= 0 {
+		t.Fatalf("dry run: %+v", pr)
+	}
+	if after, _ := os.ReadDir(blobs); len(after) != len(before) {
+		t.Fatalf("dry run deleted blobs: %d -> %d", len(before), len(after))
+	}
+	out = v.must("image", "cache", "prune")
+	if !strings.HasPrefix(out, "freed ") {
+		t.Fatalf("prune printed %q", out)
+	}
+	if after, _ := os.ReadDir(blobs); len(after) != 0 {
+		t.Fatalf("%d blobs left after prune", len(after))
+	}
+	// The image does not depend on the cache.
+	if out := v.must("vm", "run", "--rm", "--image", "ocitiny", "--", "cat", "/hello.txt"); out != "from layer 2\n" {
+		t.Fatalf("after prune: %q", out)
+	}
+}
