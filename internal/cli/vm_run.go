@@ -21,8 +21,8 @@ import (
 
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
-	var rm, detach, untracked, dryRun bool
-	var guestPath string
+	var rm, detach bool
+	var wf wsFlags
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [-- CMD [ARG...]]",
 		Short: "Create and boot a fresh VM, then open a shell or run a command",
@@ -38,6 +38,9 @@ clone of HEAD with your working tree laid over it, so 'git status' and
 'git diff' in the guest show your changes — and the command runs there.
 Only git-tracked files are copied; --include-untracked adds untracked files
 git does not ignore; ignored files (.env, credentials) are never copied.
+Submodules need --full-copy (the repository's own .git, all history).
+--branch creates a guest-only branch (at --from, when given). Without a
+command, the shell opens in the repository.
 
 --rm deletes the VM afterwards whatever the exit code, except when the guest
 never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
@@ -45,6 +48,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
   banger vm run ./repo -- make test                 # exit code of make
   banger vm run --rm --include-untracked . -- git status
   banger vm run --dry-run .                         # list what would be copied
+  banger vm run . --branch experiment               # shell in the repo, on a guest-only branch
   banger vm run --rm -- sh -c 'exit 42'; echo $?     # 42
   banger vm run --name scratch --nat -- apt-get update   # --nat: outbound network
   banger vm run -d --name bg                        # create and boot, then return`,
@@ -64,13 +68,14 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 				return usageError{errors.New("-d cannot be combined with --rm or a command")}
 			}
 			var ws *workspace.Workspace
+			var guestPath string
 			if path != "" {
 				var done bool
 				var err error
-				if ws, guestPath, done, err = a.planWorkspace(cmd.Context(), path, untracked, guestPath, dryRun); err != nil || done {
+				if ws, guestPath, done, err = a.planWorkspace(cmd.Context(), path, wf); err != nil || done {
 					return err
 				}
-			} else if dryRun {
+			} else if wf.dryRun {
 				return usageError{errors.New("--dry-run needs a PATH: it lists the files a workspace run would copy")}
 			}
 			c, _, err := a.daemon(cmd.Context())
@@ -107,19 +112,22 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			if ws != nil && len(args) > 0 {
 				args = append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", guestPath}, args...)
 			}
+			if ws != nil && len(args) == 0 {
+				return exitStatus(a.guestShellIn(cmd.Context(), c, v.Name, guestPath, !rm))
+			}
 			return exitStatus(a.guestSession(cmd.Context(), c, v.Name, args, !rm))
 		},
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the shell or command ends")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "create and boot the VM, then return")
-	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "with PATH: also copy untracked files git does not ignore")
-	cmd.Flags().StringVar(&guestPath, "guest-path", "", "with PATH: where the repository goes in the guest (default /root/<repo name>)")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with PATH: list the files and the mode, create nothing")
+	wf.add(cmd, "with PATH: ")
 	return cmd
 }
 
-// copyWorkspace streams the workspace into the guest as tar over SSH.
+// copyWorkspace streams the workspace into the guest as tar over SSH. A
+// guest with git checks the unchanged files out of the shallow clone itself,
+// so only the changed ones travel. Large copies show progress on a terminal.
 func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws *workspace.Workspace, dest string) error {
 	var info api.SSHInfo
 	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: vm}, &info); err != nil {
@@ -134,19 +142,73 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 		return err
 	}
 	defer sc.Close()
+	hasGit, _ := sc.RunScript(ctx, "command -v git >/dev/null", nil, io.Discard, io.Discard)
+	if (ws.FromCommit != "" || ws.Opts.Branch != "") && hasGit != 0 {
+		return fmt.Errorf("--branch and --from need git in the guest, and VM %s's image has none (try --image debian-bookworm)", vm)
+	}
+	wo := workspace.WriteOptions{GuestCheckout: hasGit == 0}
+	prog := a.copyProgress()
+	wo.Progress = prog.update
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(ws.WriteTar(ctx, pw)) }()
+	go func() { pw.CloseWithError(ws.WriteTar(ctx, pw, wo)) }()
 	var stderr strings.Builder
-	code, err := sc.Run(ctx, []string{"sh", "-c", `rm -rf "$1" && mkdir -p "$1" && tar -x -o -C "$1"`, "sh", dest}, pr, io.Discard, &stderr)
+	script := `rm -rf "$1" && mkdir -p "$1" && tar -x -o -C "$1" || exit 1` + "\n" + ws.GuestScript(wo)
+	code, err := sc.Run(ctx, []string{"sh", "-c", script, "sh", dest, ws.Opts.Branch}, pr, io.Discard, &stderr)
 	pr.Close()
+	prog.done()
 	if err != nil {
 		return fmt.Errorf("copy workspace: %w", err)
 	}
 	if code != 0 {
 		return fmt.Errorf("copy workspace into %s:%s failed (exit %d): %s", vm, dest, code, strings.TrimSpace(stderr.String()))
 	}
+	head := ws.Head
+	if ws.FromCommit != "" {
+		head = ws.FromCommit
+	}
 	return c.Call(ctx, api.MethodVMWorkspaceRecord, api.VMWorkspaceParams{Name: vm, Workspace: api.Workspace{
-		HostPath: ws.Root, GuestPath: dest, HeadCommit: ws.Head, Mode: ws.Mode}}, nil)
+		HostPath: ws.Root, GuestPath: dest, HeadCommit: head, Mode: ws.Mode}}, nil)
+}
+
+// progressLine shows "copying workspace: X of Y (P%)" on a terminal, at
+// most twice a second, for copies above a few MiB.
+type progressLine struct {
+	a     *app
+	on    bool
+	last  time.Time
+	shown bool
+}
+
+func (a *app) copyProgress() *progressLine {
+	return &progressLine{a: a, on: output.IsTerminal(a.stderr)}
+}
+
+func (p *progressLine) update(written, total int64) {
+	if !p.on || total < 8<<20 || time.Since(p.last) < 500*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.shown = true
+	fmt.Fprintf(p.a.stderr, "\r\x1b[K%s", output.Dim(p.a.stderr, fmt.Sprintf("copying workspace: %s of %s (%d%%)", humanSize(written), humanSize(total), written*100/total)))
+}
+
+func (p *progressLine) done() {
+	if p.shown {
+		fmt.Fprint(p.a.stderr, "\r\x1b[K")
+	}
+}
+
+// guestShellIn opens an interactive shell in dir of a running VM.
+func (a *app) guestShellIn(ctx context.Context, c *client.Client, name, dir string, remind bool) (int, error) {
+	var info api.SSHInfo
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+		return 0, err
+	}
+	code, err := a.interactiveIn(ctx, info, net.JoinHostPort(info.Host, "22"), dir)
+	if remind && err == nil {
+		fmt.Fprintf(a.stderr, "%s\n", output.Dim(a.stderr, fmt.Sprintf("VM %s is still running; 'banger vm stop %s' stops it, 'banger vm delete %s' removes it.", name, name, name)))
+	}
+	return code, err
 }
 
 // inWorkspace runs argv in the VM's last prepared workspace (home if none),
@@ -274,8 +336,17 @@ func runIn(ctx context.Context, info api.SSHInfo, argv []string, stdin io.Reader
 // interactive hands over to the system ssh client when there is one, with
 // banger's key and known_hosts; otherwise it opens a shell itself.
 func (a *app) interactive(ctx context.Context, info api.SSHInfo, addr string) (int, error) {
+	return a.interactiveIn(ctx, info, addr, "")
+}
+
+// interactiveIn is interactive starting in directory dir ("" = home).
+func (a *app) interactiveIn(ctx context.Context, info api.SSHInfo, addr, dir string) (int, error) {
 	if _, err := exec.LookPath("ssh"); err == nil {
 		args := guestssh.SystemSSHArgs(addr, info.KeyPath, info.KnownHosts)
+		if dir != "" {
+			args = append([]string{args[0], "-t"}, args[1:]...)
+			args = append(args, guestssh.ShellInCommand(dir))
+		}
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
 		err := cmd.Run()
@@ -298,5 +369,5 @@ func (a *app) interactive(ctx context.Context, info api.SSHInfo, addr string) (i
 	if in == nil {
 		in = os.Stdin
 	}
-	return sc.Shell(ctx, in, a.stdout, a.stderr)
+	return sc.ShellIn(ctx, dir, in, a.stdout, a.stderr)
 }

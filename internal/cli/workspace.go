@@ -18,37 +18,32 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
 		Use:   "workspace",
 		Short: "Copy a repository into a VM, and bring the guest's changes back as a patch",
 	}
-	var untracked, dryRun bool
-	var guestPath string
+	var wf wsFlags
 	prepare := &cobra.Command{
 		Use:   "prepare VM PATH",
 		Short: "Copy (or re-sync) a repository into a running VM; 'vm exec' then runs there",
 		Example: `  banger vm workspace prepare dev .
-  banger vm workspace prepare dev ~/src/app --include-untracked`,
+  banger vm workspace prepare dev ~/src/app --include-untracked
+  banger vm workspace prepare dev . --branch try-fix --from v1.2.0
+  banger vm workspace prepare dev . --full-copy          # all history, submodules`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ws, dest, done, err := a.planWorkspace(cmd.Context(), args[1], untracked, guestPath, dryRun)
+			ws, dest, done, err := a.planWorkspace(cmd.Context(), args[1], wf)
 			if err != nil || done {
 				return err
 			}
-			guestPath = dest
 			c, _, err := a.daemon(cmd.Context())
 			if err != nil {
 				return err
 			}
-			err = a.withProgress(cmd.Context(), c, "copying workspace", func(ctx context.Context) error {
-				return a.copyWorkspace(ctx, c, args[0], ws, guestPath)
-			})
-			if err != nil {
+			if err := a.copyWorkspace(cmd.Context(), c, args[0], ws, dest); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%s prepared in %s:%s (HEAD %.12s)\n", ws.Root, args[0], guestPath, ws.Head)
+			fmt.Fprintf(a.stdout, "%s prepared in %s:%s (HEAD %.12s)\n", ws.Root, args[0], dest, ws.Head)
 			return nil
 		},
 	}
-	prepare.Flags().BoolVar(&untracked, "include-untracked", false, "also copy untracked files git does not ignore")
-	prepare.Flags().StringVar(&guestPath, "guest-path", "", "where the repository goes in the guest (default /root/<repo name>)")
-	prepare.Flags().BoolVar(&dryRun, "dry-run", false, "list the files and the mode, copy nothing")
+	wf.add(prepare, "")
 
 	var base, outFile string
 	export := &cobra.Command{
@@ -115,21 +110,40 @@ GIT_INDEX_FILE="$idx" git add -A && GIT_INDEX_FILE="$idx" git diff --cached --bi
 	return cmd
 }
 
+// wsFlags are the workspace flags of vm run and workspace prepare.
+type wsFlags struct {
+	untracked, fullCopy, dryRun bool
+	guestPath, branch, from     string
+}
+
+func (w *wsFlags) add(cmd *cobra.Command, prefix string) {
+	cmd.Flags().BoolVar(&w.untracked, "include-untracked", false, prefix+"also copy untracked files git does not ignore")
+	cmd.Flags().BoolVar(&w.fullCopy, "full-copy", false, prefix+"copy the repository's own .git (all history) and its submodules")
+	cmd.Flags().StringVar(&w.guestPath, "guest-path", "", prefix+"where the repository goes in the guest (default /root/<repo name>)")
+	cmd.Flags().StringVar(&w.branch, "branch", "", prefix+"create this guest-only branch after the copy")
+	cmd.Flags().StringVar(&w.from, "from", "", prefix+"with --branch: start the branch at this commit (its files, not the working tree)")
+	cmd.Flags().BoolVar(&w.dryRun, "dry-run", false, prefix+"list the files and the mode, create nothing")
+}
+
 // planWorkspace inspects path and resolves the guest path. With dryRun it
 // prints the plan and reports done; otherwise it prints the notice about
 // skipped untracked files.
-func (a *app) planWorkspace(ctx context.Context, path string, untracked bool, guestPath string, dryRun bool) (ws *workspace.Workspace, dest string, done bool, err error) {
-	ws, err = workspace.Inspect(ctx, path, workspace.Options{IncludeUntracked: untracked})
+func (a *app) planWorkspace(ctx context.Context, path string, f wsFlags) (ws *workspace.Workspace, dest string, done bool, err error) {
+	ws, err = workspace.Inspect(ctx, path, workspace.Options{IncludeUntracked: f.untracked, FullCopy: f.fullCopy, Branch: f.branch, From: f.from})
 	if err != nil {
 		return nil, "", false, usageError{err}
 	}
+	guestPath := f.guestPath
 	if guestPath == "" {
 		guestPath = "/root/" + ws.Name
 	} else if !strings.HasPrefix(guestPath, "/") {
 		return nil, "", false, usageError{fmt.Errorf("--guest-path %q must be an absolute path in the guest", guestPath)}
 	}
-	if dryRun {
+	if f.dryRun {
 		fmt.Fprintf(a.stdout, "mode: %s; %d file(s) from %s → %s (HEAD %.12s)\n", ws.Mode, len(ws.Files), ws.Root, guestPath, ws.Head)
+		if f.branch != "" {
+			fmt.Fprintf(a.stdout, "guest-only branch: %s\n", f.branch)
+		}
 		for _, f := range ws.Files {
 			fmt.Fprintln(a.stdout, f)
 		}

@@ -18,9 +18,20 @@ import (
 // window size changes are forwarded. Otherwise the remote shell reads
 // commands from stdin without a pty. Exit status and ctx handling are Run's.
 func (c *Client) Shell(ctx context.Context, stdin *os.File, stdout, stderr io.Writer) (int, error) {
+	return c.ShellIn(ctx, "", stdin, stdout, stderr)
+}
+
+// ShellIn is Shell starting in directory dir of the guest ("" = home): a
+// login shell run as `cd DIR && exec "$SHELL" -l`.
+func (c *Client) ShellIn(ctx context.Context, dir string, stdin *os.File, stdout, stderr io.Writer) (int, error) {
+	start := func(s *ssh.Session) error { return s.Shell() }
+	if dir != "" {
+		cmd := ShellInCommand(dir)
+		start = func(s *ssh.Session) error { return s.Start(cmd) }
+	}
 	fd := int(stdin.Fd())
 	if !term.IsTerminal(fd) {
-		return c.session(ctx, stdin, stdout, stderr, func(s *ssh.Session) error { return s.Shell() })
+		return c.session(ctx, stdin, stdout, stderr, start)
 	}
 
 	width, height, err := term.GetSize(fd)
@@ -60,6 +71,11 @@ func (c *Client) Shell(ctx context.Context, stdin *os.File, stdout, stderr io.Wr
 				}
 			}
 		}()
-		return s.Shell()
+		return start(s)
 	})
+}
+
+// ShellInCommand is the remote command of a login shell in dir.
+func ShellInCommand(dir string) string {
+	return "cd " + quoteWord(dir) + ` && exec "${SHELL:-/bin/sh}" -l`
 }

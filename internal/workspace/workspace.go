@@ -5,7 +5,9 @@
 // What is copied: git-tracked files by default; with IncludeUntracked also
 // untracked files that git does not ignore (git's own rules: .gitignore,
 // info/exclude, the global excludes file). Ignored files are never copied,
-// so .env files and credentials stay on the host. Submodules are refused.
+// so .env files and credentials stay on the host. Submodules are refused
+// unless FullCopy, which copies the repository's own .git (all history) and
+// the submodules' files.
 package workspace
 
 import (
@@ -19,12 +21,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 )
 
 // Options choose what is copied.
 type Options struct {
 	IncludeUntracked bool
+	// FullCopy copies the repository's own .git (all history, refs, index,
+	// submodules' git dirs) and the submodules' files, instead of a shallow
+	// clone of HEAD.
+	FullCopy bool
+	// Branch names a guest-only branch created after the copy.
+	Branch string
+	// From (needs Branch) starts the branch at this commit instead of the
+	// working tree: the guest gets that commit's files.
+	From string
 }
 
 // Workspace is an inspected repository.
@@ -34,8 +46,21 @@ type Workspace struct {
 	Head             string   // HEAD commit
 	Files            []string // relative paths copied, sorted as git lists them
 	SkippedUntracked int      // untracked, non-ignored files left out
-	Mode             string   // "tracked" or "tracked+untracked"
+	Mode             string   // "tracked" or "tracked+untracked" (+"+full-copy"), or "from <commit>"
+	// Changed are the Files that differ from HEAD (or are untracked): with
+	// a git-capable guest only these travel, the rest is checked out of the
+	// shallow clone in the guest. Deleted are in HEAD but not in the
+	// working tree.
+	Changed []string
+	Deleted []string
+	// FromCommit is Options.From resolved to a commit id.
+	FromCommit string
+	Opts       Options
 }
+
+// deletedList is the file (inside the copied .git) listing the paths the
+// guest deletes after its checkout, NUL-separated.
+const deletedList = "banger-deleted"
 
 func git(ctx context.Context, dir string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "git", args...)
@@ -59,8 +84,8 @@ func splitZ(b []byte) []string {
 	return out
 }
 
-// Inspect checks that path is inside a non-bare git repository without
-// submodules and lists the files to copy.
+// Inspect checks that path is inside a non-bare git repository (without
+// submodules, unless FullCopy) and lists the files to copy.
 func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 	if _, err := exec.LookPath("git"); err != nil {
 		return nil, errors.New("git is not installed on this host")
@@ -81,23 +106,47 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Workspace{Root: strings.TrimSpace(string(top)), Mode: "tracked"}
+	w := &Workspace{Root: strings.TrimSpace(string(top)), Mode: "tracked", Opts: o}
 	w.Name = filepath.Base(w.Root)
 	head, err := git(ctx, w.Root, "rev-parse", "--verify", "HEAD")
 	if err != nil {
 		return nil, fmt.Errorf("%s has no commits yet; commit something first", w.Root)
 	}
 	w.Head = strings.TrimSpace(string(head))
+	if o.From != "" && o.Branch == "" {
+		return nil, errors.New("--from needs --branch: it names the guest-only branch that starts at --from")
+	}
+	if o.Branch != "" {
+		if _, err := git(ctx, w.Root, "check-ref-format", "--branch", o.Branch); err != nil || strings.HasPrefix(o.Branch, "-") {
+			return nil, fmt.Errorf("--branch %q is not a valid branch name", o.Branch)
+		}
+	}
+	if o.From != "" {
+		if o.FullCopy {
+			return nil, errors.New("--from and --full-copy cannot be combined: a full copy is the working tree as it is")
+		}
+		c, err := git(ctx, w.Root, "rev-parse", "--verify", "--quiet", o.From+"^{commit}")
+		if err != nil {
+			return nil, fmt.Errorf("--from %q is not a commit in %s", o.From, w.Root)
+		}
+		w.FromCommit = strings.TrimSpace(string(c))
+		w.Mode = "from " + w.FromCommit[:12]
+		return w, nil // the guest checks that commit out: no working-tree files travel
+	}
 	stage, err := git(ctx, w.Root, "ls-files", "-z", "--stage")
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range splitZ(stage) {
-		if strings.HasPrefix(e, "160000 ") {
-			return nil, fmt.Errorf("%s has git submodules (%s); they are not copied in this mode", w.Root, strings.SplitN(e, "\t", 2)[1])
+		if strings.HasPrefix(e, "160000 ") && !o.FullCopy {
+			return nil, fmt.Errorf("%s has git submodules (%s); copy it with --full-copy", w.Root, strings.SplitN(e, "\t", 2)[1])
 		}
 	}
-	tracked, err := git(ctx, w.Root, "ls-files", "-z", "--cached")
+	lsArgs := []string{"ls-files", "-z", "--cached"}
+	if o.FullCopy {
+		lsArgs = append(lsArgs, "--recurse-submodules")
+	}
+	tracked, err := git(ctx, w.Root, lsArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -119,30 +168,109 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 	} else {
 		w.SkippedUntracked = len(u)
 	}
+	if o.FullCopy {
+		w.Mode += "+full-copy"
+		return w, nil
+	}
+	diff, err := git(ctx, w.Root, "diff", "--name-only", "-z", "--no-renames", "HEAD")
+	if err != nil {
+		return nil, err
+	}
+	changed := map[string]bool{}
+	for _, f := range splitZ(diff) {
+		changed[f] = true
+	}
+	if o.IncludeUntracked {
+		for _, f := range u {
+			changed[f] = true
+		}
+	}
+	present := map[string]bool{}
+	for _, f := range w.Files {
+		present[f] = true
+		if changed[f] {
+			w.Changed = append(w.Changed, f)
+		}
+	}
+	for f := range changed {
+		if !present[f] {
+			w.Deleted = append(w.Deleted, f)
+		}
+	}
+	sort.Strings(w.Deleted)
 	return w, nil
 }
 
-// WriteTar writes the workspace as a tar stream rooted at the repository:
-// ".git/" from a fresh shallow clone of HEAD (real history for git status,
-// diff and log), then every selected file as it is in the working tree.
-// A tracked file deleted in the working tree is absent, so the guest's git
-// status shows it deleted too.
-func (w *Workspace) WriteTar(ctx context.Context, out io.Writer) error {
+// WriteOptions tune WriteTar.
+type WriteOptions struct {
+	// GuestCheckout: the guest has git and checks the unchanged files out
+	// of the shallow clone itself, so only Changed files travel (about half
+	// the bytes of a full overlay). The guest must run GuestScript.
+	GuestCheckout bool
+	// Progress, if set, is called as bytes are written; total is an
+	// estimate made once the clone exists.
+	Progress func(written, total int64)
+}
+
+// WriteTar writes the workspace as a tar stream rooted at the repository.
+// Default mode: ".git/" from a fresh shallow clone of HEAD (real history for
+// git status, diff and log), then the working-tree files (all of them, or
+// only the changed ones with GuestCheckout). Full copy: the repository's
+// own .git and every selected file, submodules included. With From: only
+// the clone, holding HEAD and that commit.
+func (w *Workspace) WriteTar(ctx context.Context, out io.Writer, o WriteOptions) error {
 	tmp, err := os.MkdirTemp("", "banger-ws-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	clone := filepath.Join(tmp, "clone")
-	if _, err := git(ctx, tmp, "clone", "--quiet", "--depth", "1", "--no-local", "--no-tags", "file://"+w.Root, clone); err != nil {
-		return err
+	gitDir := filepath.Join(w.Root, ".git")
+	files := w.Files
+	if !w.Opts.FullCopy {
+		clone := filepath.Join(tmp, "clone")
+		if _, err := git(ctx, tmp, "clone", "--quiet", "--no-checkout", "--depth", "1", "--no-local", "--no-tags", "file://"+w.Root, clone); err != nil {
+			return err
+		}
+		if w.FromCommit != "" && w.FromCommit != w.Head {
+			if _, err := git(ctx, clone, "-c", "uploadpack.allowAnySHA1InWant=true", "fetch", "--quiet", "--depth", "1", "origin", w.FromCommit); err != nil {
+				return err
+			}
+		}
+		gitDir = filepath.Join(clone, ".git")
+		if o.GuestCheckout {
+			files = w.Changed
+			var list []byte
+			for _, f := range w.Deleted {
+				list = append(list, f...)
+				list = append(list, 0)
+			}
+			if err := os.WriteFile(filepath.Join(gitDir, deletedList), list, 0o644); err != nil {
+				return err
+			}
+		}
 	}
-	// Keep the host's branch name and an "origin" the guest can't reach.
+	var total int64
+	_ = filepath.WalkDir(gitDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				total += fi.Size()
+			}
+		}
+		return nil
+	})
+	for _, rel := range files {
+		if fi, err := os.Lstat(filepath.Join(w.Root, rel)); err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+	}
+	if o.Progress != nil {
+		out = &countingWriter{w: out, total: total, report: o.Progress}
+	}
 	tw := tar.NewWriter(out)
-	if err := addTree(tw, filepath.Join(clone, ".git"), ".git"); err != nil {
+	if err := addTree(tw, gitDir, ".git"); err != nil {
 		return err
 	}
-	for _, rel := range w.Files {
+	for _, rel := range files {
 		if err := addPath(tw, filepath.Join(w.Root, rel), rel); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // deleted in the working tree
@@ -151,6 +279,48 @@ func (w *Workspace) WriteTar(ctx context.Context, out io.Writer) error {
 		}
 	}
 	return tw.Close()
+}
+
+// GuestScript is the shell script the guest runs after extracting the
+// stream, with $1 = the workspace directory and $2 = the guest-only branch:
+// the checkout of unchanged files (GuestCheckout or From), deletions, and
+// the branch.
+func (w *Workspace) GuestScript(o WriteOptions) string {
+	s := `cd "$1" || exit 1` + "\n"
+	switch {
+	case w.FromCommit != "":
+		return s + `git checkout -q -f -b "$2" ` + w.FromCommit + ` || exit 1` + "\n"
+	case w.Opts.FullCopy:
+	case o.GuestCheckout:
+		s += `git read-tree HEAD && git checkout-index -a -q 2>/dev/null` + "\n" +
+			`[ -s .git/` + deletedList + ` ] && xargs -0 rm -f -- < .git/` + deletedList + "\n" +
+			`rm -f .git/` + deletedList + "\n" +
+			`git update-index -q --refresh >/dev/null` + "\n"
+	default:
+		s += `command -v git >/dev/null && { git read-tree HEAD; git update-index -q --refresh >/dev/null; }` + "\n"
+	}
+	if w.Opts.Branch != "" {
+		s += `git checkout -q -b "$2" || exit 1` + "\n"
+	}
+	return s + "exit 0\n"
+}
+
+type countingWriter struct {
+	w       io.Writer
+	written int64
+	total   int64
+	report  func(written, total int64)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.written += int64(n)
+	t := c.total
+	if c.written > t {
+		t = c.written
+	}
+	c.report(c.written, t)
+	return n, err
 }
 
 func addTree(tw *tar.Writer, dir, prefix string) error {

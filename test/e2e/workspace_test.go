@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,5 +142,54 @@ func TestWorkspaceExportRoundTrip(t *testing.T) {
 	r := v.banger("vm", "exec", "ws", "--", "true")
 	if r.code != 0 || !strings.Contains(r.stderr, "moved since the workspace was prepared") {
 		t.Fatalf("no HEAD-moved warning: %d %q", r.code, r.stderr)
+	}
+}
+
+// TestWorkspaceModesAndShell: --full-copy carries submodules and all history;
+// --branch/--from make a guest-only branch at another commit; a bare
+// `vm run PATH` opens its shell in the repository.
+func TestWorkspaceModesAndShell(t *testing.T) {
+	v := newDebianEnv(t)
+	repo := filepath.Join(v.home, "proj")
+	lib := filepath.Join(v.home, "lib")
+	os.MkdirAll(repo, 0o755)
+	os.MkdirAll(lib, 0o755)
+	gitFixture(t, lib, "git init -q -b main && echo x > x && git add x && git commit -qm x")
+	gitFixture(t, repo, `git init -q -b main && printf 'v1\n' > a.txt && git add -A && git commit -qm one && git tag t1 &&
+		printf 'v2\n' > a.txt && git commit -qam two &&
+		git -c protocol.file.allow=always submodule --quiet add `+lib+` lib && git commit -qm sub && printf 'wip\n' > a.txt`)
+	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm")
+
+	// --full-copy: the submodule's files, the whole history, the same status.
+	v.must("vm", "workspace", "prepare", "ws", repo, "--full-copy")
+	out := v.must("vm", "exec", "ws", "--", "sh", "-c", "cat lib/x; git log --oneline | wc -l; git status --porcelain")
+	if want := "x\n3\n" + gitFixture(t, repo, "git status --porcelain"); out != want {
+		t.Fatalf("full copy: %q, want %q", out, want)
+	}
+
+	// --branch --from: t1's files on a guest-only branch; the host is untouched.
+	v.must("vm", "workspace", "prepare", "ws", repo, "--branch", "try", "--from", "t1")
+	out = v.must("vm", "exec", "ws", "--", "sh", "-c", "git branch --show-current; cat a.txt; git status --porcelain")
+	if out != "try\nv1\n" {
+		t.Fatalf("--branch --from: %q", out)
+	}
+	if br := strings.TrimSpace(gitFixture(t, repo, "git branch --list try")); br != "" {
+		t.Fatalf("the host got branch %q", br)
+	}
+	v.must("vm", "delete", "ws")
+
+	// A bare `vm run PATH` lands in the repository (commands from stdin here).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", v.ns, filepath.Join(v.bin, "banger"), "vm", "run", "--rm", "--image", "debian-bookworm", "--full-copy", repo)
+	cmd.Env = v.environ()
+	cmd.Stdin = strings.NewReader("pwd\nexit 3\n")
+	so, err := cmd.Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("vm run PATH shell: %v", err)
+	}
+	if !strings.Contains(string(so), "/root/proj\n") {
+		t.Fatalf("the shell did not start in /root/proj: %q", so)
 	}
 }
