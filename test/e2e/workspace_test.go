@@ -14,7 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/testutil"
 )
 
-func gitFixture(t *testing.T, dir, script string) string {
+func gitFixture(t testing.TB, dir, script string) string {
 	t.Helper()
 	cmd := exec.Command("sh", "-c", script)
 	cmd.Dir = dir
@@ -28,7 +28,7 @@ func gitFixture(t *testing.T, dir, script string) string {
 
 // newDebianEnv is a VM environment whose debian-bookworm image (which has
 // git) is built beforehand, outside the test's network namespace.
-func newDebianEnv(t *testing.T) *vmEnv {
+func newDebianEnv(t testing.TB) *vmEnv {
 	t.Helper()
 	if _, err := exec.LookPath("mmdebstrap"); err != nil {
 		t.Skip("mmdebstrap not installed: the debian-bookworm image (with git) cannot be built")
