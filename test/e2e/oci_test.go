@@ -220,3 +220,59 @@ func TestOCIImport(t *testing.T) {
 		t.Fatalf("after prune: %q", out)
 	}
 }
+
+// TestImageRegisterPromoteAndKernelImport: a registered ext4 outside the
+// state dir is refused with the fix named, boots once promoted; kernel
+// import and image build answer from the guest cache.
+func TestImageRegisterPromoteAndKernelImport(t *testing.T) {
+	testutil.RequiresGuest(t)
+	art := guestArtifacts(t)
+	v := newVMEnv(t)
+	own := filepath.Join(t.TempDir(), "mine.ext4")
+	runTool(t, "cp", "--sparse=always", art.Rootfs, own)
+
+	if r := v.banger("image", "register", "--name", "mine", "--rootfs", "/etc/passwd"); r.code == 0 || !strings.Contains(r.stderr, "not an ext4") {
+		t.Fatalf("register /etc/passwd: %d %s", r.code, r.stderr)
+	}
+	if r := v.banger("image", "register", "--name", "mine", "--rootfs", own, "--kernel", "x", "--vmlinux", own); r.code != 2 || !strings.Contains(r.stderr, "mutually exclusive") {
+		t.Fatalf("--kernel with --vmlinux: %d %s", r.code, r.stderr)
+	}
+	v.must("image", "register", "--name", "mine", "--rootfs", own)
+	r := v.banger("vm", "create", "--name", "m1", "--image", "mine")
+	if r.code == 0 || !strings.Contains(r.stderr, "banger image promote mine") {
+		t.Fatalf("create from an unpromoted image: %d %s", r.code, r.stderr)
+	}
+	if vms := strings.TrimSpace(v.must("vm", "list", "--json")); vms != "[]" {
+		t.Fatalf("a refused create left %s", vms)
+	}
+	v.must("image", "promote", "mine")
+	var im api.Image
+	json.Unmarshal([]byte(v.must("image", "show", "mine", "--json")), &im)
+	if !im.Managed || !strings.HasPrefix(im.Rootfs, filepath.Join(v.home, ".local", "state", "banger", "images")) {
+		t.Fatalf("promoted: %+v", im)
+	}
+	if out := v.must("vm", "run", "--rm", "--image", "mine", "--", "echo", "promoted"); out != "promoted\n" {
+		t.Fatalf("vm run: %q", out)
+	}
+	if _, err := os.Stat(own); err != nil {
+		t.Fatalf("promote touched the original: %v", err)
+	}
+
+	var k api.Kernel
+	json.Unmarshal([]byte(v.must("kernel", "import", "--name", "imported", "--json")), &k)
+	if k.Name != "imported" || k.Version != art.KernelVersion || k.Initrd == "" || k.Modules == "" {
+		t.Fatalf("kernel import: %+v", k)
+	}
+	for _, f := range []string{k.Vmlinux, k.Vmlinuz, k.Initrd, filepath.Join(k.Modules, art.KernelVersion, "modules.dep")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("kernel import: %v", err)
+		}
+	}
+	v.must("kernel", "rm", "imported")
+	if _, err := os.Stat(k.Vmlinux); err == nil {
+		t.Fatal("kernel rm left its files")
+	}
+	if out := v.must("image", "build", "tiny"); !strings.HasPrefix(out, "tiny built") {
+		t.Fatalf("image build: %q", out)
+	}
+}
