@@ -2,10 +2,16 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/guestbuild"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysinstall"
 	"github.com/spf13/cobra"
 )
 
@@ -70,6 +76,9 @@ func (a *app) internalCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := giveCacheToOwner(l); err != nil {
+				return err
+			}
 			fmt.Fprintf(a.stdout, "guest artifacts for %s ready: %s (kernel %s)\n", image, art.Dir, art.KernelVersion)
 			return nil
 		},
@@ -77,4 +86,29 @@ func (a *app) internalCmd() *cobra.Command {
 	buildGuest.Flags().StringVar(&image, "image", "", "built-in image to build (default: default_image)")
 	cmd.AddCommand(buildGuest)
 	return cmd
+}
+
+// giveCacheToOwner: root building guests for a system install hands the
+// guestbuild caches to the owner user the daemon runs as.
+func giveCacheToOwner(l paths.Layout) error {
+	if os.Geteuid() != 0 || l.Mode != paths.System {
+		return nil
+	}
+	m, err := sysinstall.ReadMeta(paths.InstallMetaPath())
+	if err != nil {
+		return nil // not installed: nothing to hand over
+	}
+	for _, d := range []string{"guest", "debian"} {
+		root := filepath.Join(l.CacheDir, d)
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, m.OwnerUID, m.OwnerGID)
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("hand %s to %s: %w", root, m.OwnerUser, err)
+		}
+	}
+	return nil
 }

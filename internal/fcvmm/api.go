@@ -41,8 +41,13 @@ func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		v.log.info("fc_api", "The API server received a %s request on %q.", rustMethod(r.Method), r.URL.Path)
 	}
+	v.deprecation = ""
 	status, out, aerr := v.route(r.Method, r.URL.Path, body)
 	v.met.count(r.Method+" "+firstToken(r.URL.Path), aerr != nil)
+	if v.deprecation != "" {
+		v.log.warn("fc_api", "%s", v.deprecation)
+		w.Header().Set("Deprecation", "true")
+	}
 	v.reply(w, status, out, aerr)
 }
 
@@ -155,7 +160,7 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 		case "serial":
 			return v.putSerial(body)
 		case "vsock":
-			return v.unsupported(true, "vsock")
+			return v.putVsock(body)
 		case "balloon":
 			return v.unsupported(true, "the balloon device")
 		case "mmds":

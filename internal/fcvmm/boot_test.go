@@ -1,12 +1,15 @@
 package fcvmm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -162,7 +165,7 @@ type bootedVM struct {
 	env     *bootEnv
 }
 
-func bootVM(t *testing.T, env *bootEnv, ns *netns, name string) *bootedVM {
+func bootVM(t *testing.T, env *bootEnv, ns *netns, name string, opts ...func(*firecracker.Config)) *bootedVM {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root.ext4")
@@ -205,6 +208,9 @@ func bootVM(t *testing.T, env *bootEnv, ns *netns, name string) *bootedVM {
 		LogPath:        vm.logPath,
 		LogLevel:       "Info",
 		ForwardSignals: []os.Signal{},
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	lg := logrus.New()
 	lg.SetOutput(vm.sdkLog)
@@ -536,4 +542,123 @@ func TestBootTapAndMACRules(t *testing.T) {
 		"Network config error: The host device name is already in use: tap1")
 	expect(t, "bad MAC", tv.do(t, "PUT", "/network-interfaces/eth3", `{"iface_id":"eth3","host_dev_name":"tap1","guest_mac":"zz"}`), 400,
 		"An error occurred when deserializing the json body of a request: Invalid MAC address: zz.")
+}
+
+// TestBootVsock: PUT /vsock (through the SDK's VsockDevices) gives the guest
+// a virtio-serial port named banger.agent; host connections to uds_path
+// speak Firecracker's CONNECT/OK handshake and reach whatever the guest runs
+// on the port, one connection at a time.
+func TestBootVsock(t *testing.T) {
+	env := bootPrereqs(t)
+	ns := newNetns(t)
+	var uds string
+	vm := bootVM(t, env, ns, "vsock", func(c *firecracker.Config) {
+		uds = filepath.Join(filepath.Dir(c.SocketPath), "v.sock")
+		c.VsockDevices = []firecracker.VsockDevice{{ID: "agent", Path: uds, CID: 3}}
+	})
+	vm.waitReady(t)
+
+	r, err := clientFor(vm.sock).Get("http://localhost/vm/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]json.RawMessage
+	json.NewDecoder(r.Body).Decode(&cfg)
+	r.Body.Close()
+	if got, want := string(cfg["vsock"]), `{"guest_cid":3,"uds_path":"`+uds+`"}`; got != want {
+		t.Errorf("GET /vm/config vsock = %s, want %s", got, want)
+	}
+
+	// Nothing runs on the port yet: like a vsock port nobody listens on.
+	c, br := dialVsock(t, uds, "CONNECT 1024\n")
+	expectClosed(t, "before the guest opened the port", c, br)
+
+	// A guest-side echo on the port. virtio_console lets one process open a
+	// port at a time, so it is opened once, read-write.
+	out, err := vm.ssh(t, `DEV=; for d in /sys/class/virtio-ports/*; do [ "$(cat $d/name)" = banger.agent ] && DEV=/dev/${d##*/}; done
+[ -c "$DEV" ] || { echo "no banger.agent port: $(ls /sys/class/virtio-ports 2>&1)"; exit 1; }
+sh -c 'exec 3<>"$0"; while read -r l <&3; do echo "echo:$l" >&3; done' "$DEV" </dev/null >/dev/null 2>&1 &
+echo "$DEV"`)
+	if err != nil {
+		t.Fatalf("starting the guest echo: %v %s", err, out)
+	}
+	t.Logf("guest port device: %s", strings.TrimSpace(out))
+
+	// The guest opens the port asynchronously: retry until OK, as a client
+	// waiting for its agent does.
+	var first uint64
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, br = dialVsock(t, uds, "CONNECT 1024\n")
+		line, err := readLine(c, br, 10*time.Second)
+		if n, ok := strings.CutPrefix(line, "OK "); ok {
+			first, err = strconv.ParseUint(strings.TrimSpace(n), 10, 32)
+			if err != nil || first < 1<<30 {
+				t.Fatalf("handshake %q", line)
+			}
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("no OK within 20s (last: %q, %v)", line, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	echo := func(what string, c net.Conn, br *bufio.Reader, msg string) {
+		t.Helper()
+		if _, err := io.WriteString(c, msg+"\n"); err != nil {
+			t.Fatalf("%s: write: %v", what, err)
+		}
+		if line, err := readLine(c, br, 20*time.Second); line != "echo:"+msg+"\n" {
+			t.Fatalf("%s: got %q, %v; want %q", what, line, err, "echo:"+msg)
+		}
+	}
+	echo("first connection", c, br, "hello over virtio-serial")
+	echo("first connection, again", c, br, "second line")
+	c.Close()
+
+	// A new connection gets a fresh host port and works.
+	c, br = dialVsock(t, uds, "CONNECT 1024\n")
+	if line, err := readLine(c, br, 10*time.Second); line != fmt.Sprintf("OK %d\n", first+1) {
+		t.Fatalf("second connection: handshake %q, %v; want OK %d", line, err, first+1)
+	}
+	echo("second connection", c, br, "again")
+	c.Close()
+
+	// Another guest port: nothing listens there, closed without OK.
+	c, br = dialVsock(t, uds, "CONNECT 5000\n")
+	expectClosed(t, "CONNECT 5000", c, br)
+
+	// Two concurrent connections are served one after the other.
+	c1, br1 := dialVsock(t, uds, "CONNECT 1024\n")
+	if line, err := readLine(c1, br1, 10*time.Second); !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("concurrent 1: %q, %v", line, err)
+	}
+	c2, br2 := dialVsock(t, uds, "CONNECT 1024\n")
+	if line, err := readLine(c2, br2, time.Second); line != "" || !isTimeout(err) {
+		t.Fatalf("concurrent 2 while 1 is open: %q, %v; want no answer yet", line, err)
+	}
+	echo("concurrent 1", c1, br1, "one")
+	c1.Close()
+	if line, err := readLine(c2, br2, 10*time.Second); !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("concurrent 2 after 1 closed: %q, %v", line, err)
+	}
+	echo("concurrent 2", c2, br2, "two")
+	c2.Close()
+	if b, _ := os.ReadFile(vm.logPath); !strings.Contains(string(b), "vsock_id field is deprecated") {
+		t.Errorf("the VMM log lacks the vsock_id deprecation warning")
+	}
+}
+
+func dialVsock(t *testing.T, uds, request string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	return c, bufio.NewReader(c)
 }

@@ -222,8 +222,21 @@ func (m *metrics) flush(missedLogs uint64) {
 	unix.Write(m.fd, b)
 }
 
-// rustIOError renders an OS error the way Rust's std::io::Error displays it:
-// "No such file or directory (os error 2)".
+// muslStrerror holds the errno texts where musl (Firecracker's release
+// builds are static musl binaries) words it differently from glibc, whose
+// wording Go's errno strings follow.
+var muslStrerror = map[unix.Errno]string{
+	unix.EADDRINUSE:    "Address in use",
+	unix.EADDRNOTAVAIL: "Address not available",
+	unix.EBUSY:         "Resource busy",
+	unix.ELOOP:         "Symbolic link loop",
+	unix.EMFILE:        "No file descriptors available",
+	unix.ENAMETOOLONG:  "Filename too long",
+	unix.ENOTSOCK:      "Not a socket",
+}
+
+// rustIOError renders an OS error the way Rust's std::io::Error displays it
+// in Firecracker: "No such file or directory (os error 2)".
 func rustIOError(err error) string {
 	var errno unix.Errno
 	if !errors.As(err, &errno) {
@@ -234,6 +247,9 @@ func rustIOError(err error) string {
 		return err.Error()
 	}
 	s := errno.Error()
+	if m, ok := muslStrerror[errno]; ok {
+		s = m
+	}
 	if s != "" {
 		s = strings.ToUpper(s[:1]) + s[1:]
 	}

@@ -194,7 +194,7 @@ func (v *vmm) bootFromConfigFile(path string) error {
 		}
 	}
 	present := func(k string) bool { r, ok := cfg[k]; return ok && string(r) != "null" }
-	for _, k := range []string{"balloon", "cpu-config", "mmds-config", "vsock"} {
+	for _, k := range []string{"balloon", "cpu-config", "mmds-config"} {
 		if present(k) {
 			return fmt.Errorf("%s is not supported by banger-vmm", k)
 		}
@@ -211,6 +211,7 @@ func (v *vmm) bootFromConfigFile(path string) error {
 	}{
 		{"logger", v.putLogger}, {"metrics", v.putMetrics}, {"machine-config", v.putMachineConfig},
 		{"boot-source", v.putBootSource}, {"entropy", v.putEntropy}, {"serial", v.putSerial},
+		{"vsock", v.putVsock},
 	}
 	for _, s := range steps {
 		if present(s.key) {

@@ -110,10 +110,11 @@ func useKVM() bool {
 }
 
 // planLaunch builds QEMU's argv. serial and qmp are QEMU's ends of the two
-// socket pairs; every host file is passed as an inherited descriptor that
+// socket pairs, agent that of the vsock bridge's virtio-serial port (nil
+// without a vsock device); every host file is passed as an inherited descriptor that
 // the VMM opened at PUT time, so no API-supplied path (and never the API
 // socket) appears in QEMU's command line.
-func planLaunch(v *vmConfig, serial, qmpSock *os.File, kvm bool, cmdline string) *launchPlan {
+func planLaunch(v *vmConfig, serial, qmpSock, agent *os.File, kvm bool, cmdline string) *launchPlan {
 	p := &launchPlan{binary: qemuBinary()}
 	fd := func(f *os.File) int {
 		p.files = append(p.files, f)
@@ -168,6 +169,14 @@ func planLaunch(v *vmConfig, serial, qmpSock *os.File, kvm bool, cmdline string)
 			"-device", fmt.Sprintf("virtio-net-device,netdev=net%d,mac=%s", i, n.mac))
 	}
 	a = append(a, "-device", "virtio-rng-device")
+	if agent != nil {
+		// PUT /vsock: one virtio-serial port, named for the guest to find,
+		// whose chardev is a socket pair with the VMM (see vsock.go).
+		a = append(a,
+			"-chardev", fmt.Sprintf("socket,id=%schr,fd=%d", agentPortID, fd(agent)),
+			"-device", "virtio-serial-device,id=vser0",
+			"-device", fmt.Sprintf("virtserialport,bus=vser0.0,chardev=%schr,name=%s,id=%s", agentPortID, agentPortName, agentPortID))
+	}
 	p.args = a
 	return p
 }
@@ -181,6 +190,7 @@ type qemuProc struct {
 	stderr *stderrTail
 	qmp    *qmp
 	serial *serialPump
+	vsock  *vsockBridge // nil without PUT /vsock
 }
 
 // stderrTail keeps the last lines QEMU wrote to stderr and logs each one.

@@ -2,6 +2,7 @@ package fcvmm
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -62,25 +63,57 @@ func (v *vmm) startMicroVM() *apiError {
 		serQ.Close()
 		return startError("Internal error while starting microVM: %v", err)
 	}
+	// The vsock bridge's virtio-serial port (PUT /vsock) is a third socket
+	// pair.
+	var agentConn net.Conn
+	var agentQ *os.File
+	if v.cfg.vsock != nil {
+		agentConn, agentQ, err = socketPair("agent")
+		if err != nil {
+			serConn.Close()
+			serQ.Close()
+			qmpConn.Close()
+			qmpQ.Close()
+			return startError("Internal error while starting microVM: %v", err)
+		}
+	}
+	closeAgent := func() {
+		if agentConn != nil {
+			agentConn.Close()
+			agentQ.Close()
+		}
+	}
 	stderrR, stderrW, err := os.Pipe()
 	if err != nil {
 		serConn.Close()
 		serQ.Close()
 		qmpConn.Close()
 		qmpQ.Close()
+		closeAgent()
 		return startError("Internal error while starting microVM: %v", err)
 	}
-	plan := planLaunch(&v.cfg, serQ, qmpQ, kvm, cmdline)
+	plan := planLaunch(&v.cfg, serQ, qmpQ, agentQ, kvm, cmdline)
 	v.log.debug("fc_vmm", "Starting %s %s", plan.binary, strings.Join(plan.args, " "))
 	qp, err := spawn(plan, stderrW)
 	stderrW.Close()
 	serQ.Close()
 	qmpQ.Close()
+	if agentQ != nil {
+		agentQ.Close()
+	}
 	if err != nil {
 		serConn.Close()
 		qmpConn.Close()
+		if agentConn != nil {
+			agentConn.Close()
+		}
 		stderrR.Close()
 		return startError("Internal error while starting microVM: cannot run %s: %v", plan.binary, err)
+	}
+	if agentConn != nil {
+		// Created now so that VSERPORT_CHANGE events find it; it starts
+		// carrying connections once QEMU is up.
+		qp.vsock = newVsockBridge(v.cfg.vsock.ln, agentConn, v.log)
 	}
 	qp.stderr = &stderrTail{}
 	stderrDone := make(chan struct{})
@@ -115,6 +148,9 @@ func (v *vmm) startMicroVM() *apiError {
 		v.proc = nil
 		v.procMu.Unlock()
 		qp.qmp.close()
+		if qp.vsock != nil {
+			qp.vsock.serial.Close() // uds_path stays bound for another try
+		}
 		why := qp.stderr.String()
 		if why == "" {
 			why = failure.Error()
@@ -123,6 +159,10 @@ func (v *vmm) startMicroVM() *apiError {
 	}
 
 	v.started = true
+	if qp.vsock != nil {
+		qp.vsock.start()
+		v.log.info("fc_vmm", "vsock: guest port %d carried over virtio-serial port %s; host socket %s", agentVsockPort, agentPortName, v.cfg.vsock.path)
+	}
 	if isTTY, ok := stdinForwardable(); ok && v.cfg.serialOut == "" {
 		if isTTY {
 			restore := rawTerminal(0)
@@ -184,6 +224,7 @@ func (v *vmm) onQMPEvent(name string, data json.RawMessage) {
 			// Firecracker keeps running after a guest power-off, its vCPUs
 			// stopped; QEMU (-no-shutdown) does the same.
 			v.poweredOff.Store(true)
+			v.vsockGuestPort(false)
 			v.log.info("fc_vmm", "The guest powered off; the VMM keeps running.")
 		case "guest-reset", "guest-panic":
 			// A reboot (reboot=k through the i8042, a triple fault, a panic
@@ -193,10 +234,27 @@ func (v *vmm) onQMPEvent(name string, data json.RawMessage) {
 			v.log.info("fc_vmm", "The guest rebooted (%s).", d.Reason)
 			go v.endAfterReset()
 		}
+	case "VSERPORT_CHANGE":
+		var p struct {
+			ID   string `json:"id"`
+			Open bool   `json:"open"`
+		}
+		json.Unmarshal(data, &p)
+		if p.ID == agentPortID {
+			v.log.debug("fc_vmm", "vsock: guest port %s open: %v", agentPortName, p.Open)
+			v.vsockGuestPort(p.Open)
+		}
 	case "GUEST_PANICKED":
 		v.log.warn("fc_vmm", "The guest kernel panicked.")
 	default:
 		v.log.debug("fc_vmm", "QEMU event %s %s", name, string(data))
+	}
+}
+
+// vsockGuestPort tells the vsock bridge whether the guest has its port open.
+func (v *vmm) vsockGuestPort(open bool) {
+	if q := v.currentProc(); q != nil && q.vsock != nil {
+		q.vsock.guestPort(open)
 	}
 }
 

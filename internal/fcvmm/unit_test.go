@@ -105,7 +105,7 @@ func TestPlanLaunchKeepsPathsOut(t *testing.T) {
 		},
 		nets: []*netCfg{{id: "eth0", hostDev: "tap0", mac: "06:00:00:00:00:01", tap: open("tap")}},
 	}
-	p := planLaunch(cfg, open("serial"), open("qmp"), false, "console=ttyS0")
+	p := planLaunch(cfg, open("serial"), open("qmp"), nil, false, "console=ttyS0")
 	argv := strings.Join(p.args, " ")
 	if strings.Contains(argv, dir) {
 		t.Errorf("a host path reached QEMU's argv: %s", argv)
@@ -125,6 +125,29 @@ func TestPlanLaunchKeepsPathsOut(t *testing.T) {
 		if !strings.Contains(argv, want) {
 			t.Errorf("argv lacks %q:\n%s", want, argv)
 		}
+	}
+}
+
+func TestPlanLaunchVsock(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *os.File {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	cfg := &vmConfig{id: "vm-1", machine: defaultMachine, boot: &bootCfg{kernel: open("vmlinux")}}
+	p := planLaunch(cfg, open("serial"), open("qmp"), open("agent"), false, "console=ttyS0")
+	argv := strings.Join(p.args, " ")
+	want := "-device virtio-rng-device -chardev socket,id=agent0chr,fd=6 -device virtio-serial-device,id=vser0 " +
+		"-device virtserialport,bus=vser0.0,chardev=agent0chr,name=banger.agent,id=agent0"
+	if !strings.HasSuffix(argv, want) || len(p.files) != 4 {
+		t.Errorf("argv %s (%d files), want it to end with %s", argv, len(p.files), want)
+	}
+	if p := planLaunch(cfg, open("serial2"), open("qmp2"), nil, false, ""); strings.Contains(strings.Join(p.args, " "), "virtio-serial") {
+		t.Errorf("a virtio-serial device without PUT /vsock: %v", p.args)
 	}
 }
 

@@ -69,6 +69,7 @@ type vmConfig struct {
 	nets      []*netCfg
 	entropy   bool
 	serialOut string
+	vsock     *vsockCfg
 }
 
 // vmm is one banger-vmm process: the API state and the QEMU it runs.
@@ -80,6 +81,10 @@ type vmm struct {
 	started bool
 	paused  bool
 	maxBody int64
+
+	// deprecation is the request's deprecation warning, if any: the response
+	// then carries "Deprecation: true", as Firecracker's does.
+	deprecation string
 
 	poweredOff atomic.Bool  // the guest powered off: QEMU stopped, the VMM lives on
 	guestReset atomic.Bool  // the guest rebooted: the VMM is ending with status 0
@@ -160,10 +165,14 @@ func (v *vmm) fullConfig() map[string]any {
 	if v.cfg.entropy {
 		entropy = map[string]any{"rate_limiter": nil}
 	}
+	var vsock any
+	if vs := v.cfg.vsock; vs != nil {
+		vsock = vsockJSON{GuestCid: vs.cid, UdsPath: vs.path}
+	}
 	return map[string]any{
 		"balloon": nil, "drives": drives, "boot-source": boot, "cpu-config": nil, "logger": nil,
 		"machine-config": v.cfg.machine, "metrics": nil, "mmds-config": nil,
-		"network-interfaces": nets, "vsock": nil, "entropy": entropy, "pmem": []any{},
+		"network-interfaces": nets, "vsock": vsock, "entropy": entropy, "pmem": []any{},
 	}
 }
 

@@ -214,6 +214,9 @@ func (s *Service) buildBuiltin(ctx context.Context, name string, progress io.Wri
 	}
 	art, err := builtins[name](ctx, guestbuild.Options{CacheDir: s.Layout.CacheDir, Progress: progress})
 	if err != nil {
+		if strings.Contains(err.Error(), "needs root") && os.Geteuid() != 0 {
+			return store.ImageRecord{}, errdefs.BadRequestf("build image %s: the daemon does not run as root, and mmdebstrap needs it: run 'sudo banger internal build-guest --image %s' once (or use --image tiny, or pull %s from a catalog)", name, name, name)
+		}
 		return store.ImageRecord{}, fmt.Errorf("build image %s: %w", name, err)
 	}
 	source := "guestbuild " + art.Key

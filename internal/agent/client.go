@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Conn is a client for one agent stream. Calls are serialized; each carries a
+// random id and the client skips response lines with other ids (stale answers
+// to earlier clients on a shared serial stream, or to a call of this Conn
+// that timed out). A Conn is safe for concurrent use.
+type Conn struct {
+	name string // "agent at <where>", the prefix of every error
+	rw   io.ReadWriteCloser
+	r    *bufio.Reader
+
+	mu sync.Mutex
+}
+
+// NewConn returns a client speaking the protocol over rw, which the Conn
+// owns. Context deadlines and cancellation are applied with SetDeadline when
+// rw has it (net.Conn, pollable *os.File); otherwise cancelling a call closes
+// rw.
+func NewConn(rw io.ReadWriteCloser) *Conn {
+	name := "agent"
+	if c, ok := rw.(net.Conn); ok && c.RemoteAddr() != nil && c.RemoteAddr().String() != "" {
+		name = "agent at " + c.RemoteAddr().String()
+	}
+	return newConn(name, rw, bufio.NewReader(rw))
+}
+
+func newConn(name string, rw io.ReadWriteCloser, r *bufio.Reader) *Conn {
+	return &Conn{name: name, rw: rw, r: r}
+}
+
+// DialUDS connects to the agent through a Firecracker-style vsock UDS (the
+// VMM's vsock uds_path): it writes "CONNECT <port>\n", expects "OK <n>\n" back
+// (Firecracker's host-initiated vsock handshake), and then speaks the agent
+// protocol on the stream.
+func DialUDS(ctx context.Context, udsPath string, port uint32) (*Conn, error) {
+	name := "agent at " + udsPath
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", udsPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	c := newConn(name, nc, bufio.NewReader(nc))
+	if err := c.handshake(ctx, port); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Conn) handshake(ctx context.Context, port uint32) error {
+	stop := c.watch(ctx)
+	defer stop()
+	if _, err := fmt.Fprintf(c.rw, "CONNECT %d\n", port); err != nil {
+		return c.ioErr(ctx, "handshake", err)
+	}
+	line, err := readLine(c.r, 256)
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: handshake: connection closed before \"OK\" (is the agent listening on vsock port %d?)", c.name, port)
+	}
+	if errors.Is(err, errLineTooLong) {
+		return fmt.Errorf("%s: handshake: got a line over 256 bytes want \"OK <local port>\"", c.name)
+	}
+	if err != nil {
+		return c.ioErr(ctx, "handshake", err)
+	}
+	rest, ok := strings.CutPrefix(string(line), "OK ")
+	if _, perr := strconv.ParseUint(rest, 10, 32); !ok || perr != nil {
+		return fmt.Errorf("%s: handshake: got %q want \"OK <local port>\"", c.name, line)
+	}
+	return nil
+}
+
+// Health asks the agent for the guest's health.
+func (c *Conn) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.call(ctx, OpHealth, &h)
+	return h, err
+}
+
+// Ports asks the agent for the guest's listening sockets.
+func (c *Conn) Ports(ctx context.Context) ([]Listener, error) {
+	var r PortsResult
+	err := c.call(ctx, OpPorts, &r)
+	return r.Listeners, err
+}
+
+// Close closes the stream.
+func (c *Conn) Close() error { return c.rw.Close() }
+
+func (c *Conn) call(ctx context.Context, op string, result any) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %s: %w", c.name, op, err)
+	}
+	id := newID()
+	req, _ := json.Marshal(Request{V: ProtocolVersion, ID: id, Op: op})
+	stop := c.watch(ctx)
+	defer stop()
+	if _, err := c.rw.Write(append(req, '\n')); err != nil {
+		return c.ioErr(ctx, op, err)
+	}
+	for {
+		line, err := readLine(c.r, maxResponseLine)
+		if errors.Is(err, errLineTooLong) {
+			continue // not ours to judge; ours are shorter
+		}
+		if err != nil {
+			return c.ioErr(ctx, op, err)
+		}
+		var resp Response
+		if json.Unmarshal(line, &resp) != nil || resp.ID != id {
+			continue // noise, or an answer to someone else's request
+		}
+		if resp.V != ProtocolVersion {
+			return fmt.Errorf("%s: %s: agent answered with protocol version %d, want %d", c.name, op, resp.V, ProtocolVersion)
+		}
+		if !resp.OK {
+			return fmt.Errorf("%s: %s: agent error: %s", c.name, op, resp.Error)
+		}
+		if err := json.Unmarshal(resp.Result, result); err != nil {
+			return fmt.Errorf("%s: %s: bad result: %w", c.name, op, err)
+		}
+		return nil
+	}
+}
+
+// ioErr words an I/O error, reporting the context's error when the failure
+// came from its deadline or cancellation.
+func (c *Conn) ioErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %s: %w", c.name, op, ctx.Err())
+	}
+	// The stream's deadline can fire a hair before the context's timer.
+	if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
+		return fmt.Errorf("%s: %s: %w", c.name, op, context.DeadlineExceeded)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%s: %s: connection closed by the agent", c.name, op)
+	}
+	return fmt.Errorf("%s: %s: %w", c.name, op, err)
+}
+
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// watch applies ctx to the stream for the duration of one exchange; the
+// returned func undoes it.
+func (c *Conn) watch(ctx context.Context) func() {
+	d, ok := c.rw.(deadliner)
+	if ok {
+		dl, _ := ctx.Deadline() // zero when none
+		ok = d.SetDeadline(dl) == nil
+	}
+	if !ok {
+		if ctx.Done() == nil {
+			return func() {}
+		}
+		stop := context.AfterFunc(ctx, func() { c.rw.Close() })
+		return func() { stop() }
+	}
+	done := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(done)
+		d.SetDeadline(time.Unix(1, 0)) // wake blocked reads and writes now
+	})
+	return func() {
+		if !stop() {
+			<-done
+		}
+		d.SetDeadline(time.Time{})
+	}
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,119 @@
+// Package agent is banger's guest agent and its host-side client.
+//
+// The agent is a small static binary (cmd/banger-agent) that runs inside every
+// banger guest. It answers health and listening-socket queries from the host
+// over newline-delimited JSON (protocol v1, see docs/agent.md) on every
+// transport that exists in the guest: AF_VSOCK (Firecracker), the
+// virtio-serial port named "banger.agent" (banger-vmm) and, for tests and
+// debugging, unix or TCP listeners.
+//
+// The host side talks to it through a [Conn]: [DialUDS] for Firecracker's
+// vsock UDS, [NewConn] for any other stream.
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+)
+
+// Version is the agent's version, reported by the health op and --version.
+// Stamp it with -ldflags "-X github.com/banger-dev/banger/internal/agent.Version=v1.2.3".
+var Version = "dev"
+
+// ProtocolVersion is the protocol version this package speaks.
+const ProtocolVersion = 1
+
+// The protocol's operations.
+const (
+	OpHealth = "health"
+	OpPorts  = "ports"
+)
+
+// knownOps is the list named in the unknown-op error.
+const knownOps = OpHealth + ", " + OpPorts
+
+// Request is one request line.
+type Request struct {
+	V  int    `json:"v"`
+	ID string `json:"id"`
+	Op string `json:"op"`
+}
+
+// Response is one response line. Result is set when OK is true, Error when it
+// is false.
+type Response struct {
+	V      int             `json:"v"`
+	ID     string          `json:"id"`
+	OK     bool            `json:"ok"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+}
+
+// Health is the result of the health op.
+type Health struct {
+	AgentVersion      string  `json:"agent_version"`
+	Protocol          int     `json:"protocol"`
+	UptimeSeconds     float64 `json:"uptime_seconds"`
+	BootID            string  `json:"boot_id"`
+	Hostname          string  `json:"hostname"`
+	Load1             float64 `json:"load1"`
+	MemAvailableBytes int64   `json:"mem_available_bytes"`
+}
+
+// Listener is one listening socket in the result of the ports op. PID is 0
+// and Process empty when no process holding the socket could be found.
+type Listener struct {
+	Proto   string `json:"proto"` // tcp, tcp6, udp or udp6
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	PID     int    `json:"pid"`
+	Process string `json:"process"`
+}
+
+// PortsResult is the result of the ports op.
+type PortsResult struct {
+	Listeners []Listener `json:"listeners"`
+}
+
+// Line limits: requests are tiny, a ports response can be large.
+const (
+	maxRequestLine  = 64 << 10
+	maxResponseLine = 16 << 20
+)
+
+var errLineTooLong = errors.New("line too long")
+
+// readLine returns the next line without its "\n" (and "\r"). A line longer
+// than max is consumed and reported as errLineTooLong, so the stream stays
+// usable. A final line without "\n" before EOF is returned as a line.
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	tooLong := false
+	for {
+		frag, err := r.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(frag) > max+2 { // room for "\r\n"
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		switch {
+		case err == nil:
+			if tooLong {
+				return nil, errLineTooLong
+			}
+			return bytes.TrimRight(line, "\r\n"), nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0 && !tooLong:
+			// A last line without "\n": hand it out; EOF repeats on the next call.
+			return bytes.TrimRight(line, "\r\n"), nil
+		default:
+			return nil, err
+		}
+	}
+}
