@@ -152,3 +152,31 @@ type Image struct {
 type ImageRef struct {
 	Name string `json:"name"`
 }
+
+// MethodVMPorts asks the guest agents of running VMs for their listeners.
+const MethodVMPorts = "vm.ports"
+
+// VMPortsParams names VMs (none: every running VM).
+type VMPortsParams struct {
+	Names []string `json:"names"`
+}
+
+// VMPorts is one VM's listening sockets, as its guest agent reports them.
+type VMPorts struct {
+	Name      string         `json:"name"`
+	IP        string         `json:"ip"`
+	Listeners []PortListener `json:"listeners"`
+	Agent     string         `json:"agent,omitempty"` // agent version
+	Error     string         `json:"error,omitempty"`
+}
+
+// PortListener is one listening socket in a guest.
+type PortListener struct {
+	Proto    string `json:"proto"`
+	Address  string `json:"address"`
+	Port     int    `json:"port"`
+	PID      int    `json:"pid,omitempty"`
+	Process  string `json:"process,omitempty"`
+	Endpoint string `json:"endpoint"`      // <name>.vm:<port>, or "" when only the guest itself can reach it
+	URL      string `json:"url,omitempty"` // http://<name>.vm:<port>/ for TCP ports other than 22
+}

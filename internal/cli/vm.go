@@ -33,7 +33,7 @@ then an SSH shell or a command.`,
 		a.vmRefCmd("stop", "Stop a VM cleanly (sync, power off; killed after a timeout)", api.MethodVMStop, "stopped"),
 		a.vmRefCmd("restart", "Stop then start a VM (a fresh boot)", api.MethodVMRestart, "restarted"),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
-		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd())
+		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
 	return cmd
 }
 

@@ -39,6 +39,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodVMKill,
 		api.MethodVMList,
 		api.MethodVMLogs,
+		api.MethodVMPorts,
 		api.MethodVMPrune,
 		api.MethodVMRestart,
 		api.MethodVMSet,

@@ -188,6 +188,13 @@ func (d *Daemon) registerVMs() {
 		}
 		return s.SSHInfo(ctx, p.Name)
 	})
+	d.srv.Handle(api.MethodVMPorts, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := decode[api.VMPortsParams](raw)
+		if err != nil {
+			return nil, err
+		}
+		return s.Ports(ctx, p.Names)
+	})
 	d.srv.Handle(api.MethodVMWorkspaceRecord, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		p, err := decode[api.VMWorkspaceParams](raw)
 		if err != nil {

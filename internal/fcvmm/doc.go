@@ -14,10 +14,11 @@
 //     153 on a parsing error, prints "Firecracker v1.14.1" for --version and
 //     binds the API socket at start-up, never unlinking it.
 //   - The API (machine-config, boot-source, drives, network-interfaces,
-//     logger, metrics, entropy, serial, actions, vm, GET / and /version) is
-//     validated like Firecracker's: the SDK's generated models for the schema,
-//     unknown fields rejected, the same pre-boot and post-boot rules and the
-//     same fault messages where Firecracker's are known.
+//     logger, metrics, entropy, serial, vsock, actions, vm, GET / and
+//     /version) is validated like Firecracker's: the SDK's generated models
+//     for the schema, unknown fields rejected, the same pre-boot and
+//     post-boot rules and the same fault messages where Firecracker's are
+//     known.
 //   - Files are opened when they are PUT, as Firecracker does, and the open
 //     descriptors (kernel, initrd, drives, taps) are what QEMU is given at
 //     InstanceStart; no API path ends up in QEMU's argv.
@@ -28,5 +29,8 @@
 // The guest sees a microvm machine with an 8250 UART on ttyS0 (forwarded to
 // the VMM's stdout byte for byte), an i8042 keyboard controller (for
 // SendCtrlAltDel and reboot=k), virtio-mmio block, net and rng devices found
-// through ACPI, and the kernel command line Firecracker would build.
+// through ACPI, and the kernel command line Firecracker would build. With
+// PUT /vsock it also gets a virtio-serial port named banger.agent, which
+// carries host connections made to uds_path with Firecracker's
+// CONNECT/OK handshake, one at a time (vsock.go).
 package fcvmm

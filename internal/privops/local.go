@@ -182,14 +182,16 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	pid, err := vmm.Launch(vmm.Spec{
 		ID: r.ID, Binary: r.Binary, APISock: r.APISock, PIDFile: r.PIDFile, SerialLog: r.SerialLog,
 		Kernel: r.Kernel, Initrd: r.Initrd, BootArgs: r.BootArgs, RootDrive: r.Rootfs, ExtraDrive: r.Drives,
-		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB,
+		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: r.VsockUDS,
 	})
 	if err != nil {
 		return LaunchResp{}, err
 	}
 	// The daemon (the owner) must reach the API socket and read the logs.
-	for _, p := range []string{r.APISock, r.PIDFile, r.SerialLog} {
-		_ = l.chown(p)
+	for _, p := range []string{r.APISock, r.PIDFile, r.SerialLog, r.VsockUDS} {
+		if p != "" {
+			_ = l.chown(p)
+		}
 	}
 	logging.From(ctx).Info("vmm launched", "vm_id", r.ID, "pid", pid, "binary", r.Binary)
 	return LaunchResp{PID: pid}, nil

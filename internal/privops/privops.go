@@ -115,6 +115,7 @@ type LaunchReq struct {
 	MAC       string   `json:"mac"`
 	VCPU      int64    `json:"vcpu"`
 	MemMiB    int64    `json:"mem_mib"`
+	VsockUDS  string   `json:"vsock_uds,omitempty"` // the guest agent's socket, in the VM dir
 }
 
 // LaunchResp is the VMM's pid.
@@ -259,6 +260,11 @@ func (p Policy) ValidateLaunch(r LaunchReq) error {
 	}
 	for _, d := range r.Drives {
 		if err := p.under("drive", d, p.VMsDir); err != nil {
+			return err
+		}
+	}
+	if r.VsockUDS != "" {
+		if err := p.under("vsock socket", r.VsockUDS, p.VMsDir); err != nil {
 			return err
 		}
 	}

@@ -26,9 +26,16 @@ var Binaries = []struct{ Name, Dir string }{
 	{"banger", "bin"}, // the CLI last: an interrupted swap leaves the old CLI able to repair
 }
 
+// OptionalBinaries are installed when the source directory has them and
+// removed by uninstall; updates leave them alone (release tarballs carry
+// only Binaries). The guest agent goes into guest images the daemon builds.
+var OptionalBinaries = []struct{ Name, Dir string }{
+	{"banger-agent", "lib"},
+}
+
 // Path is where binary name is installed.
 func (l Layout) Path(name string) string {
-	for _, b := range Binaries {
+	for _, b := range append(Binaries[:len(Binaries):len(Binaries)], OptionalBinaries...) {
 		if b.Name == name && b.Dir == "lib" {
 			return filepath.Join(l.LibDir, name)
 		}
@@ -144,8 +151,11 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 		backups = append(backups, b)
 		return WriteFileAtomic(path, data, mode)
 	}
-	for _, b := range Binaries {
+	for _, b := range append(OptionalBinaries[:len(OptionalBinaries):len(OptionalBinaries)], Binaries...) { // the CLI still last
 		data, err := os.ReadFile(filepath.Join(srcDir, b.Name))
+		if errors.Is(err, os.ErrNotExist) && isOptional(b.Name) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -253,7 +263,7 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) error {
 		}
 	}
 	_ = in.Systemd.Systemctl(ctx, "daemon-reload")
-	for _, b := range Binaries {
+	for _, b := range append(Binaries[:len(Binaries):len(Binaries)], OptionalBinaries...) {
 		p := in.Layout.Path(b.Name)
 		for _, q := range []string{p, p + ".previous"} {
 			if err := os.Remove(q); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -273,4 +283,13 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func isOptional(name string) bool {
+	for _, b := range OptionalBinaries {
+		if b.Name == name {
+			return true
+		}
+	}
+	return false
 }

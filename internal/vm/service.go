@@ -295,6 +295,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	// Leftovers of a VMM that died without cleanup would fail validation.
 	os.Remove(dir.APISock())
 	os.Remove(dir.PIDFile())
+	os.Remove(dir.AgentSock())
 	rpcserver.SetStage(ctx, "booting")
 	rec.State = api.StateStarting
 	rec.UpdatedAt = now()
@@ -303,6 +304,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		ID: rec.ID, Binary: s.VMM.Binary, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(),
 		Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec, res), Rootfs: dir.Rootfs(),
 		Drives: []string{dir.WorkDisk()}, Tap: tap, MAC: rec.Runtime.MAC, VCPU: int64(rec.VCPU), MemMiB: int64(rec.MemoryMiB),
+		VsockUDS: dir.AgentSock(),
 	})
 	if err != nil {
 		st.unwind()

@@ -31,6 +31,10 @@ func (d Dir) WorkDisk() string { return filepath.Join(string(d), "work.ext4") }
 // APISock is the VMM's API socket.
 func (d Dir) APISock() string { return filepath.Join(string(d), "api.sock") }
 
+// AgentSock is the host side of the guest's vsock (Firecracker's uds_path),
+// where banger's guest agent is reached.
+func (d Dir) AgentSock() string { return filepath.Join(string(d), "agent.sock") }
+
 // PIDFile is the VMM's pidfile.
 func (d Dir) PIDFile() string { return filepath.Join(string(d), "vmm.pid") }
 

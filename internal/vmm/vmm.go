@@ -32,6 +32,10 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// GuestCID is every guest's vsock context id: each VM's vsock is its own
+// (host side: a Unix socket per VM), so they need not differ.
+const GuestCID = 3
+
 // Spec is everything needed to boot one VM.
 type Spec struct {
 	ID         string // Firecracker --id: 1-64 of [A-Za-z0-9-]
@@ -48,6 +52,10 @@ type Spec struct {
 	MAC        string
 	VCPU       int64
 	MemMiB     int64
+	// VsockUDS, if set, gives the guest a vsock device whose host side is
+	// this Unix socket (Firecracker's hybrid vsock; banger-vmm carries it
+	// over virtio-serial). banger's guest agent answers on it.
+	VsockUDS string
 	// ForwardSignals is for tests that prove why it must stay empty: nil
 	// means "use banger's setting" (no forwarding).
 	ForwardSignals []os.Signal
@@ -104,6 +112,9 @@ func Launch(spec Spec) (pid int, err error) {
 		cfg.NetworkInterfaces = firecracker.NetworkInterfaces{{
 			StaticConfiguration: &firecracker.StaticNetworkConfiguration{MacAddress: spec.MAC, HostDevName: spec.Tap},
 		}}
+	}
+	if spec.VsockUDS != "" {
+		cfg.VsockDevices = []firecracker.VsockDevice{{ID: "agent", Path: spec.VsockUDS, CID: GuestCID}}
 	}
 	logger := logrus.New()
 	logger.SetOutput(io.Discard)

@@ -35,7 +35,7 @@ func BenchmarkVMRunRmTrue(b *testing.B) {
 func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 	testutil.RequiresGuest(b)
 	ctx := context.Background()
-	art, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")})
+	art, err := guestbuild.Ensure(ctx, guestOpts())
 	if err != nil {
 		b.Fatal(err)
 	}

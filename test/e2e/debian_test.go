@@ -2,13 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/testutil"
 )
@@ -28,7 +29,7 @@ func TestDebianBookwormImage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	art, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")})
+	art, err := guestbuild.EnsureDebian(ctx, guestOpts())
 	if err != nil {
 		t.Fatalf("debian-bookworm artifacts: %v", err)
 	}
@@ -42,9 +43,22 @@ func TestDebianBookwormImage(t *testing.T) {
 		t.Fatalf("/etc/os-release does not name bookworm:\n%s", out)
 	}
 	t2 := time.Now()
-	out = v.must("vm", "run", "--rm", "--image", "debian-bookworm", "--", "git", "--version")
-	t.Logf("vm run (git --version): %v", time.Since(t2))
+	v.must("vm", "create", "--name", "deb", "--image", "debian-bookworm")
+	out = v.must("vm", "exec", "deb", "--", "git", "--version")
+	t.Logf("vm create + exec (git --version): %v", time.Since(t2))
 	if !strings.HasPrefix(out, "git version ") {
 		t.Fatalf("git --version printed %q", out)
+	}
+	// The guest agent (a systemd unit here) lists OpenSSH's sshd.
+	var ports []api.VMPorts
+	if err := json.Unmarshal([]byte(v.must("vm", "ports", "deb", "--json")), &ports); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range ports[0].Listeners {
+		found = found || (l.Port == 22 && l.Process == "sshd" && l.Endpoint == "deb.vm:22")
+	}
+	if !found {
+		t.Fatalf("vm ports deb: %+v", ports)
 	}
 }

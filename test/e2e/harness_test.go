@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger-dev/banger/internal/guestbuild"
+	"github.com/banger-dev/banger/internal/testutil"
 )
 
 // Version stamped into the binaries under test.
@@ -55,6 +58,13 @@ func buildBinaries(dir, version, commit string) error {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %v\n%s", b, err, out)
 		}
+	}
+	// The guest agent, as 'make build' makes it (static, unstamped).
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "banger-agent"), "./cmd/banger-agent")
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build banger-agent: %v\n%s", err, out)
 	}
 	return nil
 }
@@ -128,3 +138,9 @@ func (e *env) run1(bin string, args ...string) result {
 
 func (e *env) banger(args ...string) result  { return e.run1("banger", args...) }
 func (e *env) bangerd(args ...string) result { return e.run1("bangerd", args...) }
+
+// guestOpts builds guest artifacts as the test's daemon will look for them:
+// in the shared test cache, with the guest agent built beside bangerd.
+func guestOpts() guestbuild.Options {
+	return guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger"), AgentBinary: filepath.Join(binDir, "banger-agent")}
+}

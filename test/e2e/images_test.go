@@ -73,7 +73,7 @@ func guestArtifacts(t *testing.T) guestbuild.Artifacts {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	art, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")})
+	art, err := guestbuild.Ensure(ctx, guestOpts())
 	if err != nil {
 		t.Fatalf("guest artifacts: %v", err)
 	}

@@ -189,6 +189,15 @@ func TestOCIImport(t *testing.T) {
 		t.Fatalf("guest printed %q, want %q", out, want)
 	}
 
+	// banger's guest kit started the agent: vm ports sees the image's dropbear.
+	v.must("vm", "create", "--name", "oci1", "--image", "ocitiny")
+	var ports []api.VMPorts
+	json.Unmarshal([]byte(v.must("vm", "ports", "oci1", "--json")), &ports)
+	if len(ports) != 1 || len(ports[0].Listeners) == 0 || ports[0].Listeners[0].Port != 22 || ports[0].Listeners[0].Process != "dropbear" {
+		t.Fatalf("vm ports oci1: %+v", ports)
+	}
+	v.must("vm", "delete", "oci1")
+
 	// Pulling the same name again needs --force.
 	if r := v.banger("image", "pull", ref, "--name", "ocitiny"); r.code == 0 || !strings.Contains(r.stderr, "--force") {
 		t.Fatalf("second pull: exit %d: %s", r.code, r.stderr)

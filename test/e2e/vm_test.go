@@ -40,7 +40,7 @@ func newVMEnv(t testing.TB) *vmEnv {
 	// come from the Debian archive); inside it the daemon finds them cached.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if _, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
+	if _, err := guestbuild.Ensure(ctx, guestOpts()); err != nil {
 		t.Fatalf("guest artifacts: %v", err)
 	}
 	b := make([]byte, 4)

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/guestbuild"
-	"github.com/banger-dev/banger/internal/testutil"
 )
 
 func gitFixture(t testing.TB, dir, script string) string {
@@ -36,7 +35,7 @@ func newDebianEnv(t testing.TB) *vmEnv {
 	v := newVMEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	if _, err := guestbuild.EnsureDebian(ctx, guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}); err != nil {
+	if _, err := guestbuild.EnsureDebian(ctx, guestOpts()); err != nil {
 		t.Fatalf("debian image: %v", err)
 	}
 	return v
