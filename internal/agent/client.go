@@ -35,8 +35,11 @@ type Conn struct {
 // rw.
 func NewConn(rw io.ReadWriteCloser) *Conn {
 	name := "agent"
-	if c, ok := rw.(net.Conn); ok && c.RemoteAddr() != nil && c.RemoteAddr().String() != "" {
-		name = "agent at " + c.RemoteAddr().String()
+	if c, ok := rw.(net.Conn); ok && c.RemoteAddr() != nil {
+		// Unnamed unix sockets (socketpairs, clients) print as "" or "@".
+		if a := c.RemoteAddr().String(); a != "" && a != "@" {
+			name = "agent at " + a
+		}
 	}
 	return newConn(name, rw, bufio.NewReader(rw))
 }
@@ -114,7 +117,10 @@ func (c *Conn) call(ctx context.Context, op string, result any) error {
 	req, _ := json.Marshal(Request{V: ProtocolVersion, ID: id, Op: op})
 	stop := c.watch(ctx)
 	defer stop()
-	if _, err := c.rw.Write(append(req, '\n')); err != nil {
+	// The leading "\n" ends any partial line left on a shared serial stream
+	// by an earlier client, so it cannot corrupt this request; the agent
+	// ignores blank lines.
+	if _, err := c.rw.Write(append(append([]byte{'\n'}, req...), '\n')); err != nil {
 		return c.ioErr(ctx, op, err)
 	}
 	for {

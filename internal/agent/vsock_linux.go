@@ -111,6 +111,8 @@ func closedErr(err error) error {
 	return err
 }
 
+var _ net.Conn = (*vsockConn)(nil)
+
 // vsockConn is a connected AF_VSOCK stream socket.
 type vsockConn struct {
 	*os.File
