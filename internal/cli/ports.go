@@ -18,7 +18,7 @@ func (a *app) vmPortsCmd() *cobra.Command {
 once) which sockets listen, and show them with their <name>.vm endpoint and,
 for TCP ports other than ssh, an http link. Sockets bound to the guest's
 loopback have no endpoint: only the guest reaches them.`,
-		Example: "  banger vm ports\n  banger vm ports web api --json",
+		Example:           "  banger vm ports\n  banger vm ports web api --json",
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var res []api.VMPorts
