@@ -64,6 +64,9 @@ type Service struct {
 type Resolved struct {
 	Image  store.ImageRecord
 	Kernel store.KernelRecord
+	// WorkSeed is the image's /root as a tar ("" = none), copied into each
+	// new VM's work disk.
+	WorkSeed string
 }
 
 func (s *Service) lock(name string) *sync.Mutex {
@@ -156,7 +159,7 @@ func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) 
 			return Resolved{}, errdefs.BadRequestf("image %s uses %s, outside banger's state dir: run 'banger image promote %s' to copy it in", name, f, name)
 		}
 	}
-	return Resolved{Image: im, Kernel: k}, nil
+	return Resolved{Image: im, Kernel: k, WorkSeed: s.workSeed(ctx, im.Rootfs)}, nil
 }
 
 func (s *Service) underRoots(f string) bool {

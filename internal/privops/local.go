@@ -1,11 +1,14 @@
 package privops
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/disk"
@@ -131,6 +134,11 @@ func (l *Local) PrepareDisks(ctx context.Context, r DisksReq) (resp DisksResp, e
 		return resp, err
 	}
 	defer os.RemoveAll(seed)
+	if r.WorkSeed != "" {
+		if err := extractSeed(r.WorkSeed, seed); err != nil {
+			return resp, fmt.Errorf("work seed %s: %w", r.WorkSeed, err)
+		}
+	}
 	if err := os.MkdirAll(filepath.Join(seed, ".ssh"), 0o700); err != nil {
 		return resp, err
 	}
@@ -221,4 +229,52 @@ func (l *Local) KillVMM(ctx context.Context, r KillReq) error {
 	}
 	logging.From(ctx).Info("vmm signalled", "pid", pid, "signal", sig.String())
 	return nil
+}
+
+// extractSeed unpacks a work seed tar into dir: directories and regular
+// files only, names that stay inside dir, nothing through a symlink (there
+// are none: dir is fresh and no link is ever created).
+func extractSeed(tarPath, dir string) error {
+	f, err := os.Open(tarPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := tar.NewReader(io.LimitReader(f, 64<<20))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := filepath.Clean(h.Name)
+		if filepath.IsAbs(name) || name == "." || name == ".." || strings.HasPrefix(name, "../") || name == ".ssh/authorized_keys" {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		mode := os.FileMode(h.Mode).Perm() &^ 0o022
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, mode|0o700); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			out, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode|0o600)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(out, tr); err != nil {
+				out.Close()
+				return err
+			}
+			if err := out.Close(); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -87,6 +87,7 @@ type DisksReq struct {
 	WorkDisk      string `json:"work_disk"`
 	WorkDiskBytes int64  `json:"work_disk_bytes"`
 	AuthorizedKey string `json:"authorized_key"`
+	WorkSeed      string `json:"work_seed,omitempty"` // tar of the image's /root, copied into the work disk
 }
 
 // DisksResp says how the root disk was made.
@@ -221,6 +222,11 @@ func (p Policy) ValidateDisks(r DisksReq) error {
 	for what, path := range map[string]string{"rootfs": r.Rootfs, "work disk": r.WorkDisk} {
 		if filepath.Dir(path) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(path)) {
 			return bad("%s %q must be a file directly inside the vm dir %s", what, path, r.VMDir)
+		}
+	}
+	if r.WorkSeed != "" {
+		if err := p.file("work seed", r.WorkSeed); err != nil {
+			return err
 		}
 	}
 	if r.WorkDiskBytes < 64<<20 || r.WorkDiskBytes > 2<<40 {

@@ -216,7 +216,7 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.
 	})
 	dr, err := s.Ops.PrepareDisks(ctx, privops.DisksReq{
 		VMDir: dir.Path(), BaseRootfs: res.Image.Rootfs, Rootfs: dir.Rootfs(), WorkDisk: dir.WorkDisk(),
-		WorkDiskBytes: diskBytes, AuthorizedKey: s.authKey,
+		WorkDiskBytes: diskBytes, AuthorizedKey: s.authKey, WorkSeed: res.WorkSeed,
 	})
 	if err != nil {
 		st.unwind()

@@ -44,7 +44,7 @@ func TestDebianBookwormImage(t *testing.T) {
 	}
 	t2 := time.Now()
 	v.must("vm", "create", "--name", "deb", "--image", "debian-bookworm")
-	out = v.must("vm", "exec", "deb", "--", "git", "--version")
+	out = v.must("vm", "exec", "deb", "--", "sh", "-c", "test -f /root/.bashrc && test -f /root/.ssh/authorized_keys && git --version")
 	t.Logf("vm create + exec (git --version): %v", time.Since(t2))
 	if !strings.HasPrefix(out, "git version ") {
 		t.Fatalf("git --version printed %q", out)

@@ -128,19 +128,7 @@ func TestOCIImport(t *testing.T) {
 	art := guestArtifacts(t)
 	v := newVMEnv(t)
 
-	tree := filepath.Join(t.TempDir(), "tree")
-	os.MkdirAll(tree, 0o755)
-	runTool(t, "debugfs", "-R", "rdump / "+tree, art.Rootfs)
-	// debugfs rdump of / lands in tree/ itself or in tree/<something>; find the root.
-	root := tree
-	if _, err := os.Stat(filepath.Join(root, "etc")); err != nil {
-		ents, _ := os.ReadDir(tree)
-		for _, e := range ents {
-			if _, err := os.Stat(filepath.Join(tree, e.Name(), "etc")); err == nil {
-				root = filepath.Join(tree, e.Name())
-			}
-		}
-	}
+	root := tinyTree(t, art.Rootfs)
 	os.WriteFile(filepath.Join(root, "etc", "doomed"), []byte("layer 1\n"), 0o644)
 	base := tarTree(t, root, func(rel string) bool {
 		return rel == "etc/banger" || rel == "etc/inittab" || rel == "lost+found"
@@ -149,31 +137,7 @@ func TestOCIImport(t *testing.T) {
 		tar.Header{Typeflag: tar.TypeReg, Name: "etc/.wh.doomed", Mode: 0o644},
 		tar.Header{Typeflag: tar.TypeReg, Name: "hello.txt", Mode: 0o640, Uid: 1000, Gid: 1000, Linkname: "from layer 2\n"},
 	)
-	img, err := mutate.AppendLayers(empty.Image, layerOf(t, base), layerOf(t, top))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Cmd = []string{"/bin/sh"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-
-	// One registry, two listeners: the test pushes through the root
-	// namespace's loopback, the daemon pulls through the netns's.
-	reg := registry.New()
-	pushSrv := httptest.NewServer(reg)
-	defer pushSrv.Close()
-	ln := listenInNS(t, v.ns)
-	serve(t, ln, reg)
-	port := ln.Addr().(*net.TCPAddr).Port
-	push, _ := name.ParseReference(strings.TrimPrefix(pushSrv.URL, "http://") + "/e2e/tiny:v1")
-	if err := remote.Write(push, img); err != nil {
-		t.Fatalf("push: %v", err)
-	}
-	// The same repository, named with the netns listener's port.
-	ref := "127.0.0.1:" + strconv.Itoa(port) + "/e2e/tiny:v1"
+	ref := pushImage(t, v, "e2e/tiny:v1", base, top)
 
 	var im api.Image
 	if err := json.Unmarshal([]byte(v.must("image", "pull", ref, "--name", "ocitiny", "--json")), &im); err != nil {
@@ -283,5 +247,89 @@ func TestImageRegisterPromoteAndKernelImport(t *testing.T) {
 	}
 	if out := v.must("image", "build", "tiny"); !strings.HasPrefix(out, "tiny built") {
 		t.Fatalf("image build: %q", out)
+	}
+}
+
+// tinyTree dumps the built-in tiny rootfs (busybox, dropbear and its
+// libraries) into a directory, without mounting it.
+func tinyTree(t *testing.T, rootfs string) string {
+	t.Helper()
+	tree := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(tree, 0o755)
+	runTool(t, "debugfs", "-R", "rdump / "+tree, rootfs)
+	// debugfs rdump of / lands in tree/ itself or in tree/<something>; find the root.
+	if _, err := os.Stat(filepath.Join(tree, "etc")); err == nil {
+		return tree
+	}
+	ents, _ := os.ReadDir(tree)
+	for _, e := range ents {
+		if _, err := os.Stat(filepath.Join(tree, e.Name(), "etc")); err == nil {
+			return filepath.Join(tree, e.Name())
+		}
+	}
+	t.Fatalf("no root in the dump of %s", rootfs)
+	return ""
+}
+
+// pushImage builds a linux/amd64 image from layer tars, serves it from
+// go-containerregistry's in-process registry with two listeners (the test
+// pushes through the root namespace's loopback, the daemon pulls through
+// the netns's) and returns the reference the daemon uses.
+func pushImage(t *testing.T, v *vmEnv, repoTag string, layers ...[]byte) string {
+	t.Helper()
+	var ls []v1.Layer
+	for _, l := range layers {
+		ls = append(ls, layerOf(t, l))
+	}
+	img, err := mutate.AppendLayers(empty.Image, ls...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = []string{"/bin/sh"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	reg := registry.New()
+	pushSrv := httptest.NewServer(reg)
+	t.Cleanup(pushSrv.Close)
+	ln := listenInNS(t, v.ns)
+	serve(t, ln, reg)
+	push, _ := name.ParseReference(strings.TrimPrefix(pushSrv.URL, "http://") + "/" + repoTag)
+	if err := remote.Write(push, img); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + "/" + repoTag
+}
+
+// TestOCIFirstBootInstallsSSHServerFakeApk: an image without an SSH server
+// gets one on first boot from the package manager /etc/os-release names.
+// The package manager is a stand-in (an "apk" script that installs dropbear
+// from a directory in the image): the test network has no Alpine mirror, and
+// what is under test is banger's detection and first-boot flow.
+func TestOCIFirstBootInstallsSSHServerFakeApk(t *testing.T) {
+	testutil.RequiresGuest(t)
+	art := guestArtifacts(t)
+	v := newVMEnv(t)
+	root := tinyTree(t, art.Rootfs)
+	os.MkdirAll(filepath.Join(root, "opt", "pkg"), 0o755)
+	if err := os.Rename(filepath.Join(root, "usr", "sbin", "dropbear"), filepath.Join(root, "opt", "pkg", "dropbear")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "etc", "os-release"), []byte("ID=alpine\nNAME=\"Alpine Linux\"\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "sbin", "apk"), []byte(`#!/bin/sh
+# test stand-in for Alpine's apk
+[ "$*" = "add --no-cache openssh-server" ] || { echo "fake apk: unexpected: $*" >&2; exit 1; }
+cp /opt/pkg/dropbear /usr/sbin/dropbear && echo "fake apk: installed openssh-server"
+`), 0o755)
+	base := tarTree(t, root, func(rel string) bool {
+		return rel == "etc/banger" || rel == "etc/inittab" || rel == "lost+found"
+	})
+	ref := pushImage(t, v, "e2e/nossh:v1", base)
+	v.must("image", "pull", ref, "--name", "nossh")
+	out := v.must("vm", "run", "--rm", "--image", "nossh", "--", "sh", "-c", "cat /run/banger/ssh-install.log; test -x /usr/sbin/dropbear && echo has-dropbear")
+	if !strings.Contains(out, "fake apk: installed openssh-server") || !strings.HasSuffix(out, "has-dropbear\n") {
+		t.Fatalf("first boot: %q", out)
 	}
 }
