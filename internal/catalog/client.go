@@ -48,6 +48,8 @@ type Client struct {
 	// PublicKeyPEM is the key the index signature must verify with; nil
 	// means updater.ReleasePublicKey().
 	PublicKeyPEM []byte
+	// KeyName names PublicKeyPEM in errors; "" means "the release key".
+	KeyName string
 	// MaxIndexBytes caps index.json; 0 means DefaultMaxIndexBytes.
 	MaxIndexBytes int64
 	// MaxUnpackedBytes caps the regular-file bytes one bundle unpacks to;
@@ -126,7 +128,11 @@ func (c *Client) FetchIndex(ctx context.Context, indexURL string, kind Kind) (*I
 	if err := updater.VerifyBlobSignatureWithKey(data, sig, c.publicKey()); err != nil {
 		switch {
 		case errors.Is(err, updater.ErrBadSignature):
-			return nil, refuse(ErrSignature, "catalog %s: signature does not verify with the release key (a mirror may have altered it); refusing", indexURL)
+			keyName := c.KeyName
+			if keyName == "" {
+				keyName = "the release key"
+			}
+			return nil, refuse(ErrSignature, "catalog %s: signature does not verify with %s (a mirror may have altered it); refusing", indexURL, keyName)
 		case errors.Is(err, updater.ErrMalformedSignature):
 			return nil, refuse(ErrSignature, "catalog %s: %s; refusing", indexURL,
 				strings.Replace(err.Error(), "signature over blob", "signature "+sigURL, 1))

@@ -17,6 +17,9 @@ import (
 func (s *Service) catalogClient() *catalog.Client {
 	s.catOnce.Do(func() {
 		s.cat = &catalog.Client{HTTP: s.HTTP, PublicKeyPEM: s.catalogKey}
+		if s.Catalog.PublicKeyFile != "" {
+			s.cat.KeyName = "the key in " + s.Catalog.PublicKeyFile
+		}
 	})
 	return s.cat
 }
