@@ -48,9 +48,6 @@ type plan struct {
 	Kernel        debPkg   `json:"kernel"`
 	Userland      []debPkg `json:"userland"`
 	Key           string   `json:"key"`
-	// Agent is banger's guest agent binary (empty: none), AgentSHA its hash.
-	Agent    string `json:"agent,omitempty"`
-	AgentSHA string `json:"agent_sha256,omitempty"`
 }
 
 // hostTools are the absolute paths of the host programs a build runs.
@@ -285,7 +282,7 @@ type resolveMemo struct {
 
 // makePlan pins the packages (from the memo when apt's state is unchanged)
 // and computes the cache key.
-func makePlan(ctx context.Context, root, kernelDeb, agent string) (plan, error) {
+func makePlan(ctx context.Context, root, kernelDeb string) (plan, error) {
 	var pl plan
 	memoPath := filepath.Join(root, "resolve.json")
 	fp := aptStateFingerprint()
@@ -320,18 +317,8 @@ func makePlan(ctx context.Context, root, kernelDeb, agent string) (plan, error) 
 			return pl, err
 		}
 	}
-	if agent != "" {
-		sum, err := fileSHA256(agent)
-		if err != nil {
-			return pl, fmt.Errorf("guest agent %s: %w", agent, err)
-		}
-		pl.Agent, pl.AgentSHA = agent, sum
-	}
 	h := sha256.New()
 	fmt.Fprintf(h, "recipe %s\n", recipeHash())
-	if pl.AgentSHA != "" {
-		fmt.Fprintf(h, "agent %s\n", pl.AgentSHA)
-	}
 	for _, p := range append([]debPkg{pl.Kernel}, pl.Userland...) {
 		fmt.Fprintf(h, "%s %s %s %s\n", p.Name, p.Version, p.Arch, p.SHA256)
 	}

@@ -374,13 +374,8 @@ func configureDebianTree(ctx context.Context, t debianTools, dir, key string, k 
 	do(r.symlink("etc/systemd/system/sysinit.target.wants/banger-boot.service", "/etc/systemd/system/banger-boot.service"))
 	do(r.symlink("etc/systemd/system/multi-user.target.wants/banger-ready.service", "/etc/systemd/system/banger-ready.service"))
 	do(r.file("etc/systemd/system/ssh.service.d/banger.conf", 0o644, debianFile("ssh-override.conf")))
-	if k.Agent != "" {
-		agent, err := os.ReadFile(k.Agent)
-		do(err)
-		do(r.file("usr/sbin/"+AgentName, 0o755, agent))
-		do(r.file("etc/systemd/system/banger-agent.service", 0o644, debianFile("banger-agent.service")))
-		do(r.symlink("etc/systemd/system/multi-user.target.wants/banger-agent.service", "/etc/systemd/system/banger-agent.service"))
-	}
+	do(r.file("etc/systemd/system/banger-agent.service", 0o644, debianFile("banger-agent.service")))
+	do(r.symlink("etc/systemd/system/multi-user.target.wants/banger-agent.service", "/etc/systemd/system/banger-agent.service"))
 	do(r.file("etc/systemd/system/serial-getty@ttyS0.service.d/banger.conf", 0o644, debianFile("serial-getty-override.conf")))
 	for _, u := range debianMasked {
 		do(r.symlink("etc/systemd/system/"+u, "/dev/null"))

@@ -40,39 +40,6 @@ type Options struct {
 	// KernelDeb, if set, is a local linux-image-*.deb used instead of the
 	// archive's linux-image-cloud-amd64 (like BANGER_KERNEL_DEB, which it overrides).
 	KernelDeb string
-	// AgentBinary is banger's guest agent (static), installed in the guest
-	// and started at boot; empty means FindAgent(). Its hash is part of the
-	// cache key.
-	AgentBinary string
-}
-
-// AgentBinEnv names the environment variable that points at the guest
-// agent binary.
-const AgentBinEnv = "BANGER_AGENT_BIN"
-
-// AgentName is the guest agent's file name, in the guest and on the host.
-const AgentName = "banger-agent"
-
-// FindAgent locates the guest agent: $BANGER_AGENT_BIN, beside the running
-// executable, or /usr/local/lib/banger. "" when there is none (guests are
-// then built without an agent, and 'vm ports' cannot answer).
-func FindAgent() string {
-	cands := []string{os.Getenv(AgentBinEnv)}
-	if exe, err := os.Executable(); err == nil {
-		cands = append(cands, filepath.Join(filepath.Dir(exe), AgentName))
-	}
-	cands = append(cands, "/usr/local/lib/banger/"+AgentName)
-	for _, c := range cands {
-		if c == "" {
-			continue
-		}
-		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
-			if abs, err := filepath.Abs(c); err == nil {
-				return abs
-			}
-		}
-	}
-	return ""
 }
 
 // Artifacts are the absolute paths of a published guest build.
@@ -83,7 +50,6 @@ type Artifacts struct {
 	Initrd        string // busybox initramfs loading the virtio modules (gzip'd newc cpio)
 	Rootfs        string // ext4 image: busybox + dropbear, the read-only base
 
-	Agent    string // the guest agent inside Dir ("" when built without one)
 	Dir      string // the published directory CacheDir/guest/<key>
 	Key      string // its name
 	Manifest string // manifest.json: packages, modules, compression, PVH entry
@@ -195,11 +161,7 @@ func Ensure(ctx context.Context, opts Options) (Artifacts, error) {
 		return Artifacts{}, fmt.Errorf("guestbuild: %w", err)
 	}
 	p := progress{opts.Progress}
-	agent := opts.AgentBinary
-	if agent == "" {
-		agent = FindAgent()
-	}
-	pl, err := makePlan(ctx, root, opts.KernelDeb, agent)
+	pl, err := makePlan(ctx, root, opts.KernelDeb)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Artifacts{}, ctx.Err()
@@ -238,15 +200,7 @@ func loadArtifacts(dir string) (Artifacts, error) {
 		Dir:           dir,
 		Key:           filepath.Base(dir),
 		Manifest:      filepath.Join(dir, fileManifest),
-		Agent:         existingFile(filepath.Join(dir, AgentName)),
 	}, nil
-}
-
-func existingFile(p string) string {
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-		return p
-	}
-	return ""
 }
 
 // published reports whether dir is a complete build.
@@ -507,21 +461,9 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	if err != nil {
 		return err
 	}
-	var agent []byte
-	if pl.Agent != "" {
-		if agent, err = os.ReadFile(pl.Agent); err != nil {
-			return fmt.Errorf("guest agent: %w", err)
-		}
-		if !isStaticELF(agent) {
-			return fmt.Errorf("guest agent %s is not a static ELF (build it with CGO_ENABLED=0)", pl.Agent)
-		}
-		if err := writeFileSync(filepath.Join(staging, AgentName), agent, 0o755); err != nil {
-			return err
-		}
-	}
 	tree := filepath.Join(work, "rootfs")
 	if err := buildRootfsTree(tree, rootfsInput{
-		kver: kver, key: pl.Key, busybox: busybox, applets: applets, debRoots: debRoots, mods: mods, agent: agent,
+		kver: kver, key: pl.Key, busybox: busybox, applets: applets, debRoots: debRoots, mods: mods,
 	}); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
@@ -533,7 +475,7 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	// 6. manifest, last
 	m := manifest{
 		Key: pl.Key, Recipe: recipeHash(), KernelVersion: kver, Compression: comp,
-		PVHEntry: fmt.Sprintf("%#x", entry), Kernel: pl.Kernel, Packages: pl.Userland, AgentSHA256: pl.AgentSHA,
+		PVHEntry: fmt.Sprintf("%#x", entry), Kernel: pl.Kernel, Packages: pl.Userland,
 		BuiltAt: time.Now().UTC(), RootfsSize: RootfsSize,
 		VmlinuxBytes: int64(len(vmlinux)),
 	}

@@ -104,7 +104,6 @@ type rootfsInput struct {
 	applets  []string // busybox --list-full: "bin/ls", "usr/sbin/ip", ...
 	debRoots map[string]string
 	mods     []kmodule
-	agent    []byte // banger's guest agent, or nil
 }
 
 // buildRootfsTree lays out busybox (applet symlinks), dropbear and the shared
@@ -174,17 +173,11 @@ func buildRootfsTree(dir string, in rootfsInput) error {
 	do(t.file("etc/fstab", 0o644, []byte("# banger guest: mounts are made by /etc/banger/rc.boot\n")))
 	do(t.file("etc/nsswitch.conf", 0o644, []byte("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")))
 	do(t.file("etc/profile", 0o644, mustScript("profile")))
-	inittab := mustScript("inittab")
-	if in.agent != nil {
-		do(t.file("usr/sbin/"+AgentName, 0o755, in.agent))
-		inittab = append(inittab, "::respawn:/etc/banger/agent\n"...)
-		do(t.file("etc/banger/agent", 0o755, mustScript("agent")))
-	}
-	do(t.file("etc/inittab", 0o644, inittab))
+	do(t.file("etc/inittab", 0o644, mustScript("inittab")))
 	do(t.symlink("etc/hosts", "/run/hosts"))
 	do(t.symlink("etc/resolv.conf", "/run/resolv.conf"))
 	do(t.symlink("etc/mtab", "/proc/mounts"))
-	for _, s := range []string{"rc.boot", "sshd", "ready", "console"} {
+	for _, s := range []string{"rc.boot", "sshd", "ready", "console", "agent"} {
 		do(t.file("etc/banger/"+s, 0o755, mustScript(s)))
 	}
 	do(t.file("etc/banger/release", 0o644, []byte(fmt.Sprintf("BANGER_GUEST_KEY=%s\nKERNEL_VERSION=%s\n", in.key, in.kver))))

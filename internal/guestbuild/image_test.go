@@ -85,20 +85,20 @@ func TestMakePlanMemoAndKey(t *testing.T) {
 		os.WriteFile(filepath.Join(root, "resolve.json"), b, 0o644)
 	}
 	write()
-	pl, err := makePlan(context.Background(), root, "", "")
+	pl, err := makePlan(context.Background(), root, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if pl.KernelVersion != memo.KernelVer || !strings.HasPrefix(pl.Key, "6.1.0-99-cloud-amd64-") {
 		t.Fatalf("plan from memo = %+v", pl)
 	}
-	again, _ := makePlan(context.Background(), root, "", "")
+	again, _ := makePlan(context.Background(), root, "")
 	if again.Key != pl.Key {
 		t.Errorf("key not stable: %s vs %s", again.Key, pl.Key)
 	}
 	memo.Userland[1].Version = "2" // e.g. a dropbear security update
 	write()
-	if changed, _ := makePlan(context.Background(), root, "", ""); changed.Key == pl.Key {
+	if changed, _ := makePlan(context.Background(), root, ""); changed.Key == pl.Key {
 		t.Error("key did not change with a package version")
 	}
 }
@@ -130,7 +130,7 @@ func TestMakePlanKernelDebEnv(t *testing.T) {
 	b, _ := json.Marshal(memo)
 	os.WriteFile(filepath.Join(root, "resolve.json"), b, 0o644)
 	t.Setenv(KernelDebEnv, deb)
-	pl, err := makePlan(context.Background(), root, "", "")
+	pl, err := makePlan(context.Background(), root, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestMakePlanKernelDebEnv(t *testing.T) {
 		t.Errorf("plan = %+v", pl)
 	}
 	t.Setenv(KernelDebEnv, filepath.Join(dir, "missing.deb"))
-	if _, err := makePlan(context.Background(), root, "", ""); err == nil || !strings.Contains(err.Error(), KernelDebEnv) {
+	if _, err := makePlan(context.Background(), root, ""); err == nil || !strings.Contains(err.Error(), KernelDebEnv) {
 		t.Errorf("missing deb: %v", err)
 	}
 }

@@ -26,7 +26,6 @@ const kitInitPath = "/.banger/init"
 type guestKit struct {
 	busybox []byte
 	applets []string
-	agent   []byte // banger's guest agent, when the built-in guest has one
 }
 
 // guestKit takes the static busybox out of the built-in guest's rootfs
@@ -61,11 +60,7 @@ func (s *Service) guestKit(ctx context.Context, progress io.Writer) (*guestKit, 
 		return nil, fmt.Errorf("busybox --list: %w", err)
 	}
 	k := &guestKit{busybox: data}
-	if art.Agent != "" {
-		if k.agent, err = os.ReadFile(art.Agent); err != nil {
-			return nil, fmt.Errorf("guest agent: %w", err)
-		}
-	}
+
 	for _, a := range strings.Fields(string(out)) {
 		if a != "busybox" && !strings.ContainsAny(a, "/\"\\") {
 			k.applets = append(k.applets, a)
@@ -90,11 +85,7 @@ func (k *guestKit) inject(t *oci.Tree) error {
 	if err := t.AddFile(kitInitPath, 0o755, kitInit); err != nil {
 		return err
 	}
-	if k.agent != nil {
-		if err := t.AddFile("/.banger/bin/banger-agent", 0o755, k.agent); err != nil {
-			return err
-		}
-	}
+
 	// Mount points the init needs, in case the image has none.
 	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/root", "/etc"} {
 		if !t.Has(d) {

@@ -58,6 +58,7 @@ type Service struct {
 	keyOnce    sync.Once
 	catalogKey []byte
 	keyErr     error
+	toolsOnce  sync.Once
 }
 
 // Resolved is what a VM boots from.

@@ -155,9 +155,21 @@ func (l *Local) PrepareDisks(ctx context.Context, r DisksReq) (resp DisksResp, e
 	if err := disk.MakeWorkDisk(ctx, r.WorkDisk, r.WorkDiskBytes, seed); err != nil {
 		return resp, fmt.Errorf("make work disk: %w", err)
 	}
-	for _, p := range []string{r.Rootfs, r.WorkDisk} {
+	if r.ToolsSource != "" {
+		if _, err := disk.CloneRootfs(r.ToolsSource, r.ToolsDisk); err != nil {
+			os.Remove(r.WorkDisk)
+			return resp, fmt.Errorf("tools disk: %w", err)
+		}
+	}
+	for _, p := range []string{r.Rootfs, r.WorkDisk, r.ToolsDisk} {
+		if p == "" {
+			continue
+		}
 		if err := l.chown(p); err != nil {
 			os.Remove(r.WorkDisk)
+			if r.ToolsDisk != "" {
+				os.Remove(r.ToolsDisk)
+			}
 			return resp, err
 		}
 	}
@@ -190,7 +202,7 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	pid, err := vmm.Launch(vmm.Spec{
 		ID: r.ID, Binary: r.Binary, APISock: r.APISock, PIDFile: r.PIDFile, SerialLog: r.SerialLog,
 		Kernel: r.Kernel, Initrd: r.Initrd, BootArgs: r.BootArgs, RootDrive: r.Rootfs, ExtraDrive: r.Drives,
-		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: r.VsockUDS,
+		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: r.VsockUDS, ReadOnlyDrive: r.ROdrives,
 	})
 	if err != nil {
 		return LaunchResp{}, err

@@ -88,6 +88,10 @@ type DisksReq struct {
 	WorkDiskBytes int64  `json:"work_disk_bytes"`
 	AuthorizedKey string `json:"authorized_key"`
 	WorkSeed      string `json:"work_seed,omitempty"` // tar of the image's /root, copied into the work disk
+	// ToolsSource is banger's tools disk (the guest agent), copied to
+	// ToolsDisk in the VM dir; both empty when there is none.
+	ToolsSource string `json:"tools_source,omitempty"`
+	ToolsDisk   string `json:"tools_disk,omitempty"`
 }
 
 // DisksResp says how the root disk was made.
@@ -117,6 +121,7 @@ type LaunchReq struct {
 	VCPU      int64    `json:"vcpu"`
 	MemMiB    int64    `json:"mem_mib"`
 	VsockUDS  string   `json:"vsock_uds,omitempty"` // the guest agent's socket, in the VM dir
+	ROdrives  []string `json:"ro_drives,omitempty"` // read-only drives after Drives (the tools disk)
 }
 
 // LaunchResp is the VMM's pid.
@@ -229,6 +234,17 @@ func (p Policy) ValidateDisks(r DisksReq) error {
 			return err
 		}
 	}
+	if (r.ToolsSource == "") != (r.ToolsDisk == "") {
+		return bad("tools source and tools disk go together")
+	}
+	if r.ToolsSource != "" {
+		if err := p.file("tools source", r.ToolsSource); err != nil {
+			return err
+		}
+		if filepath.Dir(r.ToolsDisk) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(r.ToolsDisk)) {
+			return bad("tools disk %q must be a file directly inside the vm dir %s", r.ToolsDisk, r.VMDir)
+		}
+	}
 	if r.WorkDiskBytes < 64<<20 || r.WorkDiskBytes > 2<<40 {
 		return bad("work disk size %d is out of range (64 MiB - 2 TiB)", r.WorkDiskBytes)
 	}
@@ -271,6 +287,11 @@ func (p Policy) ValidateLaunch(r LaunchReq) error {
 	}
 	if r.VsockUDS != "" {
 		if err := p.under("vsock socket", r.VsockUDS, p.VMsDir); err != nil {
+			return err
+		}
+	}
+	for _, d := range r.ROdrives {
+		if err := p.under("read-only drive", d, p.VMsDir); err != nil {
 			return err
 		}
 	}

@@ -73,12 +73,48 @@ func TestLaunchValidation(t *testing.T) {
 		{"vcpu 0", func(r *LaunchReq) { r.VCPU = 0 }, "vcpu"},
 		{"tiny memory", func(r *LaunchReq) { r.MemMiB = 1 }, "memory"},
 		{"global mac", func(r *LaunchReq) { r.MAC = "00:11:22:33:44:55" }, "mac"},
+		{"vsock socket outside the vms dir", func(r *LaunchReq) { r.VsockUDS = filepath.Join(outside, "v.sock") }, "vsock socket"},
+		{"read-only drive outside the vms dir", func(r *LaunchReq) { r.ROdrives = []string{filepath.Join(outside, "k")} }, "read-only drive"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := goodLaunch(p, root)
 			c.mut(&r)
 			isBadRequest(t, p.ValidateLaunch(r), c.want)
+		})
+	}
+}
+
+func TestDisksValidation(t *testing.T) {
+	p, root := testPolicy(t)
+	d := filepath.Join(p.VMsDir, "abc")
+	tools := filepath.Join(root, "state", "tools.ext4")
+	os.WriteFile(tools, []byte("x"), 0o600)
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "seed.tar"), []byte("x"), 0o600)
+	good := func() DisksReq {
+		return DisksReq{VMDir: d, BaseRootfs: filepath.Join(root, "state", "images", "tiny", "rootfs.ext4"), Rootfs: filepath.Join(d, "rootfs.ext4"),
+			WorkDisk: filepath.Join(d, "work.ext4"), WorkDiskBytes: 128 << 20, AuthorizedKey: "ssh-ed25519 AAAAC3Nz banger\n",
+			ToolsSource: tools, ToolsDisk: filepath.Join(d, "tools.ext4")}
+	}
+	if err := p.ValidateDisks(good()); err != nil {
+		t.Fatalf("good request refused: %v", err)
+	}
+	cases := []struct {
+		name string
+		mut  func(*DisksReq)
+		want string
+	}{
+		{"work seed outside banger's dirs", func(r *DisksReq) { r.WorkSeed = filepath.Join(outside, "seed.tar") }, "work seed"},
+		{"tools source outside banger's dirs", func(r *DisksReq) { r.ToolsSource = filepath.Join(outside, "seed.tar") }, "tools source"},
+		{"tools disk outside the vm dir", func(r *DisksReq) { r.ToolsDisk = filepath.Join(p.VMsDir, "tools.ext4") }, "tools disk"},
+		{"tools disk without a source", func(r *DisksReq) { r.ToolsSource = "" }, "go together"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := good()
+			c.mut(&r)
+			isBadRequest(t, p.ValidateDisks(r), c.want)
 		})
 	}
 }

@@ -214,9 +214,18 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.
 	st.did("vm dir", func() error {
 		return s.Ops.RemoveVMDir(context.Background(), privops.VMDirReq{VMDir: dir.Path()})
 	})
+	tools, err := s.Images.ToolsDisk(ctx)
+	if err != nil {
+		log.Warn("VM boots without the guest agent", "error", err)
+	}
+	toolsDisk := ""
+	if tools != "" {
+		toolsDisk = dir.ToolsDisk()
+	}
 	dr, err := s.Ops.PrepareDisks(ctx, privops.DisksReq{
 		VMDir: dir.Path(), BaseRootfs: res.Image.Rootfs, Rootfs: dir.Rootfs(), WorkDisk: dir.WorkDisk(),
 		WorkDiskBytes: diskBytes, AuthorizedKey: s.authKey, WorkSeed: res.WorkSeed,
+		ToolsSource: tools, ToolsDisk: toolsDisk,
 	})
 	if err != nil {
 		st.unwind()
@@ -304,7 +313,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		ID: rec.ID, Binary: s.VMM.Binary, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(),
 		Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec, res), Rootfs: dir.Rootfs(),
 		Drives: []string{dir.WorkDisk()}, Tap: tap, MAC: rec.Runtime.MAC, VCPU: int64(rec.VCPU), MemMiB: int64(rec.MemoryMiB),
-		VsockUDS: dir.AgentSock(),
+		VsockUDS: dir.AgentSock(), ROdrives: existingFiles(dir.ToolsDisk()),
 	})
 	if err != nil {
 		st.unwind()
@@ -841,4 +850,16 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 			}
 		}
 	}
+}
+
+// existingFiles keeps the paths that exist (a VM made before banger had a
+// tools disk has none).
+func existingFiles(paths ...string) []string {
+	var out []string
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }

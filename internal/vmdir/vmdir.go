@@ -31,6 +31,10 @@ func (d Dir) WorkDisk() string { return filepath.Join(string(d), "work.ext4") }
 // APISock is the VMM's API socket.
 func (d Dir) APISock() string { return filepath.Join(string(d), "api.sock") }
 
+// ToolsDisk is the VM's copy of banger's read-only tools disk (/dev/vdc:
+// the guest agent).
+func (d Dir) ToolsDisk() string { return filepath.Join(string(d), "tools.ext4") }
+
 // AgentSock is the host side of the guest's vsock (Firecracker's uds_path),
 // where banger's guest agent is reached.
 func (d Dir) AgentSock() string { return filepath.Join(string(d), "agent.sock") }

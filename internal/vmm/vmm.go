@@ -48,6 +48,8 @@ type Spec struct {
 	BootArgs   string
 	RootDrive  string
 	ExtraDrive []string // vdb, vdc, ...
+	// ReadOnlyDrive follow ExtraDrive, attached read-only.
+	ReadOnlyDrive []string
 	Tap        string
 	MAC        string
 	VCPU       int64
@@ -87,6 +89,9 @@ func Launch(spec Spec) (pid int, err error) {
 	drives := firecracker.NewDrivesBuilder(spec.RootDrive)
 	for _, d := range spec.ExtraDrive {
 		drives = drives.AddDrive(d, false)
+	}
+	for _, d := range spec.ReadOnlyDrive {
+		drives = drives.AddDrive(d, true)
 	}
 	fwd := spec.ForwardSignals
 	if fwd == nil {

@@ -139,8 +139,8 @@ func (e *env) run1(bin string, args ...string) result {
 func (e *env) banger(args ...string) result  { return e.run1("banger", args...) }
 func (e *env) bangerd(args ...string) result { return e.run1("bangerd", args...) }
 
-// guestOpts builds guest artifacts as the test's daemon will look for them:
-// in the shared test cache, with the guest agent built beside bangerd.
+// guestOpts builds guest artifacts where the test's daemon looks for them:
+// the shared test cache.
 func guestOpts() guestbuild.Options {
-	return guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger"), AgentBinary: filepath.Join(binDir, "banger-agent")}
+	return guestbuild.Options{CacheDir: filepath.Join(testutil.CacheDir(), "xdg", "banger")}
 }

@@ -172,7 +172,7 @@ func setup() (int, error) {
 	// Debian archive); each scenario copies them into its system's cache.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	a, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: guestCache(), AgentBinary: filepath.Join(art.bin, "banger-agent")})
+	a, err := guestbuild.Ensure(ctx, guestbuild.Options{CacheDir: guestCache()})
 	if err != nil {
 		return 0, err
 	}

@@ -55,6 +55,12 @@ if [ -b /dev/vdb ]; then
 	fi
 fi
 
+# banger's tools disk: /dev/vdc (ext4, read-only) holds the guest agent.
+if [ -b /dev/vdc ]; then
+	mkdir -p /run/banger-tools
+	mount -t ext4 -o ro /dev/vdc /run/banger-tools || say "BANGER-WARN cannot mount the tools disk /dev/vdc"
+fi
+
 # Hostname, /etc/hosts and /etc/resolv.conf (both symlinks into /run).
 [ -n "$name" ] || name=$(cat /etc/hostname 2>/dev/null)
 [ -n "$name" ] || name=banger
