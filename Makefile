@@ -7,9 +7,9 @@ VERSION  ?= $(shell git describe --tags --exact-match 2>/dev/null || echo dev)
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BUILT_AT ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/banger-dev/banger/internal/buildinfo
-LDFLAGS  := -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).BuiltAt=$(BUILT_AT)
+LDFLAGS  := -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).BuiltAt=$(BUILT_AT) -X github.com/banger-dev/banger/internal/agent.Version=$(VERSION)
 BIN      := build/bin
-BINARIES := banger bangerd $(notdir $(wildcard cmd/banger-vmm))
+BINARIES := banger bangerd banger-vmm banger-agent
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: help deps build run test test-short smoke lint fmt bench clean
@@ -22,12 +22,10 @@ deps: ## install the Debian packages banger and its tests need (root; idempotent
 
 build: ## build every binary into build/bin with build info stamped
 	@mkdir -p $(BIN)
+	@# Static (CGO_ENABLED=0) like release builds: banger-agent runs inside guests.
 	@for b in $(BINARIES); do \
-		$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/$$b ./cmd/$$b || exit 1; \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/$$b ./cmd/$$b || exit 1; \
 	done
-	@# The guest agent: static, and unstamped so its hash (part of the guest
-	@# image cache key) changes only with its code.
-	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/banger-agent ./cmd/banger-agent
 	@$(BIN)/banger --version
 
 run: deps build ## the main job: set up, start the daemon, show it

@@ -392,10 +392,13 @@ func (o *Options) binaries(ctx context.Context, work string) (map[string]string,
 	return out, nil
 }
 
+// agentPkg holds the guest agent's version variable.
+const agentPkg = "github.com/banger-dev/banger/internal/agent"
+
 // BuildArgs is the `go` argv that builds one release binary.
 func BuildArgs(version, commit string, builtAt time.Time, cover bool, out, name string) []string {
-	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=%s",
-		buildinfoPkg, version, buildinfoPkg, commit, buildinfoPkg, builtAt.UTC().Format(time.RFC3339))
+	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=%s -X %s.Version=%s",
+		buildinfoPkg, version, buildinfoPkg, commit, buildinfoPkg, builtAt.UTC().Format(time.RFC3339), agentPkg, version)
 	args := []string{"build", "-trimpath", "-buildvcs=false"}
 	if cover {
 		args = append(args, "-cover")

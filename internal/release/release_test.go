@@ -298,7 +298,7 @@ func TestBuildArgs(t *testing.T) {
 	at := time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)
 	got := release.BuildArgs("v1.2.3", "abc", at, true, "/o/banger", "banger")
 	want := []string{"build", "-trimpath", "-buildvcs=false", "-cover", "-ldflags",
-		"-X github.com/banger-dev/banger/internal/buildinfo.Version=v1.2.3 -X github.com/banger-dev/banger/internal/buildinfo.Commit=abc -X github.com/banger-dev/banger/internal/buildinfo.BuiltAt=2026-11-25T20:00:00Z",
+		"-X github.com/banger-dev/banger/internal/buildinfo.Version=v1.2.3 -X github.com/banger-dev/banger/internal/buildinfo.Commit=abc -X github.com/banger-dev/banger/internal/buildinfo.BuiltAt=2026-11-25T20:00:00Z -X github.com/banger-dev/banger/internal/agent.Version=v1.2.3",
 		"-o", "/o/banger", "./cmd/banger"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("BuildArgs =\n%q\nwant\n%q", got, want)

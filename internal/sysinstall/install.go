@@ -21,21 +21,15 @@ import (
 
 // Binaries installed, and where: name → directory key ("bin" or "lib").
 var Binaries = []struct{ Name, Dir string }{
+	{"banger-agent", "lib"}, // goes onto VMs' tools disks
 	{"banger-vmm", "lib"},
 	{"bangerd", "bin"},
 	{"banger", "bin"}, // the CLI last: an interrupted swap leaves the old CLI able to repair
 }
 
-// OptionalBinaries are installed when the source directory has them and
-// removed by uninstall; updates leave them alone (release tarballs carry
-// only Binaries). The guest agent goes into guest images the daemon builds.
-var OptionalBinaries = []struct{ Name, Dir string }{
-	{"banger-agent", "lib"},
-}
-
 // Path is where binary name is installed.
 func (l Layout) Path(name string) string {
-	for _, b := range append(Binaries[:len(Binaries):len(Binaries)], OptionalBinaries...) {
+	for _, b := range Binaries {
 		if b.Name == name && b.Dir == "lib" {
 			return filepath.Join(l.LibDir, name)
 		}
@@ -151,11 +145,8 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 		backups = append(backups, b)
 		return WriteFileAtomic(path, data, mode)
 	}
-	for _, b := range append(OptionalBinaries[:len(OptionalBinaries):len(OptionalBinaries)], Binaries...) { // the CLI still last
+	for _, b := range Binaries {
 		data, err := os.ReadFile(filepath.Join(srcDir, b.Name))
-		if errors.Is(err, os.ErrNotExist) && isOptional(b.Name) {
-			continue
-		}
 		if err != nil {
 			return err
 		}
@@ -263,7 +254,7 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) error {
 		}
 	}
 	_ = in.Systemd.Systemctl(ctx, "daemon-reload")
-	for _, b := range append(Binaries[:len(Binaries):len(Binaries)], OptionalBinaries...) {
+	for _, b := range Binaries {
 		p := in.Layout.Path(b.Name)
 		for _, q := range []string{p, p + ".previous"} {
 			if err := os.Remove(q); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -283,13 +274,4 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func isOptional(name string) bool {
-	for _, b := range OptionalBinaries {
-		if b.Name == name {
-			return true
-		}
-	}
-	return false
 }

@@ -14,7 +14,7 @@ const (
 // Layout is where an install puts things.
 type Layout struct {
 	BinDir   string // /usr/local/bin: banger, bangerd
-	LibDir   string // /usr/local/lib/banger: banger-vmm
+	LibDir   string // /usr/local/lib/banger: banger-vmm, banger-agent
 	UnitDir  string // /etc/systemd/system
 	MetaPath string // /etc/banger/install.toml
 }

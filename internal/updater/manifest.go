@@ -24,7 +24,7 @@ const Platform = "linux-amd64"
 
 // ReleaseBinaries is the exact set of files a release tarball holds, in the
 // order the release builder writes them.
-var ReleaseBinaries = []string{"banger", "bangerd", "banger-vmm"}
+var ReleaseBinaries = []string{"banger", "bangerd", "banger-vmm", "banger-agent"}
 
 // Size caps on everything fetched. Variables only so tests can read them.
 var (

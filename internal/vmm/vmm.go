@@ -50,10 +50,10 @@ type Spec struct {
 	ExtraDrive []string // vdb, vdc, ...
 	// ReadOnlyDrive follow ExtraDrive, attached read-only.
 	ReadOnlyDrive []string
-	Tap        string
-	MAC        string
-	VCPU       int64
-	MemMiB     int64
+	Tap           string
+	MAC           string
+	VCPU          int64
+	MemMiB        int64
 	// VsockUDS, if set, gives the guest a vsock device whose host side is
 	// this Unix socket (Firecracker's hybrid vsock; banger-vmm carries it
 	// over virtio-serial). banger's guest agent answers on it.

@@ -48,23 +48,14 @@ func repoRoot() string {
 func buildBinaries(dir, version, commit string) error {
 	pkg := "github.com/banger-dev/banger/internal/buildinfo"
 	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=2026-11-25T20:00:00Z", pkg, version, pkg, commit, pkg)
-	bins := []string{"banger", "bangerd", "banger-release"}
-	if _, err := os.Stat(filepath.Join(repoRoot(), "cmd", "banger-vmm")); err == nil {
-		bins = append(bins, "banger-vmm")
-	}
-	for _, b := range bins {
+	// Static, as 'make build' and releases make them (banger-agent runs in guests).
+	for _, b := range []string{"banger", "bangerd", "banger-release", "banger-vmm", "banger-agent"} {
 		cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", filepath.Join(dir, b), "./cmd/"+b)
 		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %v\n%s", b, err, out)
 		}
-	}
-	// The guest agent, as 'make build' makes it (static, unstamped).
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "banger-agent"), "./cmd/banger-agent")
-	cmd.Dir = repoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build banger-agent: %v\n%s", err, out)
 	}
 	return nil
 }
