@@ -101,7 +101,7 @@ func run(dir string, env []string, name string, args ...string) error {
 
 func build(out, version, fault string, cover bool) error {
 	pkg := "github.com/banger-dev/banger/internal/buildinfo"
-	ld := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=5m0ke00000000000000000000000000000000000 -X %s.BuiltAt=2026-11-25T00:00:00Z", pkg, version, pkg, pkg)
+	ld := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=5m0ke00000000000000000000000000000000000 -X %s.BuiltAt=2026-11-25T00:00:00Z -X github.com/banger-dev/banger/internal/agent.Version=%s", pkg, version, pkg, pkg, version)
 	if fault != "" {
 		ld += fmt.Sprintf(" -X %s.SmokeFault=%s", pkg, fault)
 	}

@@ -195,6 +195,9 @@ func scUpdateKeepsVMAlive(t *testing.T) {
 	h.serveReleases()
 	h.mustBanger("vm", "create", "--name", "alive")
 	b := h.mustBootID("alive")
+	if v := h.agentVersion("alive"); v != baseVersion {
+		t.Fatalf("guest agent of alive: %q, want %s", v, baseVersion)
+	}
 	out := h.mustBanger(h.updateArgs("--to", goodVersion)...)
 	if !strings.Contains(out, "updated "+baseVersion+" → "+goodVersion) {
 		t.Fatalf("update: %s", out)
@@ -216,6 +219,29 @@ func scUpdateKeepsVMAlive(t *testing.T) {
 	if out := h.sh("ls /usr/local/bin /usr/local/lib/banger"); strings.Contains(out, ".previous") {
 		t.Fatalf(".previous files left: %s", out)
 	}
+	// The update's agent reaches a new VM on its tools disk (no image was
+	// rebuilt); the running VM keeps the agent it booted with.
+	h.mustBanger("vm", "create", "--name", "fresh")
+	if v := h.agentVersion("fresh"); v != goodVersion {
+		t.Fatalf("guest agent of a VM made after the update: %q, want %s", v, goodVersion)
+	}
+	if v := h.agentVersion("alive"); v != baseVersion {
+		t.Fatalf("guest agent of alive after the update: %q, want %s", v, baseVersion)
+	}
+}
+
+// agentVersion asks vm ports (as the owner, through the daemon and the VM's
+// agent socket) which agent answers in vm, checking it lists the guest's sshd.
+func (h *host) agentVersion(vm string) string {
+	h.t.Helper()
+	var res []api.VMPorts
+	if err := json.Unmarshal([]byte(h.mustBanger("vm", "ports", vm, "--json")), &res); err != nil {
+		h.t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Error != "" || len(res[0].Listeners) == 0 || res[0].Listeners[0].Port != 22 {
+		h.t.Fatalf("vm ports %s: %+v", vm, res)
+	}
+	return res[0].Agent
 }
 
 func scUpdateRollbackKeepsVMAlive(t *testing.T) {
