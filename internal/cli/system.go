@@ -13,6 +13,8 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/sysinstall"
 	"github.com/spf13/cobra"
@@ -31,11 +33,17 @@ daemon, running as the owner user) and bangerd-root.service (the root helper).
 Restarting either never stops a running VM.`,
 	}
 	var owner string
+	var noImage bool
 	install := &cobra.Command{
-		Use:   "install --owner USER",
+		Use:   "install --owner USER [--no-image]",
 		Short: "Install the binaries and units, start both services and wait until they answer",
+		Long: `Install banger as a system service for USER, then build the default image
+(default_image, normally debian-bookworm) from the Debian archive: building it
+needs root (mmdebstrap), which the owner's daemon does not have. --no-image
+skips that; a failed build only warns.`,
 		Example: `  sudo banger system install --owner "$USER"
-  sudo ./build/bin/banger system install --owner alice   # from a source build`,
+  sudo ./build/bin/banger system install --owner alice   # from a source build
+  sudo banger system install --owner alice --no-image  # build the image later`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if owner == "" {
@@ -46,10 +54,17 @@ Restarting either never stops a running VM.`,
 				return err
 			}
 			exe, _ = filepath.EvalSymlinks(exe)
-			return a.installer().Install(cmd.Context(), owner, filepath.Dir(exe))
+			if err := a.installer().Install(cmd.Context(), owner, filepath.Dir(exe)); err != nil {
+				return err
+			}
+			if !noImage {
+				a.buildSystemImage(cmd.Context())
+			}
+			return nil
 		},
 	}
 	install.Flags().StringVar(&owner, "owner", "", "the user who owns banger's daemon, VMs and state")
+	install.Flags().BoolVar(&noImage, "no-image", false, "do not build the default image now")
 
 	var asJSON bool
 	status := &cobra.Command{
@@ -209,4 +224,31 @@ func systemStatus(ctx context.Context) SystemStatus {
 		st.Units = append(st.Units, us)
 	}
 	return st
+}
+
+// buildSystemImage builds the system's default image as root (mmdebstrap
+// needs it; the owner's daemon and the narrow root helper cannot) and hands
+// the cache to the owner. A failure only warns: VMs can still use tiny.
+func (a *app) buildSystemImage(ctx context.Context) {
+	l := paths.SystemLayout()
+	name := config.Default().DefaultImage
+	if cfg, err := a.loadConfig(l); err == nil {
+		name = cfg.DefaultImage
+	}
+	build := map[string]func(context.Context, guestbuild.Options) (guestbuild.Artifacts, error){
+		"tiny": guestbuild.Ensure, "debian-bookworm": guestbuild.EnsureDebian,
+	}[name]
+	if build == nil {
+		return // not a built-in image: pulled or registered by the owner
+	}
+	fmt.Fprintf(a.stdout, "building the default image %s (Debian archive; about a minute, once) ...\n", name)
+	art, err := build(ctx, guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
+	if err == nil {
+		err = giveCacheToOwner(l)
+	}
+	if err != nil {
+		a.printError(fmt.Errorf("warning: the default image %s was not built (%v); build it later with 'sudo banger internal build-guest --image %s', or use --image tiny", name, err, name))
+		return
+	}
+	fmt.Fprintf(a.stdout, "default image %s ready (%s)\n", name, art.Key)
 }

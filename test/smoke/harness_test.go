@@ -220,7 +220,7 @@ func newHost(t *testing.T, binDir string) *host {
 	// A small-VM config.
 	h.write("/etc/banger/config.toml", "default_image = \"tiny\"\n\n[vm_defaults]\nmemory_mib = 256\ndisk_size = \"128M\"\n")
 	inside := "/mnt/smoke/" + mustRel(binDir)
-	h.must(inside+"/banger", "system", "install", "--owner", owner)
+	h.must(inside+"/banger", "system", "install", "--owner", owner, "--no-image") // the guest cache is seeded above
 	t.Cleanup(func() {
 		if t.Failed() {
 			h.dumpDiagnostics()

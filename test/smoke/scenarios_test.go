@@ -122,6 +122,16 @@ func scSystemInstall(t *testing.T) {
 	if u := strings.TrimSpace(h.sh("ps -o user= -p $(systemctl show -P MainPID bangerd.service)")); u != owner {
 		t.Errorf("bangerd runs as %q", u)
 	}
+	// Without --no-image, install builds the default image as root (tiny here,
+	// from the seeded cache) and hands the guest cache to the owner.
+	out = h.must("/mnt/smoke/"+mustRel(art.bin)+"/banger", "system", "install", "--owner", owner)
+	if !strings.Contains(out, "default image tiny ready") {
+		t.Errorf("install did not build the default image:\n%s", out)
+	}
+	if u := strings.TrimSpace(h.sh("stat -c %U /var/cache/banger/guest")); u != owner {
+		t.Errorf("/var/cache/banger/guest belongs to %q, want %s", u, owner)
+	}
+	h.mustBanger("vm", "run", "--rm", "--", "true")
 }
 
 func scUpdateCheck(t *testing.T) {
