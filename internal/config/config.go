@@ -34,6 +34,12 @@ type Config struct {
 	DefaultImage string `toml:"default_image" json:"default_image"`
 	// SSHKeyPath is banger's SSH private key; empty means <state>/ssh/id_ed25519.
 	SSHKeyPath string `toml:"ssh_key_path" json:"ssh_key_path"`
+	// DNSListen is where the daemon answers <name>.vm (UDP and TCP); empty
+	// turns the .vm DNS server off.
+	DNSListen string `toml:"dns_listen" json:"dns_listen"`
+	// GuestDNS are the nameservers guests use; empty means the host's
+	// non-loopback resolvers (never 127.0.0.53, which guests cannot reach).
+	GuestDNS []string `toml:"guest_dns" json:"guest_dns"`
 	// VMDefaults are the resources of a VM created without flags.
 	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
 	// Catalog is where images and kernels are pulled from by name.
@@ -65,6 +71,7 @@ func Default() Config {
 		BridgeName:   "banger0",
 		CIDR:         "172.30.0.0/24",
 		DefaultImage: "debian-bookworm",
+		DNSListen:    "127.0.0.1:42069",
 		VMDefaults:   VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "1G"},
 	}
 }
@@ -186,6 +193,16 @@ func (c *Config) validate() error {
 	}
 	if !nameRE.MatchString(c.DefaultImage) {
 		return bad("default_image", "%q is not a valid image name", c.DefaultImage)
+	}
+	if c.DNSListen != "" {
+		if ap, err := netip.ParseAddrPort(c.DNSListen); err != nil || ap.Port() == 0 {
+			return bad("dns_listen", "%q must be IP:PORT, like 127.0.0.1:42069 (or \"\" to turn the .vm DNS off)", c.DNSListen)
+		}
+	}
+	for _, d := range c.GuestDNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() || a.IsLoopback() {
+			return bad("guest_dns", "%q must be a non-loopback IPv4 address a guest can reach", d)
+		}
 	}
 	if c.SSHKeyPath != "" && !filepath.IsAbs(c.SSHKeyPath) && !strings.HasPrefix(c.SSHKeyPath, "~/") {
 		return bad("ssh_key_path", "%q must be absolute or start with ~/", c.SSHKeyPath)

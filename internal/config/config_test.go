@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -21,7 +22,7 @@ func TestMissingFileGivesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Config != Default() {
+	if !reflect.DeepEqual(l.Config, Default()) {
 		t.Fatalf("got %+v", l.Config)
 	}
 	for _, e := range l.Entries {
@@ -62,6 +63,10 @@ func TestRefusals(t *testing.T) {
 		{"bad bridge", "bridge_name = \"eth0\"\n", `:1: key "bridge_name"`},
 		{"bad size", "[vm_defaults]\n\ndisk_size = \"lots\"\n", `:3: key "vm_defaults.disk_size"`},
 		{"syntax", "log_level = \n", `:1:`},
+		{"bad dns listen", "dns_listen = \"localhost\"\n", `:1: key "dns_listen"`},
+		{"loopback guest dns", "guest_dns = [\"127.0.0.53\"]\n", `:1: key "guest_dns": "127.0.0.53" must be a non-loopback`},
+		{"catalog url not http", "[catalog]\nimage_url = \"ftp://x/index.json\"\n", `:2: key "catalog.image_url"`},
+		{"relative catalog key", "[catalog]\npublic_key_file = \"key.pub\"\n", `:2: key "catalog.public_key_file"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -31,6 +31,7 @@ import (
 	"github.com/banger-dev/banger/internal/safesock"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/vmdns"
 	"golang.org/x/sys/unix"
 )
 
@@ -173,6 +174,10 @@ func (d *Daemon) wire() error {
 	d.vms = &vm.Service{
 		Store: d.store, Images: d.images, Ops: d.ops, Layout: d.layout, Config: d.cfg.Config, Log: d.log,
 		VMM: d.vmm, KeyPath: keyPath, KnownHosts: guestssh.OpenKnownHosts(filepath.Join(d.layout.SSHDir(), "known_hosts")),
+		GuestDNS: d.cfg.GuestDNS,
+	}
+	if len(d.vms.GuestDNS) == 0 {
+		d.vms.GuestDNS = vmdns.HostResolvers()
 	}
 	return d.vms.Init()
 }
@@ -220,6 +225,16 @@ func (d *Daemon) run() int {
 		d.log.Info("vmm", "binary", d.vmm.Binary, "kind", d.vmm.Kind, "why", d.vmm.Reason)
 	}
 	d.images.CleanStaging()
+	if d.cfg.DNSListen != "" {
+		dnsSrv := &vmdns.Server{Lookup: d.vms.LookupIP}
+		if err := dnsSrv.ListenAndServe(d.cfg.DNSListen); err != nil {
+			d.log.Warn("the .vm DNS server is off", "listen", d.cfg.DNSListen, "error", err)
+		} else {
+			d.log.Info(".vm DNS server", "listen", d.cfg.DNSListen)
+			defer dnsSrv.Shutdown()
+		}
+	}
+	d.log.Info("guest DNS", "nameservers", strings.Join(d.vms.GuestDNS, ","))
 	d.vms.Reconcile(ctx)
 	go d.vms.Monitor(ctx, d.helperID)
 	sigs := make(chan os.Signal, 2)

@@ -12,8 +12,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +49,9 @@ type Service struct {
 	Config config.Config
 	Log    *slog.Logger
 	VMM    VMMChoice
+
+	// GuestDNS are the nameservers passed to guests (banger.dns=).
+	GuestDNS []string
 
 	KeyPath    string
 	signer     ssh.Signer
@@ -270,6 +275,9 @@ func (s *Service) bootArgs(rec store.VMRecord, res image.Resolved) string {
 	gw := gateway(s.Config.Network())
 	args := fmt.Sprintf("console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet banger.ip=%s/%d banger.gw=%s banger.hostname=%s",
 		rec.GuestIP, gw.Bits(), gw.Addr(), rec.Name)
+	if len(s.GuestDNS) > 0 {
+		args += " banger.dns=" + strings.Join(s.GuestDNS, ",")
+	}
 	if init := res.Init(); init != "" {
 		args += " init=" + init
 	}
@@ -862,4 +870,14 @@ func existingFiles(paths ...string) []string {
 		}
 	}
 	return out
+}
+
+// LookupIP is the guest address of the VM named name (the .vm DNS answer).
+func (s *Service) LookupIP(ctx context.Context, name string) (netip.Addr, bool) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(rec.GuestIP)
+	return a, err == nil
 }

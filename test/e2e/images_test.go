@@ -31,6 +31,18 @@ func listenInNS(t *testing.T, ns string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	var err error
+	inNS(t, ns, func() { ln, err = net.Listen("tcp", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatalf("listen in netns %s: %v", ns, err)
+	}
+	return ln
+}
+
+// inNS runs fn on a thread inside network namespace ns (sockets it opens
+// live there); the thread is discarded afterwards.
+func inNS(t *testing.T, ns string, fn func()) {
+	t.Helper()
+	var err error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -44,13 +56,12 @@ func listenInNS(t *testing.T, ns string) net.Listener {
 		if err = netns.Set(h); err != nil {
 			return
 		}
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		fn()
 	}()
 	<-done
 	if err != nil {
-		t.Fatalf("listen in netns %s: %v", ns, err)
+		t.Fatalf("enter netns %s: %v", ns, err)
 	}
-	return ln
 }
 
 func serve(t *testing.T, ln net.Listener, h http.Handler) {

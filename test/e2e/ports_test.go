@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/banger-dev/banger/internal/api"
 )
@@ -13,6 +17,8 @@ import (
 // both list their SSH server; one also a web server started for the test.
 func TestVMPorts(t *testing.T) {
 	v := newVMEnv(t)
+	cfg, _ := os.ReadFile(v.configFile())
+	os.WriteFile(v.configFile(), append([]byte("guest_dns = [\"172.30.0.1\", \"10.9.8.7\"]\n"), cfg...), 0o600)
 	v.must("vm", "create", "--name", "pa")
 	v.must("vm", "create", "--name", "pb")
 	v.must("vm", "exec", "pa", "--", "sh", "-c", "mkdir -p /tmp/www && httpd -p 8080 -h /tmp/www")
@@ -48,6 +54,35 @@ func TestVMPorts(t *testing.T) {
 	if find(res[1], 8080) != nil {
 		t.Fatalf("pb lists pa's port: %+v", res[1].Listeners)
 	}
+	// <name>.vm resolves through the daemon's DNS server (queried inside the
+	// test's netns, where the daemon runs); other names are refused.
+	pa := v.show("pa")
+	var answer, other *dns.Msg
+	var qerr error
+	inNS(t, v.ns, func() {
+		c := &dns.Client{Timeout: 2 * time.Second}
+		m := new(dns.Msg)
+		m.SetQuestion("pa.vm.", dns.TypeA)
+		if answer, _, qerr = c.Exchange(m, "127.0.0.1:42069"); qerr != nil {
+			return
+		}
+		m.SetQuestion("example.com.", dns.TypeA)
+		other, _, qerr = c.Exchange(m, "127.0.0.1:42069")
+	})
+	if qerr != nil {
+		t.Fatalf("dns: %v", qerr)
+	}
+	if len(answer.Answer) != 1 || answer.Answer[0].(*dns.A).A.String() != pa.IP {
+		t.Fatalf("pa.vm: %v (want %s)", answer, pa.IP)
+	}
+	if other.Rcode != dns.RcodeRefused {
+		t.Fatalf("example.com: %v", other)
+	}
+	// Guests get guest_dns as their nameservers.
+	if rc := v.must("vm", "exec", "pa", "--", "cat", "/etc/resolv.conf"); rc != "nameserver 172.30.0.1\nnameserver 10.9.8.7\n" {
+		t.Fatalf("guest resolv.conf: %q", rc)
+	}
+
 	// The table, for every running VM.
 	out := v.must("vm", "ports")
 	for _, want := range []string{"pa.vm:22", "pb.vm:22", "http://pa.vm:8080/"} {

@@ -4,7 +4,7 @@
 #   banger.ip=A.B.C.D/NN   address of eth0 (no key: eth0 stays down)
 #   banger.gw=A.B.C.D      default route
 #   banger.hostname=NAME   hostname (default: /etc/hostname)
-#   banger.dns=A.B.C.D     nameserver written to /run/resolv.conf (= /etc/resolv.conf)
+#   banger.dns=A.B.C.D[,..] nameservers written to /run/resolv.conf (= /etc/resolv.conf)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
 
@@ -67,7 +67,7 @@ fi
 hostname "$name"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" >/run/hosts
 : >/run/resolv.conf
-[ -n "$dns" ] && echo "nameserver $dns" >/run/resolv.conf
+for d in $(echo "$dns" | tr , " "); do echo "nameserver $d"; done >/run/resolv.conf
 
 # Network.
 ip link set lo up
