@@ -42,6 +42,7 @@ type VM struct {
 	DiskBytes int64     `json:"disk_bytes"`
 	NAT       bool      `json:"nat"`
 	IP        string    `json:"ip"`
+	DNSName   string    `json:"dns_name"` // <name>.vm, answered by the daemon's DNS (docs/dns.md)
 	CreatedAt string    `json:"created_at"`
 	UpdatedAt string    `json:"updated_at"`
 	Runtime   VMRuntime `json:"runtime"`

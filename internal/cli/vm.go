@@ -376,7 +376,7 @@ func (a *app) vmShowCmd() *cobra.Command {
 				return output.JSON(a.stdout, v)
 			}
 			pairs := [][2]string{
-				{"name", v.Name}, {"id", v.ID}, {"state", v.State}, {"ip", v.IP}, {"image", v.Image},
+				{"name", v.Name}, {"id", v.ID}, {"state", v.State}, {"ip", v.IP}, {"dns name", v.DNSName}, {"image", v.Image},
 				{"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)},
 				{"work disk", fmt.Sprintf("%d MiB", v.DiskBytes>>20)}, {"nat", fmt.Sprint(v.NAT)},
 				{"vmm", orDash(v.Runtime.VMMKind)}, {"vmm binary", orDash(v.Runtime.VMM)}, {"vmm pid", orDash(pidStr(v.Runtime.PID))},

@@ -107,7 +107,7 @@ func (s *Service) ToAPI(ctx context.Context, r store.VMRecord) api.VM {
 		img = im.Name
 	}
 	return api.VM{ID: r.ID, Name: r.Name, Image: img, State: r.State, VCPU: r.VCPU, MemoryMiB: r.MemoryMiB,
-		DiskBytes: r.DiskBytes, NAT: r.NAT, IP: r.GuestIP, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Runtime: r.Runtime}
+		DiskBytes: r.DiskBytes, NAT: r.NAT, IP: r.GuestIP, DNSName: r.Name + ".vm", CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Runtime: r.Runtime}
 }
 
 // steps records what a multi-step operation did, to unwind it in reverse.

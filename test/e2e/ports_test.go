@@ -57,6 +57,9 @@ func TestVMPorts(t *testing.T) {
 	// <name>.vm resolves through the daemon's DNS server (queried inside the
 	// test's netns, where the daemon runs); other names are refused.
 	pa := v.show("pa")
+	if pa.DNSName != "pa.vm" {
+		t.Fatalf("vm show: dns name %q", pa.DNSName)
+	}
 	var answer, other *dns.Msg
 	var qerr error
 	inNS(t, v.ns, func() {
