@@ -46,6 +46,7 @@ type WireError struct {
 const (
 	MethodPing           = "ping"
 	MethodDaemonStatus   = "daemon.status"
+	MethodDaemonDoctor   = "daemon.doctor"
 	MethodDaemonShutdown = "daemon.shutdown"
 	MethodOperationsList = "daemon.operations.list"
 )
@@ -78,3 +79,18 @@ type Operation struct {
 	StartedAt string  `json:"started_at"`
 	Seconds   float64 `json:"seconds"`
 }
+
+// DoctorCheck is one finding of 'banger doctor'.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // ok, warn or fail
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Doctor statuses.
+const (
+	DoctorOK   = "ok"
+	DoctorWarn = "warn"
+	DoctorFail = "fail"
+)

@@ -17,6 +17,7 @@ func (d *Daemon) register() {
 	d.srv.Handle(api.MethodDaemonStatus, d.status)
 	d.srv.Handle(api.MethodDaemonShutdown, d.shutdown)
 	d.srv.Handle(api.MethodOperationsList, d.operations)
+	d.srv.Handle(api.MethodDaemonDoctor, d.doctor)
 	d.registerVMs()
 	d.registerImages()
 }

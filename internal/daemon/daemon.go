@@ -119,6 +119,7 @@ type Daemon struct {
 	vms      *vm.Service
 	vmm      vm.VMMChoice
 	vmmError error
+	dnsErr   error // why the .vm DNS server is not serving
 }
 
 func newDaemon(layout paths.Layout, stdout, stderr io.Writer) (*Daemon, error) {
@@ -228,6 +229,7 @@ func (d *Daemon) run() int {
 	if d.cfg.DNSListen != "" {
 		dnsSrv := &vmdns.Server{Lookup: d.vms.LookupIP}
 		if err := dnsSrv.ListenAndServe(d.cfg.DNSListen); err != nil {
+			d.dnsErr = err
 			d.log.Warn("the .vm DNS server is off", "listen", d.cfg.DNSListen, "error", err)
 		} else {
 			d.log.Info(".vm DNS server", "listen", d.cfg.DNSListen)

@@ -15,6 +15,7 @@ func TestHandlerTablePinned(t *testing.T) {
 	d.srv = rpcserver.New(nil)
 	d.register()
 	want := []string{
+		api.MethodDaemonDoctor,
 		api.MethodOperationsList,
 		api.MethodDaemonShutdown,
 		api.MethodDaemonStatus,

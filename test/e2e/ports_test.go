@@ -94,3 +94,32 @@ func TestVMPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctor: on this (test) host every check passes or warns; an unknown
+// default image fails it with a fix, and the exit status says so.
+func TestDoctor(t *testing.T) {
+	v := newVMEnv(t)
+	var checks []api.DoctorCheck
+	if err := json.Unmarshal([]byte(v.must("doctor", "--json")), &checks); err != nil {
+		t.Fatal(err)
+	}
+	status := map[string]string{}
+	for _, c := range checks {
+		status[c.Name] = c.Status
+		if c.Status == api.DoctorFail {
+			t.Errorf("check %s failed: %s (%s)", c.Name, c.Detail, c.Fix)
+		}
+	}
+	for _, n := range []string{"vmm", "qemu", "privileges", "tool mkfs.ext4", "guest agent", ".vm dns"} {
+		if status[n] != api.DoctorOK {
+			t.Errorf("check %q = %q, want ok", n, status[n])
+		}
+	}
+	v.must("daemon", "stop")
+	cfg, _ := os.ReadFile(v.configFile())
+	os.WriteFile(v.configFile(), append([]byte("default_image = \"nosuch\"\n"), []byte(strings.Replace(string(cfg), "default_image = \"tiny\"\n", "", 1))...), 0o600)
+	r := v.banger("doctor")
+	if r.code != 1 || !strings.Contains(r.stdout, "default image") || !strings.Contains(r.stdout, "unknown image \"nosuch\"") {
+		t.Fatalf("doctor with a bad default image: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
