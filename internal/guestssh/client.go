@@ -94,6 +94,7 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Client, error) {
 		HostKeyAlgorithms: algos,
 		Timeout:           timeout,
 	}
+	cfg.Ciphers = preferredCiphers
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	interrupted := !stop()
 	if err != nil {
@@ -371,4 +372,13 @@ func (g *gatedWriter) shut() {
 	g.mu.Lock()
 	g.closed = true
 	g.mu.Unlock()
+}
+
+// preferredCiphers put AES-GCM first: under QEMU's TCG the guest decrypts it
+// fastest (200 MB: 16.4 s, chacha20-poly1305 17.6 s, x/crypto's default
+// choice 20.9 s, aes128-ctr 20.9 s, measured into a debian-bookworm guest).
+// Negotiation takes the first one the guest's server also has.
+var preferredCiphers = []string{
+	"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com",
+	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
