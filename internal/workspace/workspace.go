@@ -332,7 +332,9 @@ func (w *Workspace) GuestScript(o WriteOptions) string {
 		return s + `git checkout -q -f -b "$2" ` + w.FromCommit + ` || exit 1` + "\n"
 	case w.Opts.FullCopy:
 	case o.GuestCheckout:
-		s += `git read-tree HEAD && git checkout-index -a -q 2>/dev/null` + "\n" +
+		// -u records the stat data of what it writes, so git need not hash
+		// those files again; only the copied (changed) files get refreshed.
+		s += `git read-tree HEAD && git checkout-index -a -q -u 2>/dev/null` + "\n" +
 			`[ -s .git/` + deletedList + ` ] && xargs -0 rm -f -- < .git/` + deletedList + "\n" +
 			`rm -f .git/` + deletedList + "\n" +
 			`git update-index -q --refresh >/dev/null` + "\n"
