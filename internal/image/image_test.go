@@ -245,3 +245,22 @@ func TestToolsDiskPerAgent(t *testing.T) {
 		t.Fatalf("a new agent must get a new tools disk: %s", b)
 	}
 }
+
+func TestEnvScript(t *testing.T) {
+	got := string(envScript([]string{"PATH=/opt/go/bin:/usr/bin", "QUOTE=it's", "bad-name=x", "NOEQ", "EMPTY="}))
+	for _, want := range []string{"export PATH='/opt/go/bin:/usr/bin'\n", `export QUOTE='it'\''s'` + "\n", "export EMPTY=''\n"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("env script lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "bad-name") || strings.Contains(got, "NOEQ") {
+		t.Fatalf("bad entries kept:\n%s", got)
+	}
+	if envScript(nil) != nil {
+		t.Fatal("empty env gives a script")
+	}
+	out, err := exec.Command("sh", "-c", string(envScript([]string{"QUOTE=it's $HOME `x`"}))+`printf %s "$QUOTE"`).Output()
+	if err != nil || string(out) != "it's $HOME `x`" {
+		t.Fatalf("sh reads back %q (%v)", out, err)
+	}
+}

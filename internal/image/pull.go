@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -166,6 +167,16 @@ func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress i
 	if err := kit.inject(tree); err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull %s: add banger's guest kit: %w", p.Ref, err)
 	}
+	if env := envScript(f.Config.Env); env != nil {
+		// Commands run through 'vm exec/run' source /.banger/env; login
+		// shells read the profile.d copy.
+		if err := tree.AddFile("/.banger/env", 0o644, env); err != nil {
+			return store.ImageRecord{}, err
+		}
+		if err := tree.AddFile("/etc/profile.d/zz-banger-image-env.sh", 0o644, env); err != nil {
+			return store.ImageRecord{}, err
+		}
+	}
 	fmt.Fprintf(w, "building the root filesystem (%s of files)\n", humanBytes(tree.Bytes))
 	if err := oci.BuildExt4(ctx, tree, filepath.Join(staging, "rootfs.ext4"), ociHeadroom); err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
@@ -246,3 +257,23 @@ func (s *Service) ImageCatalog(ctx context.Context) (api.Catalog, error) {
 		return err == nil
 	})
 }
+
+// envScript turns an image's ENV (KEY=value lines) into sh exports, each
+// value single-quoted; names that are not shell identifiers are skipped.
+// nil when there is nothing to export.
+func envScript(env []string) []byte {
+	var b strings.Builder
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !envName.MatchString(k) {
+			continue
+		}
+		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return []byte("# The environment the image declares (ENV), written by banger at import.\n" + b.String())
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

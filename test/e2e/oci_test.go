@@ -136,8 +136,11 @@ func TestOCIImport(t *testing.T) {
 	top := tarOf(t,
 		tar.Header{Typeflag: tar.TypeReg, Name: "etc/.wh.doomed", Mode: 0o644},
 		tar.Header{Typeflag: tar.TypeReg, Name: "hello.txt", Mode: 0o640, Uid: 1000, Gid: 1000, Linkname: "from layer 2\n"},
+		tar.Header{Typeflag: tar.TypeDir, Name: "opt/tool/bin/", Mode: 0o755},
+		tar.Header{Typeflag: tar.TypeReg, Name: "opt/tool/bin/mytool", Mode: 0o755, Linkname: "#!/bin/sh\necho \"mytool: $GREETING\"\n"},
 	)
-	ref := pushImage(t, v, "e2e/tiny:v1", base, top)
+	// ENV as images declare it: commands see it (PATH finds mytool).
+	ref := pushImage(t, v, "e2e/tiny:v1", []string{"PATH=/opt/tool/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=it's the image's"}, base, top)
 
 	var im api.Image
 	if err := json.Unmarshal([]byte(v.must("image", "pull", ref, "--name", "ocitiny", "--json")), &im); err != nil {
@@ -151,6 +154,9 @@ func TestOCIImport(t *testing.T) {
 	want := "from layer 2\n1000:1000 640\ndoomed-gone\nno-banger-scripts\n"
 	if out != want {
 		t.Fatalf("guest printed %q, want %q", out, want)
+	}
+	if out := v.must("vm", "run", "--rm", "--image", "ocitiny", "--", "mytool"); out != "mytool: it's the image's\n" {
+		t.Fatalf("the image's ENV: %q", out)
 	}
 
 	// banger's guest kit started the agent: vm ports sees the image's dropbear.
@@ -275,7 +281,7 @@ func tinyTree(t *testing.T, rootfs string) string {
 // go-containerregistry's in-process registry with two listeners (the test
 // pushes through the root namespace's loopback, the daemon pulls through
 // the netns's) and returns the reference the daemon uses.
-func pushImage(t *testing.T, v *vmEnv, repoTag string, layers ...[]byte) string {
+func pushImage(t *testing.T, v *vmEnv, repoTag string, env []string, layers ...[]byte) string {
 	t.Helper()
 	var ls []v1.Layer
 	for _, l := range layers {
@@ -288,6 +294,7 @@ func pushImage(t *testing.T, v *vmEnv, repoTag string, layers ...[]byte) string 
 	cf, _ := img.ConfigFile()
 	cf.OS, cf.Architecture = "linux", "amd64"
 	cf.Config.Cmd = []string{"/bin/sh"}
+	cf.Config.Env = env
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +333,7 @@ cp /opt/pkg/dropbear /usr/sbin/dropbear && echo "fake apk: installed openssh-ser
 	base := tarTree(t, root, func(rel string) bool {
 		return rel == "etc/banger" || rel == "etc/inittab" || rel == "lost+found"
 	})
-	ref := pushImage(t, v, "e2e/nossh:v1", base)
+	ref := pushImage(t, v, "e2e/nossh:v1", nil, base)
 	v.must("image", "pull", ref, "--name", "nossh")
 	out := v.must("vm", "run", "--rm", "--image", "nossh", "--", "sh", "-c", "cat /run/banger/ssh-install.log; test -x /usr/sbin/dropbear && echo has-dropbear")
 	if !strings.Contains(out, "fake apk: installed openssh-server") || !strings.HasSuffix(out, "has-dropbear\n") {
