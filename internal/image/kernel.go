@@ -253,7 +253,12 @@ func (s *Service) pullKernel(ctx context.Context, name string, force bool, progr
 		return old, nil
 	}
 	fmt.Fprintf(orDiscard(progress), "pulling kernel %s (%s)\n", name, humanBytes(e.Size))
+	restore, err := setAside(filepath.Join(s.Layout.KernelsDir(), catalog.DirName(e)), force)
+	if err != nil {
+		return store.KernelRecord{}, err
+	}
 	dir, err := s.catalogClient().Pull(ctx, ix, e, s.Layout.KernelsDir(), pullProgress(progress, "kernel "+name))
+	restore(err)
 	if err != nil {
 		return store.KernelRecord{}, fmt.Errorf("pull kernel %s: %w", name, err)
 	}

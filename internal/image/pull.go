@@ -80,7 +80,12 @@ func (s *Service) pullCatalogImage(ctx context.Context, name string, force bool,
 		return store.ImageRecord{}, err
 	}
 	fmt.Fprintf(orDiscard(progress), "pulling image %s (%s)\n", name, humanBytes(e.Size))
+	restore, err := setAside(filepath.Join(s.Layout.ImagesDir(), catalog.DirName(e)), force)
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
 	dir, err := s.catalogClient().Pull(ctx, ix, e, s.Layout.ImagesDir(), pullProgress(progress, "image "+name))
+	restore(err)
 	if err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull image %s: %w", name, err)
 	}
@@ -277,3 +282,29 @@ func envScript(env []string) []byte {
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// setAside makes a forced pull download again: the published copy of the
+// same bundle is renamed aside, then removed once the new one is in, or put
+// back if the pull fails. Without force it does nothing.
+func setAside(dir string, force bool) (restore func(pullErr error), err error) {
+	noop := func(error) {}
+	if !force {
+		return noop, nil
+	}
+	if _, err := os.Lstat(dir); err != nil {
+		return noop, nil
+	}
+	aside := dir + ".old-" + newID()
+	if err := os.Rename(dir, aside); err != nil {
+		return nil, err
+	}
+	return func(pullErr error) {
+		if pullErr != nil {
+			if _, err := os.Lstat(dir); err != nil {
+				_ = os.Rename(aside, dir)
+				return
+			}
+		}
+		_ = os.RemoveAll(aside)
+	}, nil
+}

@@ -268,6 +268,32 @@ func TestImageCatalog(t *testing.T) {
 		t.Fatalf("cat-tiny: %+v", im)
 	}
 
+	// The catalogs now say what is pulled; --force pulls a kernel again.
+	var kc, ic api.Catalog
+	json.Unmarshal([]byte(v.must("kernel", "list", "--available", "--json")), &kc)
+	json.Unmarshal([]byte(v.must("image", "list", "--available", "--json")), &ic)
+	if len(kc.Entries) != 1 || kc.Entries[0].State != "pulled" {
+		t.Fatalf("kernel catalog: %+v", kc)
+	}
+	for _, e := range ic.Entries {
+		if want := map[bool]string{true: "pulled", false: "available"}[e.Name == "cat-tiny"]; e.State != want {
+			t.Fatalf("image catalog entry %s is %s, want %s", e.Name, e.State, want)
+		}
+	}
+	kix := readIndex(t, filepath.Join(cat, "kernels", "index.json"))
+	before := hitsOf(kix.bundle(t, "cat-kernel"))
+	v.must("kernel", "pull", "cat-kernel")
+	if hitsOf(kix.bundle(t, "cat-kernel")) != before {
+		t.Fatal("kernel pull of a pulled kernel downloaded it again")
+	}
+	v.must("kernel", "pull", "cat-kernel", "--force")
+	if hitsOf(kix.bundle(t, "cat-kernel")) != before+1 {
+		t.Fatal("kernel pull --force did not download")
+	}
+	if out := v.must("vm", "run", "--rm", "--image", "cat-tiny", "--", "echo", "again"); out != "again\n" {
+		t.Fatalf("boot after a forced kernel pull: %q", out)
+	}
+
 	// Refusals: nothing is left in the store or the staging dirs.
 	refused := func(what, name, wantErr string) {
 		t.Helper()
