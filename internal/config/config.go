@@ -216,7 +216,8 @@ func (c *Config) validate() error {
 	if _, err := ParseSize(c.VMDefaults.DiskSize); err != nil {
 		return bad("vm_defaults.disk_size", "%v", err)
 	}
-	for key, u := range map[string]string{"catalog.image_url": c.Catalog.ImageURL, "catalog.kernel_url": c.Catalog.KernelURL} {
+	for _, ku := range [][2]string{{"catalog.image_url", c.Catalog.ImageURL}, {"catalog.kernel_url", c.Catalog.KernelURL}} {
+		key, u := ku[0], ku[1]
 		if u == "" {
 			continue
 		}

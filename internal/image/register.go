@@ -81,7 +81,8 @@ func (s *Service) Register(ctx context.Context, p api.ImageRegisterParams) (api.
 	var err error
 	switch {
 	case p.Vmlinux != "":
-		for flag, f := range map[string]string{"--vmlinux": p.Vmlinux, "--initrd": p.Initrd} {
+		for _, ff := range [][2]string{{"--vmlinux", p.Vmlinux}, {"--initrd", p.Initrd}} {
+			flag, f := ff[0], ff[1]
 			if f != "" {
 				if err := checkFile(flag, f); err != nil {
 					return api.Image{}, err

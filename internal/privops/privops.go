@@ -224,7 +224,8 @@ func (p Policy) ValidateDisks(r DisksReq) error {
 		return err
 	}
 	// The disks are direct children of the VM dir (which may not exist yet).
-	for what, path := range map[string]string{"rootfs": r.Rootfs, "work disk": r.WorkDisk} {
+	for _, wp := range [][2]string{{"rootfs", r.Rootfs}, {"work disk", r.WorkDisk}} {
+		what, path := wp[0], wp[1]
 		if filepath.Dir(path) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(path)) {
 			return bad("%s %q must be a file directly inside the vm dir %s", what, path, r.VMDir)
 		}
@@ -267,7 +268,8 @@ func (p Policy) ValidateLaunch(r LaunchReq) error {
 	if err := safepath.RegularFile(r.Binary); err != nil {
 		return bad("vmm binary: %v", err)
 	}
-	for what, path := range map[string]string{"api socket": r.APISock, "pidfile": r.PIDFile, "serial log": r.SerialLog, "rootfs": r.Rootfs} {
+	for _, wp := range [][2]string{{"api socket", r.APISock}, {"pidfile", r.PIDFile}, {"serial log", r.SerialLog}, {"rootfs", r.Rootfs}} {
+		what, path := wp[0], wp[1]
 		if err := p.under(what, path, p.VMsDir); err != nil {
 			return err
 		}
@@ -319,7 +321,9 @@ func (p Policy) ValidateKill(r KillReq) (syscall.Signal, error) {
 	if !ok {
 		return 0, bad("signal %q is not one of KILL, TERM, INT, QUIT", r.Signal)
 	}
-	for what, path := range map[string]string{"pidfile": r.PIDFile, "api socket": r.APISock} {
+	// In a fixed order, so the error names the first bad path every time.
+	for _, wp := range [][2]string{{"pidfile", r.PIDFile}, {"api socket", r.APISock}} {
+		what, path := wp[0], wp[1]
 		if err := p.under(what, path, p.VMsDir); err != nil {
 			return 0, err
 		}
