@@ -240,7 +240,21 @@ func (u *updateTx) apply(ctx context.Context) error {
 		os.Remove(p + ".previous")
 	}
 	u.a.say("updated %s → %s", u.from, u.to)
+	u.refreshDefaultImage(ctx)
 	return nil
+}
+
+// refreshDefaultImage lets the new version build its default image, as
+// root, while it can: the owner's daemon cannot run mmdebstrap, so a recipe
+// that changed with the update would otherwise need a manual step. A
+// published build is found at once; a failure only warns (the update
+// stands).
+func (u *updateTx) refreshDefaultImage(ctx context.Context) {
+	cmd := exec.CommandContext(ctx, u.layout.Path("banger"), "--system", "internal", "build-guest")
+	cmd.Stdout, cmd.Stderr = u.a.stdout, u.a.stderr
+	if err := cmd.Run(); err != nil {
+		u.a.say("warning: the default image was not refreshed (%v); run 'sudo banger internal build-guest' later", err)
+	}
 }
 
 // swapIn replaces dst by src atomically, keeping dst as dst.previous.

@@ -212,6 +212,10 @@ func scUpdateKeepsVMAlive(t *testing.T) {
 	if !strings.Contains(out, "updated "+baseVersion+" → "+goodVersion) {
 		t.Fatalf("update: %s", out)
 	}
+	// The new version refreshed the default image as root (found cached here).
+	if !strings.Contains(out, "guest artifacts for tiny ready") {
+		t.Fatalf("update did not refresh the default image:\n%s", out)
+	}
 	if v := h.mustBanger("--version"); !strings.Contains(v, "banger "+goodVersion+" ") {
 		t.Fatalf("banger --version after update: %s", v)
 	}
