@@ -18,6 +18,12 @@ fi
 # A daemon started outside the namespace would put the bridge on the host.
 "$BIN/banger" daemon stop >/dev/null
 ip netns add "$NS" 2>/dev/null || true
+# Leave nothing behind: the daemon in the namespace, then the namespace.
+cleanup() {
+  ip netns exec "$NS" "$BIN/banger" daemon stop >/dev/null 2>&1 || true
+  ip netns del "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
 ip -n "$NS" link set lo up
 ip netns exec "$NS" "$BIN/banger" vm run --rm -- sh -c 'uname -a; cat /etc/os-release'
 ip netns exec "$NS" "$BIN/banger" daemon status
