@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -208,17 +206,10 @@ func (o *CatalogOptions) defaults() error {
 	if o.OpenSSL == "" {
 		o.OpenSSL = "openssl"
 	}
-	if o.CreatedAt.IsZero() {
-		o.CreatedAt = time.Now()
-		if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				return fmt.Errorf("SOURCE_DATE_EPOCH %q is not a number", s)
-			}
-			o.CreatedAt = time.Unix(n, 0)
-		}
+	var err error
+	if o.CreatedAt, err = stampTime(o.CreatedAt); err != nil {
+		return err
 	}
-	o.CreatedAt = o.CreatedAt.UTC().Truncate(time.Second)
 	if o.Version == "" {
 		o.Version = o.CreatedAt.Format("20060102.150405")
 	}
@@ -358,18 +349,9 @@ func (o *CatalogOptions) signIndex(ctx context.Context, data []byte, indexPath, 
 		return err
 	}
 	defer os.Remove(tmpIdx)
-	der, err := run(ctx, "", nil, o.OpenSSL, "dgst", "-sha256", "-sign", o.KeyPath, tmpIdx)
+	sig, err := signFile(ctx, o.OpenSSL, o.KeyPath, catalog.IndexFile, tmpIdx, data, pubPEM, verifyPEM, o.VerifyPub)
 	if err != nil {
-		return fmt.Errorf("sign %s: %w", catalog.IndexFile, err)
-	}
-	sig := []byte(base64.StdEncoding.EncodeToString(der))
-	if err := updater.VerifyBlobSignatureWithKey(data, sig, pubPEM); err != nil {
-		return fmt.Errorf("self-check of the new signature: %w", err)
-	}
-	if verifyPEM != nil {
-		if err := updater.VerifyBlobSignatureWithKey(data, sig, verifyPEM); err != nil {
-			return fmt.Errorf("signature does not verify with %s (signing key and published key differ?): %w", o.VerifyPub, err)
-		}
+		return err
 	}
 	tmpSig, err := writeTemp(o.OutDir, "."+catalog.IndexFile+catalog.SignatureSuffix+".tmp-*", sig)
 	if err != nil {

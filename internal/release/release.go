@@ -131,22 +131,15 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := os.WriteFile(sumsPath, sums, 0o644); err != nil {
 		return nil, err
 	}
-	der, err := run(ctx, "", nil, o.OpenSSL, "dgst", "-sha256", "-sign", o.KeyPath, sumsPath)
-	if err != nil {
-		return nil, fmt.Errorf("sign %s: %w", SumsFile, err)
-	}
-	sig := []byte(base64.StdEncoding.EncodeToString(der))
-	if err := updater.VerifyBlobSignatureWithKey(sums, sig, pubPEM); err != nil {
-		return nil, fmt.Errorf("self-check of the new signature: %w", err)
-	}
+	var verifyPEM []byte
 	if o.VerifyPub != "" {
-		want, err := os.ReadFile(o.VerifyPub)
-		if err != nil {
+		if verifyPEM, err = os.ReadFile(o.VerifyPub); err != nil {
 			return nil, err
 		}
-		if err := updater.VerifyBlobSignatureWithKey(sums, sig, want); err != nil {
-			return nil, fmt.Errorf("signature does not verify with %s (signing key and published key differ?): %w", o.VerifyPub, err)
-		}
+	}
+	sig, err := signFile(ctx, o.OpenSSL, o.KeyPath, SumsFile, sumsPath, sums, pubPEM, verifyPEM, o.VerifyPub)
+	if err != nil {
+		return nil, err
 	}
 	sigPath := filepath.Join(stage, SignatureFile)
 	if err := os.WriteFile(sigPath, sig, 0o644); err != nil {
@@ -289,18 +282,45 @@ func (o *Options) defaults() error {
 	if o.OpenSSL == "" {
 		o.OpenSSL = "openssl"
 	}
-	if o.BuiltAt.IsZero() {
-		o.BuiltAt = time.Now()
+	o.BuiltAt, err = stampTime(o.BuiltAt)
+	return err
+}
+
+// stampTime is t, or (when zero) $SOURCE_DATE_EPOCH or now, in UTC whole
+// seconds: the time a release or catalog entry is stamped with.
+func stampTime(t time.Time) (time.Time, error) {
+	if t.IsZero() {
+		t = time.Now()
 		if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil {
-				return fmt.Errorf("SOURCE_DATE_EPOCH %q is not a number", s)
+				return t, fmt.Errorf("SOURCE_DATE_EPOCH %q is not a number", s)
 			}
-			o.BuiltAt = time.Unix(n, 0)
+			t = time.Unix(n, 0)
 		}
 	}
-	o.BuiltAt = o.BuiltAt.UTC().Truncate(time.Second)
-	return nil
+	return t.UTC().Truncate(time.Second), nil
+}
+
+// signFile signs the file at path (whose content is blob) with openssl, the
+// way cosign does (base64 of an ECDSA signature over its SHA-256), and checks
+// the result with the signing key's public half and, if given, verifyPEM
+// (the key clients will use, from verifyName).
+func signFile(ctx context.Context, openssl, keyPath, what, path string, blob, pubPEM, verifyPEM []byte, verifyName string) ([]byte, error) {
+	der, err := run(ctx, "", nil, openssl, "dgst", "-sha256", "-sign", keyPath, path)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", what, err)
+	}
+	sig := []byte(base64.StdEncoding.EncodeToString(der))
+	if err := updater.VerifyBlobSignatureWithKey(blob, sig, pubPEM); err != nil {
+		return nil, fmt.Errorf("self-check of the new signature: %w", err)
+	}
+	if verifyPEM != nil {
+		if err := updater.VerifyBlobSignatureWithKey(blob, sig, verifyPEM); err != nil {
+			return nil, fmt.Errorf("signature does not verify with %s (signing key and published key differ?): %w", verifyName, err)
+		}
+	}
+	return sig, nil
 }
 
 func (o *Options) logf(format string, args ...any) {
