@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/banger-dev/banger/internal/testutil"
 	"io/fs"
 	"net/http"
 	"os"
@@ -42,13 +43,13 @@ func writeFile(t *testing.T, p string, data []byte) {
 
 // publish runs the publisher for one bundle from a fresh --from directory
 // made by fill.
-func publish(t *testing.T, out string, k testKey, kind catalog.Kind, name string, fill func(from string)) *release.CatalogResult {
+func publish(t *testing.T, out string, k testutil.OpenSSLKey, kind catalog.Kind, name string, fill func(from string)) *release.CatalogResult {
 	t.Helper()
 	from := t.TempDir()
 	fill(from)
 	res, err := release.PublishCatalog(context.Background(), release.CatalogOptions{
-		Kind: kind, Name: name, OutDir: out, KeyPath: k.priv, FromDir: from,
-		Version: "1.0", Description: "test " + string(kind), VerifyPub: k.pub,
+		Kind: kind, Name: name, OutDir: out, KeyPath: k.Priv, FromDir: from,
+		Version: "1.0", Description: "test " + string(kind), VerifyPub: k.Pub,
 	})
 	if err != nil {
 		t.Fatalf("publish %s %s: %v", kind, name, err)
@@ -59,7 +60,7 @@ func publish(t *testing.T, out string, k testKey, kind catalog.Kind, name string
 // TestPublishAndPull: what banger-release catalog writes, the client
 // fetches, verifies and unpacks byte for byte, 0444, under <name>-<sha12>.
 func TestPublishAndPull(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	// A rootfs with holes and data, so the sparse writer is exercised.
 	rootfs := append(append(randomBytes(t, 10_000), make([]byte, 3<<20)...), randomBytes(t, 5000)...)
 	vmlinux := append([]byte("ELF... Linux version 6.1.99-test (builder@host) #1 SMP ..."), randomBytes(t, 100_000)...)
@@ -172,7 +173,7 @@ func TestPublishAndPull(t *testing.T) {
 // TestTamperedBundle: a bundle altered on the server is refused and leaves
 // nothing behind.
 func TestTamperedBundle(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	res := publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 200_000))
@@ -218,7 +219,7 @@ func TestTamperedBundle(t *testing.T) {
 // TestTamperedIndex: an index edited after signing is refused before any
 // bundle is requested.
 func TestTamperedIndex(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 1000))
@@ -262,7 +263,7 @@ func TestTamperedIndex(t *testing.T) {
 // TestIndexSignatureRefusals: another key, no signature, a broken one, the
 // placeholder key; and signed indexes that break the rules.
 func TestIndexSignatureRefusals(t *testing.T) {
-	k, other := opensslKey(t), opensslKey(t)
+	k, other := testutil.NewOpenSSLKey(t, "prime256v1"), testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	e := putBundle(t, out, "img", "1", []byte("not really a bundle"))
 	good := signIndex(t, out, k, catalog.KindImage, e)
@@ -276,11 +277,11 @@ func TestIndexSignatureRefusals(t *testing.T) {
 		pubPEM []byte
 		want   string
 	}{
-		{"signed by another key", opensslSign(t, other, good), k.pubPEM, "does not verify with the release key"},
-		{"verified with another key", goodSig, other.pubPEM, "does not verify with the release key"},
-		{"no signature", nil, k.pubPEM, "404"},
-		{"empty signature", []byte{}, k.pubPEM, "is empty"},
-		{"not base64", []byte("!!!"), k.pubPEM, "not base64"},
+		{"signed by another key", other.Sign(t, good), k.PubPEM, "does not verify with the release key"},
+		{"verified with another key", goodSig, other.PubPEM, "does not verify with the release key"},
+		{"no signature", nil, k.PubPEM, "404"},
+		{"empty signature", []byte{}, k.PubPEM, "is empty"},
+		{"not base64", []byte("!!!"), k.PubPEM, "not base64"},
 		{"placeholder release key", goodSig, placeholder, "not configured"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,7 +342,7 @@ func TestIndexSignatureRefusals(t *testing.T) {
 // TestUnsafeBundles: bundles breaking the entry-set rules are refused even
 // when the index signs them, and leave nothing behind.
 func TestUnsafeBundles(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	imgMan := reg("manifest.json", manifestJSON(catalog.KindImage, "b", "1"))
 	kerMan := reg("manifest.json", manifestJSON(catalog.KindKernel, "b", "1"))
 	rootfs := reg("rootfs.ext4", "ext4")
@@ -417,7 +418,7 @@ func TestUnsafeBundles(t *testing.T) {
 // TestConcurrentPullsShareOneDownload: two Pulls of one bundle make one
 // request and return the same directory; a later Pull makes none.
 func TestConcurrentPullsShareOneDownload(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	res := publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 300_000))
@@ -481,7 +482,7 @@ func TestConcurrentPullsShareOneDownload(t *testing.T) {
 // TestPullCancelAndStall: a download cancelled (or stalled) midway fails
 // and removes its staging directory.
 func TestPullCancelAndStall(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	res := publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 1<<20))
@@ -539,7 +540,7 @@ func TestPullCancelAndStall(t *testing.T) {
 // TestBundleServedWrong: a missing bundle, and one streamed (without a
 // Content-Length) longer than the index says, are refused cleanly.
 func TestBundleServedWrong(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	res := publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 100_000))
@@ -586,7 +587,7 @@ func TestBundleServedWrong(t *testing.T) {
 // TestJoinedPullSurvivesLeaderCancel: when the Pull that started a shared
 // download is cancelled, a Pull that joined it starts again and succeeds.
 func TestJoinedPullSurvivesLeaderCancel(t *testing.T) {
-	k := opensslKey(t)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	out := t.TempDir()
 	res := publish(t, out, k, catalog.KindImage, "img", func(from string) {
 		writeFile(t, filepath.Join(from, "rootfs.ext4"), randomBytes(t, 100_000))

@@ -4,13 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/banger-dev/banger/internal/testutil"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,59 +20,6 @@ import (
 
 	"github.com/banger-dev/banger/internal/catalog"
 )
-
-// opensslPath finds openssl; these tests sign with the real tool, so its
-// absence is a failure, not a skip.
-func opensslPath(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Fatalf("openssl not found: these tests sign with it (install the openssl package)")
-	}
-	return p
-}
-
-func runOpenSSL(t *testing.T, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(opensslPath(t), args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("openssl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.Bytes()
-}
-
-type testKey struct {
-	priv, pub string // paths
-	pubPEM    []byte
-}
-
-// opensslKey makes a P-256 key pair with openssl.
-func opensslKey(t *testing.T) testKey {
-	t.Helper()
-	dir := t.TempDir()
-	k := testKey{priv: filepath.Join(dir, "key.pem"), pub: filepath.Join(dir, "key.pub")}
-	runOpenSSL(t, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", k.priv)
-	runOpenSSL(t, "ec", "-in", k.priv, "-pubout", "-out", k.pub)
-	var err error
-	if k.pubPEM, err = os.ReadFile(k.pub); err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// opensslSign signs blob the way banger-release does and returns the base64
-// text of the DER signature.
-func opensslSign(t *testing.T, k testKey, blob []byte) []byte {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), "blob")
-	if err := os.WriteFile(f, blob, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	der := runOpenSSL(t, "dgst", "-sha256", "-sign", k.priv, f)
-	return []byte(base64.StdEncoding.EncodeToString(der))
-}
 
 // server serves dir over HTTP, counts requests per path, and lets a test
 // replace the handler of one path.
@@ -133,8 +79,8 @@ func (s *server) hook(path string, h http.HandlerFunc) {
 func (s *server) indexURL() string { return s.URL + "/" + catalog.IndexFile }
 
 // client is a catalog client trusting k, using the test server's transport.
-func (s *server) client(k testKey) *catalog.Client {
-	return &catalog.Client{HTTP: s.Client(), PublicKeyPEM: k.pubPEM}
+func (s *server) client(k testutil.OpenSSLKey) *catalog.Client {
+	return &catalog.Client{HTTP: s.Client(), PublicKeyPEM: k.PubPEM}
 }
 
 // tarEnt is one hand-made tar entry.
@@ -199,7 +145,7 @@ func putBundle(t *testing.T, dir, name, version string, data []byte) catalog.Ent
 }
 
 // signIndex writes dir/index.json for entries and signs it with k.
-func signIndex(t *testing.T, dir string, k testKey, kind catalog.Kind, entries ...catalog.Entry) []byte {
+func signIndex(t *testing.T, dir string, k testutil.OpenSSLKey, kind catalog.Kind, entries ...catalog.Entry) []byte {
 	t.Helper()
 	ix := catalog.Index{Schema: 1, Kind: kind, GeneratedAt: "2026-01-02T03:04:05Z", Entries: entries}
 	if ix.Entries == nil {
@@ -213,12 +159,12 @@ func signIndex(t *testing.T, dir string, k testKey, kind catalog.Kind, entries .
 	return data
 }
 
-func writeSigned(t *testing.T, dir string, k testKey, data []byte) {
+func writeSigned(t *testing.T, dir string, k testutil.OpenSSLKey, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, catalog.IndexFile), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, catalog.IndexFile+catalog.SignatureSuffix), opensslSign(t, k, data), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, catalog.IndexFile+catalog.SignatureSuffix), k.Sign(t, data), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"github.com/banger-dev/banger/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,24 +21,24 @@ import (
 var testBlob = []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  banger-v1.2.3-linux-amd64.tar.gz\n")
 
 func TestOpenSSLSignedBlobVerifies(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
-	sig := opensslSign(t, k, testBlob)
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, k.pubPEM); err != nil {
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	sig := k.Sign(t, testBlob)
+	if err := VerifyBlobSignatureWithKey(testBlob, sig, k.PubPEM); err != nil {
 		t.Fatalf("openssl-signed blob refused: %v", err)
 	}
 	// cosign and `base64` without -w0 end the file with a newline.
-	if err := VerifyBlobSignatureWithKey(testBlob, append(append([]byte{}, sig...), '\n'), k.pubPEM); err != nil {
+	if err := VerifyBlobSignatureWithKey(testBlob, append(append([]byte{}, sig...), '\n'), k.PubPEM); err != nil {
 		t.Fatalf("signature with trailing newline refused: %v", err)
 	}
 }
 
 func TestOneChangedByteRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
-	sig := opensslSign(t, k, testBlob)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	sig := k.Sign(t, testBlob)
 	for _, i := range []int{0, len(testBlob) / 2, len(testBlob) - 1} {
 		tampered := append([]byte{}, testBlob...)
 		tampered[i] ^= 0x01
-		err := VerifyBlobSignatureWithKey(tampered, sig, k.pubPEM)
+		err := VerifyBlobSignatureWithKey(tampered, sig, k.PubPEM)
 		if !errors.Is(err, ErrBadSignature) {
 			t.Fatalf("byte %d changed: err = %v, want ErrBadSignature", i, err)
 		}
@@ -48,16 +49,16 @@ func TestOneChangedByteRefused(t *testing.T) {
 }
 
 func TestSignatureByAnotherKeyRefused(t *testing.T) {
-	signer, other := opensslKey(t, "prime256v1"), opensslKey(t, "prime256v1")
-	sig := opensslSign(t, signer, testBlob)
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, other.pubPEM); !errors.Is(err, ErrBadSignature) {
+	signer, other := testutil.NewOpenSSLKey(t, "prime256v1"), testutil.NewOpenSSLKey(t, "prime256v1")
+	sig := signer.Sign(t, testBlob)
+	if err := VerifyBlobSignatureWithKey(testBlob, sig, other.PubPEM); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("err = %v, want ErrBadSignature", err)
 	}
 }
 
 func TestMalformedSignatureRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
-	good := opensslSign(t, k, testBlob)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	good := k.Sign(t, testBlob)
 	der, err := base64.StdEncoding.DecodeString(string(good))
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +78,7 @@ func TestMalformedSignatureRefused(t *testing.T) {
 	}
 	for name, sig := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := VerifyBlobSignatureWithKey(testBlob, sig, k.pubPEM)
+			err := VerifyBlobSignatureWithKey(testBlob, sig, k.PubPEM)
 			if !errors.Is(err, ErrMalformedSignature) {
 				t.Fatalf("err = %v, want ErrMalformedSignature", err)
 			}
@@ -109,7 +110,7 @@ func TestGoSignedOpenSSLVerifies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out := runOpenSSL(t, "dgst", "-sha256", "-verify", filepath.Join(dir, "pub.pem"),
+	out := testutil.OpenSSL(t, "dgst", "-sha256", "-verify", filepath.Join(dir, "pub.pem"),
 		"-signature", filepath.Join(dir, "sig.der"), filepath.Join(dir, "blob"))
 	if strings.TrimSpace(string(out)) != "Verified OK" {
 		t.Fatalf("openssl says %q", out)
@@ -125,7 +126,7 @@ func TestGoSignedOpenSSLVerifies(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "blob"), tampered, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(opensslPath(t), "dgst", "-sha256", "-verify", filepath.Join(dir, "pub.pem"),
+	cmd := exec.Command("openssl", "dgst", "-sha256", "-verify", filepath.Join(dir, "pub.pem"),
 		"-signature", filepath.Join(dir, "sig.der"), filepath.Join(dir, "blob"))
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Fatalf("openssl verified a tampered blob: %s", out)
@@ -151,8 +152,8 @@ func TestEmbeddedKeyPlaceholderRefused(t *testing.T) {
 	if !errors.Is(err, ErrKeyNotConfigured) || !strings.Contains(err.Error(), "release key not configured") {
 		t.Fatalf("CheckReleaseKey = %v, want release key not configured", err)
 	}
-	k := opensslKey(t, "prime256v1")
-	sig := opensslSign(t, k, testBlob)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	sig := k.Sign(t, testBlob)
 	err = VerifyBlobSignature(testBlob, sig)
 	if !errors.Is(err, ErrKeyNotConfigured) || !strings.Contains(err.Error(), "release key not configured") {
 		t.Fatalf("VerifyBlobSignature with the placeholder = %v, want release key not configured", err)
@@ -163,10 +164,10 @@ func TestEmbeddedKeyPlaceholderRefused(t *testing.T) {
 }
 
 func TestPlaceholderKeyRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
-	sig := opensslSign(t, k, testBlob)
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	sig := k.Sign(t, testBlob)
 	// The marker wins even when a real, matching key follows it.
-	marked := append([]byte(PlaceholderMarker+"\n"), k.pubPEM...)
+	marked := append([]byte(PlaceholderMarker+"\n"), k.PubPEM...)
 	if err := VerifyBlobSignatureWithKey(testBlob, sig, marked); !errors.Is(err, ErrKeyNotConfigured) {
 		t.Fatalf("marked key: err = %v, want ErrKeyNotConfigured", err)
 	}
@@ -176,28 +177,28 @@ func TestPlaceholderKeyRefused(t *testing.T) {
 }
 
 func TestNonP256KeysRefused(t *testing.T) {
-	p384 := opensslKey(t, "secp384r1")
-	p256 := opensslKey(t, "prime256v1")
+	p384 := testutil.NewOpenSSLKey(t, "secp384r1")
+	p256 := testutil.NewOpenSSLKey(t, "prime256v1")
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rsaDER, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
 	rsaPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: rsaDER})
-	privPEM, err := os.ReadFile(p256.priv)
+	privPEM, err := os.ReadFile(p256.Priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := opensslSign(t, p256, testBlob)
+	sig := p256.Sign(t, testBlob)
 	cases := map[string][]byte{
-		"P-384":            p384.pubPEM,
+		"P-384":            p384.PubPEM,
 		"RSA":              rsaPEM,
 		"private key":      privPEM,
 		"not PEM":          []byte("hello"),
 		"broken PEM":       []byte("-----BEGIN PUBLIC KEY-----\nAAAA\n"),
 		"bad DER":          pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte{1, 2, 3}}),
-		"two blocks":       append(append([]byte{}, p256.pubPEM...), p256.pubPEM...),
-		"text before PEM":  append([]byte("note\n"), p256.pubPEM...),
+		"two blocks":       append(append([]byte{}, p256.PubPEM...), p256.PubPEM...),
+		"text before PEM":  append([]byte("note\n"), p256.PubPEM...),
 		"wrong block type": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rsaDER}),
 	}
 	for name, key := range cases {
@@ -208,7 +209,7 @@ func TestNonP256KeysRefused(t *testing.T) {
 			}
 		})
 	}
-	fp, err := KeyFingerprint(p256.pubPEM)
+	fp, err := KeyFingerprint(p256.PubPEM)
 	if err != nil || !strings.HasPrefix(fp, "sha256:") || len(fp) != len("sha256:")+16 {
 		t.Fatalf("KeyFingerprint = %q, %v", fp, err)
 	}

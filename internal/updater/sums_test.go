@@ -3,6 +3,7 @@ package updater
 import (
 	"context"
 	"errors"
+	"github.com/banger-dev/banger/internal/testutil"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -41,11 +42,11 @@ func relAt(srv *httptest.Server) Release {
 }
 
 func TestFetchAndVerifySignature(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sums := []byte(hexA + "  " + TarballName("v1.2.3") + "\n")
-	srv, _ := sumsServer(t, sums, opensslSign(t, k, sums))
+	srv, _ := sumsServer(t, sums, k.Sign(t, sums))
 	rel := relAt(srv)
-	got, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), rel, k.pubPEM)
+	got, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), rel, k.PubPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,23 +69,23 @@ func TestFetchAndVerifySignature(t *testing.T) {
 }
 
 func TestTamperedSumsRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sums := []byte(hexA + "  " + TarballName("v1.2.3") + "\n")
-	sig := opensslSign(t, k, sums)
+	sig := k.Sign(t, sums)
 	tampered := []byte(hexB + "  " + TarballName("v1.2.3") + "\n")
 	srv, _ := sumsServer(t, tampered, sig)
-	_, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.pubPEM)
+	_, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM)
 	if !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "signature over SHA256SUMS of v1.2.3 does not verify with the release key") {
 		t.Fatalf("err = %v", err)
 	}
 	// Wrong key.
 	srv2, _ := sumsServer(t, sums, sig)
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), opensslKey(t, "prime256v1").pubPEM); !errors.Is(err, ErrBadSignature) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), testutil.NewOpenSSLKey(t, "prime256v1").PubPEM); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("wrong key: err = %v", err)
 	}
 	// Malformed signature.
 	srv3, _ := sumsServer(t, sums, []byte("bm90IGEgc2lnbmF0dXJl"))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv3.Client(), relAt(srv3), k.pubPEM); !errors.Is(err, ErrMalformedSignature) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv3.Client(), relAt(srv3), k.PubPEM); !errors.Is(err, ErrMalformedSignature) {
 		t.Fatalf("malformed: err = %v", err)
 	}
 }
@@ -92,21 +93,21 @@ func TestTamperedSumsRefused(t *testing.T) {
 // TestSignedButMalformedSumsRefused: a correctly signed file is still parsed
 // strictly.
 func TestSignedButMalformedSumsRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sums := []byte("this is signed but not a checksum file\n")
-	srv, _ := sumsServer(t, sums, opensslSign(t, k, sums))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.pubPEM); !errors.Is(err, ErrBadSums) {
+	srv, _ := sumsServer(t, sums, k.Sign(t, sums))
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM); !errors.Is(err, ErrBadSums) {
 		t.Fatalf("err = %v", err)
 	}
 }
 
 func TestMissingSignatureURLRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sums := []byte(hexA + "  x\n")
-	srv, hits := sumsServer(t, sums, opensslSign(t, k, sums))
+	srv, hits := sumsServer(t, sums, k.Sign(t, sums))
 	rel := relAt(srv)
 	rel.SignatureURL = ""
-	_, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), rel, k.pubPEM)
+	_, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), rel, k.PubPEM)
 	if !errors.Is(err, ErrSignatureRequired) || !strings.Contains(err.Error(), "no signature URL") {
 		t.Fatalf("err = %v", err)
 	}
@@ -125,21 +126,21 @@ func TestMissingSignatureURLRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), r, k.pubPEM); !errors.Is(err, ErrSignatureRequired) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), r, k.PubPEM); !errors.Is(err, ErrSignatureRequired) {
 		t.Fatalf("manifest without signature_url: err = %v", err)
 	}
 }
 
 func TestOversizeSumsAndSignatureRefused(t *testing.T) {
-	k := opensslKey(t, "prime256v1")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	big := []byte(strings.Repeat(hexA+"  x\n", int(MaxSumsBytes)/67+1))
-	srv, _ := sumsServer(t, big, opensslSign(t, k, big))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.pubPEM); !errors.Is(err, ErrTooLarge) {
+	srv, _ := sumsServer(t, big, k.Sign(t, big))
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize sums: err = %v", err)
 	}
 	sums := []byte(hexA + "  x\n")
 	srv2, _ := sumsServer(t, sums, []byte(strings.Repeat("A", int(MaxSignatureBytes)+4)))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), k.pubPEM); !errors.Is(err, ErrTooLarge) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), k.PubPEM); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize signature: err = %v", err)
 	}
 }
