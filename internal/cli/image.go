@@ -10,6 +10,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -282,7 +283,7 @@ corrupted. --dry-run only reports what would be freed.`,
 			if r.DryRun {
 				verb = "would free"
 			}
-			fmt.Fprintf(a.stdout, "%s %s across %d blob(s) in %s\n", verb, humanSize(r.FreedBytes), r.Blobs, r.Dir)
+			fmt.Fprintf(a.stdout, "%s %s across %d blob(s) in %s\n", verb, config.FormatSize(r.FreedBytes), r.Blobs, r.Dir)
 			return nil
 		},
 	}
@@ -291,18 +292,6 @@ corrupted. --dry-run only reports what would be freed.`,
 	cache.AddCommand(prune)
 	cmd.AddCommand(list, show, del, build, pull, register, promote, cache)
 	return cmd
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 func (a *app) kernelCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
@@ -189,7 +190,7 @@ func (p *progressLine) update(written, total int64) {
 	}
 	p.last = time.Now()
 	p.shown = true
-	fmt.Fprintf(p.a.stderr, "\r\x1b[K%s", output.Dim(p.a.stderr, fmt.Sprintf("copying workspace: %s of %s (%d%%)", humanSize(written), humanSize(total), written*100/total)))
+	fmt.Fprintf(p.a.stderr, "\r\x1b[K%s", output.Dim(p.a.stderr, fmt.Sprintf("copying workspace: %s of %s (%d%%)", config.FormatSize(written), config.FormatSize(total), written*100/total)))
 }
 
 func (p *progressLine) done() {

@@ -234,6 +234,19 @@ func (c *Config) validate() error {
 // Network returns the parsed guest network.
 func (c *Config) Network() netip.Prefix { return netip.MustParsePrefix(c.CIDR) }
 
+// FormatSize writes a byte count for people: "512 B", "3.5 MiB", "1.2 GiB".
+func FormatSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
 // ParseSize parses "512M", "2G", "1GiB" or a byte count.
 func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(strings.ToUpper(s))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 )
 
@@ -95,7 +96,7 @@ func pullProgress(w io.Writer, what string) func(done, total int64) {
 		if total > 0 {
 			pct = int(done * 100 / total)
 		}
-		fmt.Fprintf(w, "downloading %s: %s of %s (%d%%)\n", what, humanBytes(done), humanBytes(total), pct)
+		fmt.Fprintf(w, "downloading %s: %s of %s (%d%%)\n", what, config.FormatSize(done), config.FormatSize(total), pct)
 	}
 }
 
@@ -104,16 +105,4 @@ func orDiscard(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

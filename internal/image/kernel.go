@@ -13,6 +13,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/store"
@@ -252,7 +253,7 @@ func (s *Service) pullKernel(ctx context.Context, name string, force bool, progr
 	if oldErr == nil && !force {
 		return old, nil
 	}
-	fmt.Fprintf(orDiscard(progress), "pulling kernel %s (%s)\n", name, humanBytes(e.Size))
+	fmt.Fprintf(orDiscard(progress), "pulling kernel %s (%s)\n", name, config.FormatSize(e.Size))
 	restore, err := setAside(filepath.Join(s.Layout.KernelsDir(), catalog.DirName(e)), force)
 	if err != nil {
 		return store.KernelRecord{}, err

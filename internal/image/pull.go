@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/oci"
 	"github.com/banger-dev/banger/internal/store"
@@ -79,7 +80,7 @@ func (s *Service) pullCatalogImage(ctx context.Context, name string, force bool,
 	} else if k, _, err = s.ensureBuiltinKernel(ctx, progress); err != nil {
 		return store.ImageRecord{}, err
 	}
-	fmt.Fprintf(orDiscard(progress), "pulling image %s (%s)\n", name, humanBytes(e.Size))
+	fmt.Fprintf(orDiscard(progress), "pulling image %s (%s)\n", name, config.FormatSize(e.Size))
 	restore, err := setAside(filepath.Join(s.Layout.ImagesDir(), catalog.DirName(e)), force)
 	if err != nil {
 		return store.ImageRecord{}, err
@@ -182,7 +183,7 @@ func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress i
 			return store.ImageRecord{}, err
 		}
 	}
-	fmt.Fprintf(w, "building the root filesystem (%s of files)\n", humanBytes(tree.Bytes))
+	fmt.Fprintf(w, "building the root filesystem (%s of files)\n", config.FormatSize(tree.Bytes))
 	if err := oci.BuildExt4(ctx, tree, filepath.Join(staging, "rootfs.ext4"), ociHeadroom); err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
 	}
