@@ -10,7 +10,6 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
-	"github.com/banger-dev/banger/internal/client"
 	"github.com/spf13/cobra"
 )
 
@@ -133,24 +132,7 @@ func exactlyOneVM(cmd *cobra.Command, args []string) error {
 }
 
 func (a *app) completeVMs(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-	if len(args) > 0 {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	l, err := a.layout()
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	var vms []api.VM
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := client.New(l.SocketPath()).Call(ctx, api.MethodVMList, nil, &vms); err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	var out []string
-	for _, v := range vms {
-		out = append(out, v.Name)
-	}
-	return out, cobra.ShellCompDirectiveNoFileComp
+	return a.completeNames(api.MethodVMList)(cmd, args, toComplete)
 }
 
 func (a *app) vmRefCmd(verb, short, method, done string) *cobra.Command {

@@ -4,12 +4,12 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/oci"
 )
 
@@ -28,13 +28,9 @@ type guestKit struct {
 	applets []string
 }
 
-// guestKit takes the static busybox out of the built-in guest's rootfs
+// newGuestKit takes the static busybox out of the built-in guest's rootfs
 // (debugfs, no mount) and lists its applets.
-func (s *Service) guestKit(ctx context.Context, progress io.Writer) (*guestKit, error) {
-	_, art, err := s.ensureBuiltinKernel(ctx, progress)
-	if err != nil {
-		return nil, err
-	}
+func newGuestKit(ctx context.Context, art guestbuild.Artifacts) (*guestKit, error) {
 	debugfs, err := exec.LookPath("debugfs")
 	if err != nil {
 		return nil, fmt.Errorf("debugfs not found: install e2fsprogs")

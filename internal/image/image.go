@@ -126,17 +126,19 @@ func (s *Service) available(ctx context.Context) string {
 // missing built-in is built, a missing catalog image pulled (with its
 // kernel), showing progress.
 func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) (Resolved, error) {
-	if err := s.Known(ctx, name); err != nil {
-		return Resolved{}, err
-	}
 	l := s.lock(name)
 	l.Lock()
 	im, err := s.Store.GetImage(ctx, name)
 	if errors.Is(err, errdefs.ErrNotFound) {
-		if builtins[name] != nil {
+		switch {
+		case builtins[name] != nil:
 			im, err = s.buildBuiltin(ctx, name, progress)
-		} else {
-			im, err = s.pullCatalogImage(ctx, name, false, progress)
+		default:
+			// Only an unregistered name needs the catalog (and Known's
+			// error, naming what is available, when it is not there).
+			if err = s.Known(ctx, name); err == nil {
+				im, err = s.pullCatalogImage(ctx, name, false, progress)
+			}
 		}
 	}
 	l.Unlock()

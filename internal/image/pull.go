@@ -141,16 +141,17 @@ func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress i
 	if oldErr == nil && !p.Force {
 		return store.ImageRecord{}, errdefs.AlreadyExistsf("an image named %s already exists: pass --force to replace it, or --name", name)
 	}
-	var k store.KernelRecord
-	var err error
+	// The built-in guest supplies the guest kit, and the kernel unless --kernel.
+	k, art, err := s.ensureBuiltinKernel(ctx, progress)
+	if err != nil {
+		return store.ImageRecord{}, err
+	}
 	if p.Kernel != "" {
 		if k, err = s.Store.GetKernel(ctx, p.Kernel); err != nil {
 			return store.ImageRecord{}, err
 		}
-	} else if k, _, err = s.ensureBuiltinKernel(ctx, progress); err != nil {
-		return store.ImageRecord{}, err
 	}
-	kit, err := s.guestKit(ctx, progress)
+	kit, err := newGuestKit(ctx, art)
 	if err != nil {
 		return store.ImageRecord{}, err
 	}
