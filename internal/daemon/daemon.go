@@ -162,8 +162,8 @@ func newDaemon(layout paths.Layout, stdout, stderr io.Writer) (*Daemon, error) {
 // wire builds the services, once.
 func (d *Daemon) wire() error {
 	ctx := logging.With(context.Background(), d.log)
-	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout)
 	d.vmm, d.vmmError = chooseVMM(d.cfg.Config)
+	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout, d.vmm)
 	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log, Catalog: d.cfg.Catalog}
 	keyPath := d.cfg.SSHKeyPath
 	if keyPath == "" {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/roothelper"
@@ -35,12 +36,23 @@ func runRootHelper(l paths.Layout, ownerUID, ownerGID int, stderr io.Writer) int
 		return 1
 	}
 	log := logging.New(stderr, os.Getenv("BANGER_LOG_LEVEL")).With("component", "bangerd-root")
+	// The helper picks the VMM itself, from its own (root's) config and
+	// its own install: no request can name a program to run as root.
+	cfg, err := config.Load(l.ConfigFile())
+	if err != nil {
+		fmt.Fprintf(stderr, "bangerd: root helper: %v\n", err)
+		return 1
+	}
+	v, verr := chooseVMM(cfg.Config)
+	if verr != nil {
+		log.Warn("no VMM: launches will be refused", "error", verr)
+	}
 	return roothelper.Main(roothelper.Options{
 		Socket:   l.HelperSocketPath(),
 		LockFile: filepath.Join(l.HelperRuntimeDir, "bangerd-root.lock"),
 		OwnerUID: ownerUID,
 		OwnerGID: ownerGID,
-		Policy:   policyFor(l, ownerUID, ownerGID),
+		Policy:   policyFor(l, ownerUID, ownerGID, v),
 		Log:      log,
 	}, stderr)
 }

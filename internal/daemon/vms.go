@@ -24,7 +24,7 @@ import (
 // chooseOps picks how the daemon reaches root: the root helper when one
 // answers; in-process when the daemon itself is root (a dev setup);
 // otherwise the helper client, whose calls explain how to install it.
-func chooseOps(ctx context.Context, l paths.Layout) (privops.Ops, *privops.Client, string) {
+func chooseOps(ctx context.Context, l paths.Layout, v vm.VMMChoice) (privops.Ops, *privops.Client, string) {
 	hc := privops.NewClient(l.HelperSocketPath())
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -32,14 +32,16 @@ func chooseOps(ctx context.Context, l paths.Layout) (privops.Ops, *privops.Clien
 		return hc, hc, "root helper at " + hc.Socket()
 	}
 	if os.Geteuid() == 0 {
-		return &privops.Local{Policy: policyFor(l, 0, 0)}, nil, "in-process (the daemon runs as root)"
+		return &privops.Local{Policy: policyFor(l, 0, 0, v)}, nil, "in-process (the daemon runs as root)"
 	}
 	return hc, hc, "root helper at " + hc.Socket() + " (not answering yet)"
 }
 
-// policyFor is what the privileged side accepts for layout l.
-func policyFor(l paths.Layout, ownerUID, ownerGID int) privops.Policy {
-	return privops.Policy{Roots: []string{l.StateDir, l.CacheDir}, VMsDir: l.VMsDir(), OwnerUID: ownerUID, OwnerGID: ownerGID}
+// policyFor is what the privileged side accepts for layout l; v is the VMM
+// the privileged side itself chose (never one a request names).
+func policyFor(l paths.Layout, ownerUID, ownerGID int, v vm.VMMChoice) privops.Policy {
+	return privops.Policy{Roots: []string{l.StateDir, l.CacheDir}, VMsDir: l.VMsDir(), OwnerUID: ownerUID, OwnerGID: ownerGID,
+		VMMBinary: v.Binary, VMMKind: v.Kind}
 }
 
 // kvmUsable: /dev/kvm exists and is not the PVM flavour stock kernels

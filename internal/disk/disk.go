@@ -52,14 +52,6 @@ func CloneRootfs(base, dst string) (method CloneMethod, err error) {
 		return "", fmt.Errorf("clone rootfs: %w", err)
 	}
 	defer src.Close()
-	st, err := src.Stat()
-	if err != nil {
-		return "", fmt.Errorf("clone rootfs: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("clone rootfs: base %s is not a regular file", base)
-	}
-
 	out, err := createExclusive(dst)
 	if err != nil {
 		return "", fmt.Errorf("clone rootfs: %w", err)
@@ -73,19 +65,32 @@ func CloneRootfs(base, dst string) (method CloneMethod, err error) {
 			method = ""
 		}
 	}()
+	return CloneFile(out, src)
+}
 
-	method = Reflink
+// CloneFile copies the open regular file src into the open, empty file out:
+// a reflink where the filesystem allows it, else a sparse copy; then syncs
+// out. Working on handles, it never resolves a path.
+func CloneFile(out, src *os.File) (CloneMethod, error) {
+	st, err := src.Stat()
+	if err != nil {
+		return "", fmt.Errorf("clone %s: %w", src.Name(), err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("clone: %s is not a regular file", src.Name())
+	}
+	method := Reflink
 	if err = unix.IoctlFileClone(int(out.Fd()), int(src.Fd())); err != nil {
 		if !reflinkUnsupported(err) {
-			return "", fmt.Errorf("clone rootfs: reflink %s to %s: %w", base, dst, err)
+			return "", fmt.Errorf("clone: reflink %s to %s: %w", src.Name(), out.Name(), err)
 		}
 		method = SparseCopy
 		if err = sparseCopy(out, src, st.Size()); err != nil {
-			return "", fmt.Errorf("clone rootfs: copy %s to %s: %w", base, dst, err)
+			return "", fmt.Errorf("clone: copy %s to %s: %w", src.Name(), out.Name(), err)
 		}
 	}
 	if err = out.Sync(); err != nil {
-		return "", fmt.Errorf("clone rootfs: sync %s: %w", dst, err)
+		return "", fmt.Errorf("clone: sync %s: %w", out.Name(), err)
 	}
 	return method, nil
 }

@@ -68,8 +68,19 @@ func (l Layout) HelperSocketPath() string {
 // DaemonLogPath is where an auto-started user-mode daemon writes its log.
 func (l Layout) DaemonLogPath() string { return filepath.Join(l.StateDir, "bangerd.log") }
 
-// VMsDir holds one directory per VM.
-func (l Layout) VMsDir() string { return filepath.Join(l.StateDir, "vms") }
+// VMsDir holds one directory per VM. It is root's tree (the VMM, which
+// runs as root, opens the disks in it by name), so in system mode it lies
+// outside the owner's state dir: /var/lib/banger-vms. In user mode (where
+// the daemon itself is root, or nothing privileged runs) it is <state>/vms.
+func (l Layout) VMsDir() string {
+	if l.Mode == System {
+		return SystemVMsDir
+	}
+	return filepath.Join(l.StateDir, "vms")
+}
+
+// SystemVMsDir is the root-only VM tree of a system install.
+const SystemVMsDir = "/var/lib/banger-vms"
 
 // ImagesDir holds image root filesystems.
 func (l Layout) ImagesDir() string { return filepath.Join(l.StateDir, "images") }

@@ -18,6 +18,9 @@ const (
 	MethodRemoveVMDir  = "priv.remove_vm_dir"
 	MethodLaunchVMM    = "priv.launch_vmm"
 	MethodKillVMM      = "priv.kill_vmm"
+	MethodStatusVMM    = "priv.status_vmm"
+	MethodCtrlAltDel   = "priv.ctrl_alt_del"
+	MethodClearRuntime = "priv.clear_runtime"
 )
 
 // Client reaches the root helper over its socket. The caller's op id (from
@@ -79,7 +82,7 @@ func (c *Client) PrepareDisks(ctx context.Context, r DisksReq) (DisksResp, error
 }
 
 // RemoveVMDir implements Ops.
-func (c *Client) RemoveVMDir(ctx context.Context, r VMDirReq) error {
+func (c *Client) RemoveVMDir(ctx context.Context, r VMReq) error {
 	return c.c.Call(ctx, MethodRemoveVMDir, r, nil)
 }
 
@@ -93,4 +96,21 @@ func (c *Client) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error)
 // KillVMM implements Ops.
 func (c *Client) KillVMM(ctx context.Context, r KillReq) error {
 	return c.c.Call(ctx, MethodKillVMM, r, nil)
+}
+
+// StatusVMM implements Ops.
+func (c *Client) StatusVMM(ctx context.Context, r VMReq) (VMMStatus, error) {
+	var out VMMStatus
+	err := c.c.Call(ctx, MethodStatusVMM, r, &out)
+	return out, err
+}
+
+// CtrlAltDel implements Ops.
+func (c *Client) CtrlAltDel(ctx context.Context, r VMReq) error {
+	return c.c.Call(ctx, MethodCtrlAltDel, r, nil)
+}
+
+// ClearRuntime implements Ops.
+func (c *Client) ClearRuntime(ctx context.Context, r VMReq) error {
+	return c.c.Call(ctx, MethodClearRuntime, r, nil)
 }

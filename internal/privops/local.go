@@ -3,6 +3,8 @@ package privops
 import (
 	"archive/tar"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +17,11 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/safepath"
+	"github.com/banger-dev/banger/internal/securefs"
+	"github.com/banger-dev/banger/internal/vmdir"
 	"github.com/banger-dev/banger/internal/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Local performs the operations in this process, after validation. The root
@@ -109,89 +115,196 @@ func (l *Local) RemoveNAT(ctx context.Context, r NATReq) error {
 	return l.withNet(func(n *hostnet.Net) error { return n.RemoveNAT(a, r.Tap) })
 }
 
-// PrepareDisks implements Ops. On failure nothing it created is left.
+// ownerUIDs are the owners whose files root may read on the owner's behalf.
+func (l *Local) ownerUIDs() []int { return []int{l.Policy.OwnerUID} }
+
+// vms opens the VM tree, creating it if missing, after checking that only
+// root can change it (securefs.CheckRootOnly): everything below it may then
+// be named to an external program.
+func (l *Local) vms() (*os.File, error) {
+	dir := l.Policy.VMsDir
+	if dir == "" || !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+		return nil, errdefs.New(errdefs.OperationFailed, "the helper's vms dir %q is not an absolute, clean path", dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := securefs.CheckRootOnly(dir); err != nil {
+		return nil, errdefs.New(errdefs.OperationFailed, "vms dir %s is not root-only (%v): VM disks must live where only root can write; fix the ownership or use another state dir", dir, err)
+	}
+	return securefs.OpenNoFollow(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+}
+
+// vmDir opens (or, with create, makes) the directory of VM id: root's,
+// mode 0711, so the owner can reach the files handed to it and change none.
+func (l *Local) vmDir(id string, create bool) (*os.File, string, error) {
+	vms, err := l.vms()
+	if err != nil {
+		return nil, "", err
+	}
+	defer vms.Close()
+	var d *os.File
+	if create {
+		d, err = securefs.MkdirBeneath(vms, id, 0o711)
+	} else {
+		d, err = securefs.OpenBeneath(vms, id, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := securefs.Stat(d)
+	if err == nil && (int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0) {
+		err = fmt.Errorf("vm dir %s is not root-only (uid %d, mode %04o)", d.Name(), st.Uid, st.Mode&0o7777)
+	}
+	if err != nil {
+		d.Close()
+		return nil, "", err
+	}
+	return d, filepath.Join(l.Policy.VMsDir, id), nil
+}
+
+// cloneInto copies the owner's file src (opened safely) to name in dir.
+func (l *Local) cloneInto(dir *os.File, name, src string) (disk.CloneMethod, error) {
+	in, err := securefs.OpenOwned(src, l.ownerUIDs()...)
+	if err != nil {
+		return "", bad("%v", err)
+	}
+	defer in.Close()
+	if err := securefs.RemoveBeneath(dir, name); err != nil {
+		return "", err
+	}
+	out, err := securefs.CreateBeneath(dir, name, unix.O_RDWR, 0o600)
+	if err != nil {
+		return "", err
+	}
+	method, err := disk.CloneFile(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = securefs.RemoveBeneath(dir, name)
+		return "", err
+	}
+	return method, nil
+}
+
+// PrepareDisks implements Ops. It works in the VM's root-only directory
+// only; on failure nothing it created is left.
 func (l *Local) PrepareDisks(ctx context.Context, r DisksReq) (resp DisksResp, err error) {
 	if err := l.Policy.ValidateDisks(r); err != nil {
 		return resp, err
 	}
-	if err := os.MkdirAll(r.VMDir, 0o700); err != nil {
+	d, path, err := l.vmDir(r.ID, true)
+	if err != nil {
 		return resp, err
 	}
-	if err := l.chown(r.VMDir); err != nil {
-		return resp, err
+	defer d.Close()
+	for _, n := range []string{vmdir.RootfsName, vmdir.WorkDiskName, vmdir.ToolsDiskName} {
+		if _, err := os.Lstat(filepath.Join(path, n)); err == nil {
+			return resp, errdefs.New(errdefs.AlreadyExists, "vm %s already has %s", r.ID, n)
+		}
 	}
-	method, err := disk.CloneRootfs(r.BaseRootfs, r.Rootfs)
+	var made []string
+	defer func() {
+		if err != nil {
+			for _, n := range made {
+				_ = securefs.RemoveBeneath(d, n)
+			}
+		}
+	}()
+	made = append(made, vmdir.RootfsName)
+	method, err := l.cloneInto(d, vmdir.RootfsName, r.BaseRootfs)
 	if err != nil {
 		return resp, fmt.Errorf("clone root disk: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(r.Rootfs)
-		}
-	}()
-	seed, err := os.MkdirTemp(r.VMDir, "seed-")
+	// The seed is built inside the VM's root-only directory.
+	seedName := "seed-" + randHex()
+	seed, err := securefs.MkdirBeneath(d, seedName, 0o700)
 	if err != nil {
 		return resp, err
 	}
-	defer os.RemoveAll(seed)
+	seed.Close()
+	defer securefs.RemoveBeneath(d, seedName)
+	seedPath := filepath.Join(path, seedName)
 	if r.WorkSeed != "" {
-		if err := extractSeed(r.WorkSeed, seed); err != nil {
+		in, err := securefs.OpenOwned(r.WorkSeed, l.ownerUIDs()...)
+		if err != nil {
+			return resp, bad("work seed: %v", err)
+		}
+		err = extractSeed(in, seedPath)
+		in.Close()
+		if err != nil {
 			return resp, fmt.Errorf("work seed %s: %w", r.WorkSeed, err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(seed, ".ssh"), 0o700); err != nil {
-		return resp, err
-	}
-	if err := os.Chmod(seed, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(seedPath, ".ssh"), 0o700); err != nil {
 		return resp, err
 	}
 	key := r.AuthorizedKey
 	if key[len(key)-1] != '\n' {
 		key += "\n"
 	}
-	if err := os.WriteFile(filepath.Join(seed, ".ssh", "authorized_keys"), []byte(key), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(seedPath, ".ssh", "authorized_keys"), []byte(key), 0o600); err != nil {
 		return resp, err
 	}
-	if err := disk.MakeWorkDisk(ctx, r.WorkDisk, r.WorkDiskBytes, seed); err != nil {
+	made = append(made, vmdir.WorkDiskName)
+	if err := disk.MakeWorkDisk(ctx, filepath.Join(path, vmdir.WorkDiskName), r.WorkDiskBytes, seedPath); err != nil {
 		return resp, fmt.Errorf("make work disk: %w", err)
 	}
 	if r.ToolsSource != "" {
-		if _, err := disk.CloneRootfs(r.ToolsSource, r.ToolsDisk); err != nil {
-			os.Remove(r.WorkDisk)
+		made = append(made, vmdir.ToolsDiskName)
+		if _, err := l.cloneInto(d, vmdir.ToolsDiskName, r.ToolsSource); err != nil {
 			return resp, fmt.Errorf("tools disk: %w", err)
 		}
 	}
-	for _, p := range []string{r.Rootfs, r.WorkDisk, r.ToolsDisk} {
-		if p == "" {
-			continue
-		}
-		if err := l.chown(p); err != nil {
-			os.Remove(r.WorkDisk)
-			if r.ToolsDisk != "" {
-				os.Remove(r.ToolsDisk)
-			}
-			return resp, err
-		}
-	}
-	if method != disk.CloneMethod("reflink") {
-		logging.From(ctx).Warn("root disk is a sparse copy: create costs O(image size); put the state dir on XFS/btrfs for reflinks", "vm_dir", r.VMDir)
+	if method != disk.Reflink {
+		logging.From(ctx).Warn("root disk is a sparse copy: create costs O(image size); put the state dir and the vms dir on one XFS/btrfs for reflinks", "vm_dir", path)
 	}
 	return DisksResp{CloneMethod: string(method)}, nil
 }
 
-func (l *Local) chown(p string) error {
-	if os.Geteuid() != 0 || l.Policy.OwnerUID == 0 {
-		return nil
-	}
-	return os.Lchown(p, l.Policy.OwnerUID, l.Policy.OwnerGID)
+func randHex() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
-// RemoveVMDir implements Ops.
-func (l *Local) RemoveVMDir(ctx context.Context, r VMDirReq) error {
-	if err := l.Policy.ValidateVMDir(r); err != nil {
+// RemoveVMDir implements Ops: the VM's directory and all it holds, through
+// the VM tree's handle (never a followed link).
+func (l *Local) RemoveVMDir(ctx context.Context, r VMReq) error {
+	if err := l.Policy.ValidateVM(r); err != nil {
 		return err
 	}
-	return os.RemoveAll(r.VMDir)
+	vms, err := l.vms()
+	if err != nil {
+		return err
+	}
+	defer vms.Close()
+	return securefs.RemoveBeneath(vms, r.ID)
+}
+
+// vmmBinary is the helper's VMM, after checking that only root can change it.
+func (l *Local) vmmBinary() (string, error) {
+	b := l.Policy.VMMBinary
+	if b == "" {
+		return "", errdefs.New(errdefs.OperationFailed, "the root helper has no VMM: set firecracker_bin in the config or install banger-vmm beside bangerd")
+	}
+	if err := securefs.CheckRootOnly(b); err != nil {
+		return "", errdefs.New(errdefs.OperationFailed, "vmm binary %s: %v; it and every directory above it must be root's and writable by root alone", b, err)
+	}
+	if err := safepath.RegularFile(b); err != nil {
+		return "", errdefs.New(errdefs.OperationFailed, "vmm binary: %v", err)
+	}
+	return b, nil
+}
+
+// running reports whether the VM's pidfile names its live VMM.
+func running(dir vmdir.Dir) (int, bool) {
+	pid, err := vmm.ReadPID(dir.PIDFile())
+	if err != nil {
+		return 0, false
+	}
+	return pid, vmm.Identify(pid, dir.APISock()) == nil
 }
 
 // LaunchVMM implements Ops.
@@ -199,23 +312,84 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	if err := l.Policy.ValidateLaunch(r); err != nil {
 		return LaunchResp{}, err
 	}
+	bin, err := l.vmmBinary()
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	d, path, err := l.vmDir(r.ID, false)
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	defer d.Close()
+	dir := vmdir.Dir(path)
+	if pid, ok := running(dir); ok {
+		return LaunchResp{}, errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", r.ID, pid)
+	}
+	// Leftovers of a VMM that died without cleanup.
+	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
+		if err := securefs.RemoveBeneath(d, n); err != nil {
+			return LaunchResp{}, err
+		}
+	}
+	if _, err := os.Lstat(dir.Rootfs()); err != nil {
+		return LaunchResp{}, errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", r.ID)
+	}
+	// The VMM opens only root-only paths: the owner's kernel and initrd
+	// are copied in from handles opened without following links.
+	if _, err := l.cloneInto(d, vmdir.KernelName, r.Kernel); err != nil {
+		return LaunchResp{}, fmt.Errorf("kernel: %w", err)
+	}
+	initrd := ""
+	if r.Initrd != "" {
+		if _, err := l.cloneInto(d, vmdir.InitrdName, r.Initrd); err != nil {
+			return LaunchResp{}, fmt.Errorf("initrd: %w", err)
+		}
+		initrd = dir.Initrd()
+	} else if err := securefs.RemoveBeneath(d, vmdir.InitrdName); err != nil {
+		return LaunchResp{}, err
+	}
+	serial, err := securefs.OpenBeneath(d, vmdir.SerialLogName, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND, 0o600)
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	defer serial.Close()
+	if st, err := securefs.Stat(serial); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return LaunchResp{}, fmt.Errorf("serial log %s is not a regular file", serial.Name())
+	}
+	// The owner reads its guest's console.
+	if err := l.chownFile(serial); err != nil {
+		return LaunchResp{}, err
+	}
+	var ro []string
+	if _, err := os.Lstat(dir.ToolsDisk()); err == nil {
+		ro = append(ro, dir.ToolsDisk())
+	}
 	pid, err := vmm.Launch(vmm.Spec{
-		ID: r.ID, Binary: r.Binary, APISock: r.APISock, PIDFile: r.PIDFile, SerialLog: r.SerialLog,
-		Kernel: r.Kernel, Initrd: r.Initrd, BootArgs: r.BootArgs, RootDrive: r.Rootfs, ExtraDrive: r.Drives,
-		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: r.VsockUDS, ReadOnlyDrive: r.ROdrives,
+		ID: r.ID, Binary: bin, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(), Serial: serial,
+		Kernel: dir.Kernel(), Initrd: initrd, BootArgs: r.BootArgs, RootDrive: dir.Rootfs(), ExtraDrive: []string{dir.WorkDisk()},
+		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: dir.AgentSock(), ReadOnlyDrive: ro,
 	})
 	if err != nil {
 		return LaunchResp{}, err
 	}
-	// The daemon (the owner) must reach the API socket and read the logs.
-	for _, p := range []string{r.APISock, r.PIDFile, r.SerialLog, r.VsockUDS} {
-		if p != "" {
-			_ = l.chown(p)
+	// The daemon talks to its guest's agent; the API socket stays root's.
+	if l.Policy.OwnerUID != 0 && os.Geteuid() == 0 {
+		if err := securefs.ChownBeneath(d, vmdir.AgentSockName, l.Policy.OwnerUID, l.Policy.OwnerGID); err != nil && !errors.Is(err, unix.ENOENT) {
+			logging.From(ctx).Warn("agent socket not handed to the owner", "error", err)
 		}
 	}
-	logging.From(ctx).Info("vmm launched", "vm_id", r.ID, "pid", pid, "binary", r.Binary)
-	return LaunchResp{PID: pid}, nil
+	logging.From(ctx).Info("vmm launched", "vm_id", r.ID, "pid", pid, "binary", bin)
+	return LaunchResp{PID: pid, Binary: bin, Kind: l.Policy.VMMKind}, nil
 }
+
+func (l *Local) chownFile(f *os.File) error {
+	if os.Geteuid() != 0 || l.Policy.OwnerUID == 0 {
+		return nil
+	}
+	return f.Chown(l.Policy.OwnerUID, l.Policy.OwnerGID)
+}
+
+func (l *Local) dirOf(id string) vmdir.Dir { return vmdir.New(l.Policy.VMsDir, id) }
 
 // KillVMM implements Ops. A VMM that is already gone is not an error.
 func (l *Local) KillVMM(ctx context.Context, r KillReq) error {
@@ -223,14 +397,15 @@ func (l *Local) KillVMM(ctx context.Context, r KillReq) error {
 	if err != nil {
 		return err
 	}
-	pid, err := vmm.ReadPID(r.PIDFile)
+	dir := l.dirOf(r.ID)
+	pid, err := vmm.ReadPID(dir.PIDFile())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if err := vmm.Identify(pid, r.APISock); err != nil {
+	if err := vmm.Identify(pid, dir.APISock()); err != nil {
 		if errors.Is(err, vmm.ErrNotRunning) {
 			return nil
 		}
@@ -243,15 +418,63 @@ func (l *Local) KillVMM(ctx context.Context, r KillReq) error {
 	return nil
 }
 
-// extractSeed unpacks a work seed tar into dir: directories and regular
-// files only, names that stay inside dir, nothing through a symlink (there
-// are none: dir is fresh and no link is ever created).
-func extractSeed(tarPath, dir string) error {
-	f, err := os.Open(tarPath)
+// StatusVMM implements Ops.
+func (l *Local) StatusVMM(ctx context.Context, r VMReq) (VMMStatus, error) {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return VMMStatus{}, err
+	}
+	dir := l.dirOf(r.ID)
+	pid, err := vmm.Find(ctx, dir.PIDFile(), dir.APISock())
+	if err != nil {
+		return VMMStatus{Reason: err.Error()}, nil
+	}
+	st := VMMStatus{PID: pid}
+	if info, err := vmm.Describe(ctx, dir.APISock()); err == nil {
+		st.State = info.State
+	}
+	return st, nil
+}
+
+// CtrlAltDel implements Ops.
+func (l *Local) CtrlAltDel(ctx context.Context, r VMReq) error {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return err
+	}
+	dir := l.dirOf(r.ID)
+	if _, ok := running(dir); !ok {
+		return nil
+	}
+	return vmm.SendCtrlAltDel(ctx, dir.APISock())
+}
+
+// ClearRuntime implements Ops.
+func (l *Local) ClearRuntime(ctx context.Context, r VMReq) error {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return err
+	}
+	d, _, err := l.vmDir(r.ID, false)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer d.Close()
+	if pid, ok := running(l.dirOf(r.ID)); ok {
+		return errdefs.New(errdefs.BadRequest, "vm %s still runs (vmm pid %d)", r.ID, pid)
+	}
+	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
+		if err := securefs.RemoveBeneath(d, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// extractSeed unpacks a work seed tar into dir: directories and regular
+// files only, names that stay inside dir, nothing through a symlink (there
+// are none: dir is fresh and no link is ever created).
+func extractSeed(f io.Reader, dir string) error {
 	tr := tar.NewReader(io.LimitReader(f, 64<<20))
 	for {
 		h, err := tr.Next()

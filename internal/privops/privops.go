@@ -2,28 +2,38 @@
 // operations, each with a request type that is validated before anything is
 // done.
 //
-// Security design:
+// Security design (docs/security.md has the whole threat model):
 //   - The owner daemon never runs privileged code itself. It holds an Ops:
 //     a Client that talks to the root helper (bangerd --root-helper) over a
 //     Unix socket, or, in a dev setup where everything already runs as root,
 //     Local in-process. Both run the same Validate and the same code.
 //   - Interface names must start with banger's prefixes (bridge "banger",
 //     taps "bgtap"), so a compromised daemon cannot touch eth0 or docker0.
-//   - Paths must be absolute, clean and strictly under banger's own
-//     directories; every existing component is Lstat'ed and a symlink
-//     anywhere is refused (internal/safepath).
-//   - The VMM binary must be a regular file; processes are started by argv,
-//     never through a shell.
-//   - Processes are signalled only through their pidfile, after checking
-//     that the pid really is the VMM for that API socket.
+//   - No request names a program. The VMM binary is the helper's own choice
+//     (Policy.VMMBinary), and it, like every directory above it, must be
+//     root's and writable by nobody else before each launch.
+//   - VM directories live in a root-only tree (Policy.VMsDir: every
+//     component root-owned, writable by root alone). A request names a VM
+//     by its id; the helper derives every file name in the VM directory
+//     itself, works through directory handles there, and hands the owner
+//     only what it must read (serial log, agent socket). The VMM's API
+//     socket stays root's: the owner reaches the VMM only through the typed
+//     operations below (status, Ctrl-Alt-Del, kill).
+//   - Files the owner supplies (image base, kernel, initrd, work seed,
+//     tools disk) are opened once, with no symlink in any component
+//     (openat2), must be regular files owned by the owner, and are copied
+//     into the VM directory from that open handle; the VMM only ever opens
+//     root-only paths.
+//   - Processes are started by argv, never through a shell, and signalled
+//     only after checking that the pid really is the VMM of that VM.
 package privops
 
 import (
 	"context"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/errdefs"
@@ -45,19 +55,31 @@ type Ops interface {
 	AddNAT(ctx context.Context, r NATReq) error
 	RemoveNAT(ctx context.Context, r NATReq) error
 	PrepareDisks(ctx context.Context, r DisksReq) (DisksResp, error)
-	RemoveVMDir(ctx context.Context, r VMDirReq) error
+	RemoveVMDir(ctx context.Context, r VMReq) error
 	LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error)
 	KillVMM(ctx context.Context, r KillReq) error
+	// StatusVMM says whether the VM's VMM runs and answers its API.
+	StatusVMM(ctx context.Context, r VMReq) (VMMStatus, error)
+	// CtrlAltDel asks the VM's guest to reboot (which ends the VMM).
+	CtrlAltDel(ctx context.Context, r VMReq) error
+	// ClearRuntime removes a stopped VM's API socket, pidfile and agent
+	// socket (nothing while its VMM runs).
+	ClearRuntime(ctx context.Context, r VMReq) error
 }
 
 // Policy is what the validator allows.
 type Policy struct {
-	// Roots are banger's own directories (state and cache).
+	// Roots are banger's own directories (state and cache): files the
+	// owner supplies must lie below one of them.
 	Roots []string
-	// VMsDir is where VM directories live (under a root).
+	// VMsDir is where VM directories live: a root-only tree (see
+	// securefs.CheckRootOnly), created by the helper.
 	VMsDir string
 	// OwnerUID/GID own the files and taps made for the daemon.
 	OwnerUID, OwnerGID int
+	// VMMBinary is the VMM the helper runs (its own choice, never the
+	// request's) and VMMKind what it is ("firecracker" or "banger-vmm").
+	VMMBinary, VMMKind string
 }
 
 // BridgeReq creates the bridge if missing and gives it the gateway address.
@@ -78,20 +100,19 @@ type NATReq struct {
 	Tap     string `json:"tap"`
 }
 
-// DisksReq prepares a VM's disks: a copy-on-write root over the image's
-// base and a fresh ext4 work disk holding AuthorizedKey.
+// DisksReq prepares a VM's disks in its directory (VMsDir/<ID>, created
+// root-only): a copy-on-write root over the image's base (rootfs.ext4), a
+// fresh ext4 work disk holding AuthorizedKey (work.ext4) and a copy of the
+// tools disk (tools.ext4).
 type DisksReq struct {
-	VMDir         string `json:"vm_dir"`
+	ID            string `json:"id"`
 	BaseRootfs    string `json:"base_rootfs"`
-	Rootfs        string `json:"rootfs"`
-	WorkDisk      string `json:"work_disk"`
 	WorkDiskBytes int64  `json:"work_disk_bytes"`
 	AuthorizedKey string `json:"authorized_key"`
 	WorkSeed      string `json:"work_seed,omitempty"` // tar of the image's /root, copied into the work disk
-	// ToolsSource is banger's tools disk (the guest agent), copied to
-	// ToolsDisk in the VM dir; both empty when there is none.
+	// ToolsSource is banger's tools disk (the guest agent); empty when
+	// there is none.
 	ToolsSource string `json:"tools_source,omitempty"`
-	ToolsDisk   string `json:"tools_disk,omitempty"`
 }
 
 // DisksResp says how the root disk was made.
@@ -99,50 +120,52 @@ type DisksResp struct {
 	CloneMethod string `json:"clone_method"`
 }
 
-// VMDirReq names a VM directory.
-type VMDirReq struct {
-	VMDir string `json:"vm_dir"`
+// VMReq names a VM (its directory is VMsDir/<ID>).
+type VMReq struct {
+	ID string `json:"id"`
 }
 
-// LaunchReq boots a VMM.
+// LaunchReq boots the helper's VMM for the VM ID. The disks are the ones
+// PrepareDisks made; the kernel and initrd are the owner's files, copied
+// into the VM directory first.
 type LaunchReq struct {
-	ID        string   `json:"id"`
-	Binary    string   `json:"binary"`
-	APISock   string   `json:"api_sock"`
-	PIDFile   string   `json:"pid_file"`
-	SerialLog string   `json:"serial_log"`
-	Kernel    string   `json:"kernel"`
-	Initrd    string   `json:"initrd,omitempty"`
-	BootArgs  string   `json:"boot_args"`
-	Rootfs    string   `json:"rootfs"`
-	Drives    []string `json:"drives,omitempty"`
-	Tap       string   `json:"tap"`
-	MAC       string   `json:"mac"`
-	VCPU      int64    `json:"vcpu"`
-	MemMiB    int64    `json:"mem_mib"`
-	VsockUDS  string   `json:"vsock_uds,omitempty"` // the guest agent's socket, in the VM dir
-	ROdrives  []string `json:"ro_drives,omitempty"` // read-only drives after Drives (the tools disk)
+	ID       string `json:"id"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd,omitempty"`
+	BootArgs string `json:"boot_args"`
+	Tap      string `json:"tap"`
+	MAC      string `json:"mac"`
+	VCPU     int64  `json:"vcpu"`
+	MemMiB   int64  `json:"mem_mib"`
 }
 
-// LaunchResp is the VMM's pid.
+// LaunchResp is the VMM's pid, and which VMM the helper ran.
 type LaunchResp struct {
-	PID int `json:"pid"`
+	PID    int    `json:"pid"`
+	Binary string `json:"binary"`
+	Kind   string `json:"kind"`
 }
 
-// KillReq signals the VMM recorded in PIDFile, if it still is that VMM.
+// KillReq signals the VM's VMM, if the pid in its pidfile still is that VMM.
 type KillReq struct {
-	PIDFile string `json:"pid_file"`
-	APISock string `json:"api_sock"`
-	Signal  string `json:"signal"` // KILL (default), TERM, INT
+	ID     string `json:"id"`
+	Signal string `json:"signal"` // KILL (default), TERM, INT, QUIT
+}
+
+// VMMStatus is what the helper sees of a VM's VMM: its pid when the pidfile
+// names a live process that is this VM's VMM and whose API answers.
+type VMMStatus struct {
+	PID    int    `json:"pid,omitempty"`
+	State  string `json:"state,omitempty"` // the API's instance state
+	Reason string `json:"reason,omitempty"`
 }
 
 // Signals a KillReq may name.
 var Signals = map[string]syscall.Signal{"": syscall.SIGKILL, "KILL": syscall.SIGKILL, "TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT}
 
 var (
-	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	idRE       = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
-	macRE      = regexp.MustCompile(`^02(:[0-9a-f]{2}){5}$`)
+	idRE  = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+	macRE = regexp.MustCompile(`^02(:[0-9a-f]{2}){5}$`)
 )
 
 func bad(format string, a ...any) error { return errdefs.New(errdefs.BadRequest, format, a...) }
@@ -215,85 +238,56 @@ func (p Policy) ValidateNAT(r NATReq) (netip.Addr, error) {
 	return a, iface(r.Tap, TapPrefix)
 }
 
+// validID checks a VM id.
+func validID(id string) error {
+	if !idRE.MatchString(id) {
+		return bad("vm id %q must be 1-64 of [A-Za-z0-9-]", id)
+	}
+	return nil
+}
+
 // ValidateDisks checks a DisksReq.
 func (p Policy) ValidateDisks(r DisksReq) error {
-	if err := p.under("vm dir", r.VMDir, p.VMsDir); err != nil {
+	if err := validID(r.ID); err != nil {
 		return err
 	}
 	if err := p.file("base rootfs", r.BaseRootfs); err != nil {
 		return err
-	}
-	// The disks are direct children of the VM dir (which may not exist yet).
-	for _, wp := range [][2]string{{"rootfs", r.Rootfs}, {"work disk", r.WorkDisk}} {
-		what, path := wp[0], wp[1]
-		if filepath.Dir(path) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(path)) {
-			return bad("%s %q must be a file directly inside the vm dir %s", what, path, r.VMDir)
-		}
 	}
 	if r.WorkSeed != "" {
 		if err := p.file("work seed", r.WorkSeed); err != nil {
 			return err
 		}
 	}
-	if (r.ToolsSource == "") != (r.ToolsDisk == "") {
-		return bad("tools source and tools disk go together")
-	}
 	if r.ToolsSource != "" {
 		if err := p.file("tools source", r.ToolsSource); err != nil {
 			return err
-		}
-		if filepath.Dir(r.ToolsDisk) != filepath.Clean(r.VMDir) || !fileNameRE.MatchString(filepath.Base(r.ToolsDisk)) {
-			return bad("tools disk %q must be a file directly inside the vm dir %s", r.ToolsDisk, r.VMDir)
 		}
 	}
 	if r.WorkDiskBytes < 64<<20 || r.WorkDiskBytes > 2<<40 {
 		return bad("work disk size %d is out of range (64 MiB - 2 TiB)", r.WorkDiskBytes)
 	}
-	if len(r.AuthorizedKey) > 8192 || !regexp.MustCompile(`^ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+( [^\n]*)?\n?$`).MatchString(r.AuthorizedKey) {
+	if len(r.AuthorizedKey) > 8192 || !authKeyRE.MatchString(r.AuthorizedKey) {
 		return bad("authorized key is not one OpenSSH public key line")
 	}
 	return nil
 }
 
-// ValidateVMDir checks a VMDirReq.
-func (p Policy) ValidateVMDir(r VMDirReq) error {
-	return p.under("vm dir", r.VMDir, p.VMsDir)
-}
+var authKeyRE = regexp.MustCompile(`^ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+( [^\n]*)?\n?$`)
+
+// ValidateVM checks a VMReq.
+func (p Policy) ValidateVM(r VMReq) error { return validID(r.ID) }
 
 // ValidateLaunch checks a LaunchReq.
 func (p Policy) ValidateLaunch(r LaunchReq) error {
-	if !idRE.MatchString(r.ID) {
-		return bad("vm id %q must be 1-64 of [A-Za-z0-9-]", r.ID)
-	}
-	if err := safepath.RegularFile(r.Binary); err != nil {
-		return bad("vmm binary: %v", err)
-	}
-	for _, wp := range [][2]string{{"api socket", r.APISock}, {"pidfile", r.PIDFile}, {"serial log", r.SerialLog}, {"rootfs", r.Rootfs}} {
-		what, path := wp[0], wp[1]
-		if err := p.under(what, path, p.VMsDir); err != nil {
-			return err
-		}
+	if err := validID(r.ID); err != nil {
+		return err
 	}
 	if err := p.file("kernel", r.Kernel); err != nil {
 		return err
 	}
 	if r.Initrd != "" {
 		if err := p.file("initrd", r.Initrd); err != nil {
-			return err
-		}
-	}
-	for _, d := range r.Drives {
-		if err := p.under("drive", d, p.VMsDir); err != nil {
-			return err
-		}
-	}
-	if r.VsockUDS != "" {
-		if err := p.under("vsock socket", r.VsockUDS, p.VMsDir); err != nil {
-			return err
-		}
-	}
-	for _, d := range r.ROdrives {
-		if err := p.under("read-only drive", d, p.VMsDir); err != nil {
 			return err
 		}
 	}
@@ -309,8 +303,8 @@ func (p Policy) ValidateLaunch(r LaunchReq) error {
 	if r.MemMiB < 128 || r.MemMiB > 1<<20 {
 		return bad("memory %d MiB is out of range (128 MiB - 1 TiB)", r.MemMiB)
 	}
-	if len(r.BootArgs) > 2048 {
-		return bad("boot args longer than 2048 bytes")
+	if len(r.BootArgs) > 2048 || strings.ContainsAny(r.BootArgs, "\x00\n") {
+		return bad("boot args must be one line of at most 2048 bytes")
 	}
 	return nil
 }
@@ -321,14 +315,7 @@ func (p Policy) ValidateKill(r KillReq) (syscall.Signal, error) {
 	if !ok {
 		return 0, bad("signal %q is not one of KILL, TERM, INT, QUIT", r.Signal)
 	}
-	// In a fixed order, so the error names the first bad path every time.
-	for _, wp := range [][2]string{{"pidfile", r.PIDFile}, {"api socket", r.APISock}} {
-		what, path := wp[0], wp[1]
-		if err := p.under(what, path, p.VMsDir); err != nil {
-			return 0, err
-		}
-	}
-	return sig, nil
+	return sig, validID(r.ID)
 }
 
-func (r LaunchReq) String() string { return fmt.Sprintf("launch %s (%s)", r.ID, r.Binary) }
+func (r LaunchReq) String() string { return fmt.Sprintf("launch %s", r.ID) }

@@ -39,22 +39,18 @@ func isBadRequest(t *testing.T, err error, want string) {
 	}
 }
 
-func goodLaunch(p Policy, root string) LaunchReq {
-	self, _ := os.Executable()
-	d := filepath.Join(p.VMsDir, "abc")
-	return LaunchReq{ID: "abc", Binary: self, APISock: filepath.Join(d, "api.sock"), PIDFile: filepath.Join(d, "vmm.pid"),
-		SerialLog: filepath.Join(d, "serial.log"), Kernel: filepath.Join(root, "state", "vmlinux"), BootArgs: "console=ttyS0",
-		Rootfs: filepath.Join(d, "rootfs.ext4"), Tap: "bgtapabc", MAC: "02:fc:ac:1e:00:02", VCPU: 1, MemMiB: 256}
+func goodLaunch(root string) LaunchReq {
+	return LaunchReq{ID: "abc", Kernel: filepath.Join(root, "state", "vmlinux"), BootArgs: "console=ttyS0",
+		Tap: "bgtapabc", MAC: "02:fc:ac:1e:00:02", VCPU: 1, MemMiB: 256}
 }
 
 func TestLaunchValidation(t *testing.T) {
 	p, root := testPolicy(t)
-	if err := p.ValidateLaunch(goodLaunch(p, root)); err != nil {
+	if err := p.ValidateLaunch(goodLaunch(root)); err != nil {
 		t.Fatalf("good request refused: %v", err)
 	}
 	outside := t.TempDir()
 	os.WriteFile(filepath.Join(outside, "k"), []byte("x"), 0o600)
-	os.Symlink(outside, filepath.Join(p.VMsDir, "evil"))
 	os.Symlink(filepath.Join(outside, "k"), filepath.Join(root, "state", "klink"))
 	cases := []struct {
 		name string
@@ -62,23 +58,19 @@ func TestLaunchValidation(t *testing.T) {
 		want string
 	}{
 		{"kernel outside banger's dirs", func(r *LaunchReq) { r.Kernel = filepath.Join(outside, "k") }, "kernel"},
-		{"socket through a symlinked dir", func(r *LaunchReq) { r.APISock = filepath.Join(p.VMsDir, "evil", "api.sock") }, "symlink"},
 		{"kernel is a symlink", func(r *LaunchReq) { r.Kernel = filepath.Join(root, "state", "klink") }, "symlink"},
-		{"relative path", func(r *LaunchReq) { r.Rootfs = "vms/abc/rootfs.ext4" }, "rootfs"},
-		{"dot-dot escape", func(r *LaunchReq) { r.PIDFile = filepath.Join(p.VMsDir, "abc") + "/../../../etc/x" }, "pidfile"},
+		{"initrd relative", func(r *LaunchReq) { r.Initrd = "state/vmlinux" }, "initrd"},
 		{"tap outside prefix", func(r *LaunchReq) { r.Tap = "eth0" }, "eth0"},
-		{"vmm not a regular file", func(r *LaunchReq) { r.Binary = "/usr/bin" }, "vmm binary"},
-		{"vmm missing", func(r *LaunchReq) { r.Binary = "/nonexistent/firecracker" }, "vmm binary"},
 		{"bad id", func(r *LaunchReq) { r.ID = "a b" }, "vm id"},
+		{"id escapes", func(r *LaunchReq) { r.ID = "../x" }, "vm id"},
 		{"vcpu 0", func(r *LaunchReq) { r.VCPU = 0 }, "vcpu"},
 		{"tiny memory", func(r *LaunchReq) { r.MemMiB = 1 }, "memory"},
 		{"global mac", func(r *LaunchReq) { r.MAC = "00:11:22:33:44:55" }, "mac"},
-		{"vsock socket outside the vms dir", func(r *LaunchReq) { r.VsockUDS = filepath.Join(outside, "v.sock") }, "vsock socket"},
-		{"read-only drive outside the vms dir", func(r *LaunchReq) { r.ROdrives = []string{filepath.Join(outside, "k")} }, "read-only drive"},
+		{"boot args on two lines", func(r *LaunchReq) { r.BootArgs = "a\nb" }, "boot args"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			r := goodLaunch(p, root)
+			r := goodLaunch(root)
 			c.mut(&r)
 			isBadRequest(t, p.ValidateLaunch(r), c.want)
 		})
@@ -87,15 +79,13 @@ func TestLaunchValidation(t *testing.T) {
 
 func TestDisksValidation(t *testing.T) {
 	p, root := testPolicy(t)
-	d := filepath.Join(p.VMsDir, "abc")
 	tools := filepath.Join(root, "state", "tools.ext4")
 	os.WriteFile(tools, []byte("x"), 0o600)
 	outside := t.TempDir()
 	os.WriteFile(filepath.Join(outside, "seed.tar"), []byte("x"), 0o600)
 	good := func() DisksReq {
-		return DisksReq{VMDir: d, BaseRootfs: filepath.Join(root, "state", "images", "tiny", "rootfs.ext4"), Rootfs: filepath.Join(d, "rootfs.ext4"),
-			WorkDisk: filepath.Join(d, "work.ext4"), WorkDiskBytes: 128 << 20, AuthorizedKey: "ssh-ed25519 AAAAC3Nz banger\n",
-			ToolsSource: tools, ToolsDisk: filepath.Join(d, "tools.ext4")}
+		return DisksReq{ID: "abc", BaseRootfs: filepath.Join(root, "state", "images", "tiny", "rootfs.ext4"),
+			WorkDiskBytes: 128 << 20, AuthorizedKey: "ssh-ed25519 AAAAC3Nz banger\n", ToolsSource: tools}
 	}
 	if err := p.ValidateDisks(good()); err != nil {
 		t.Fatalf("good request refused: %v", err)
@@ -107,8 +97,8 @@ func TestDisksValidation(t *testing.T) {
 	}{
 		{"work seed outside banger's dirs", func(r *DisksReq) { r.WorkSeed = filepath.Join(outside, "seed.tar") }, "work seed"},
 		{"tools source outside banger's dirs", func(r *DisksReq) { r.ToolsSource = filepath.Join(outside, "seed.tar") }, "tools source"},
-		{"tools disk outside the vm dir", func(r *DisksReq) { r.ToolsDisk = filepath.Join(p.VMsDir, "tools.ext4") }, "tools disk"},
-		{"tools disk without a source", func(r *DisksReq) { r.ToolsSource = "" }, "go together"},
+		{"id with a slash", func(r *DisksReq) { r.ID = "abc/../../etc" }, "vm id"},
+		{"two key lines", func(r *DisksReq) { r.AuthorizedKey = "ssh-ed25519 AAAA a\nssh-ed25519 BBBB b\n" }, "authorized key"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -132,12 +122,12 @@ func TestInterfaceAndNetworkValidation(t *testing.T) {
 	isBadRequest(t, p.ValidateTap(TapReq{Name: "bgtap1", Bridge: "br0"}), "br0")
 	_, err = p.ValidateNAT(NATReq{GuestIP: "1.2.3.4", Tap: "bgtap1"})
 	isBadRequest(t, err, "1.2.3.4")
-	_, err = p.ValidateKill(KillReq{PIDFile: "/etc/passwd", APISock: "/etc/x"})
-	isBadRequest(t, err, "pidfile")
-	_, err = p.ValidateKill(KillReq{PIDFile: filepath.Join(p.VMsDir, "abc", "vmm.pid"), APISock: filepath.Join(p.VMsDir, "abc", "api.sock"), Signal: "HUP"})
+	_, err = p.ValidateKill(KillReq{ID: "../../etc"})
+	isBadRequest(t, err, "vm id")
+	_, err = p.ValidateKill(KillReq{ID: "abc", Signal: "HUP"})
 	isBadRequest(t, err, "HUP")
-	isBadRequest(t, p.ValidateVMDir(VMDirReq{VMDir: "/"}), "vm dir")
-	isBadRequest(t, p.ValidateVMDir(VMDirReq{VMDir: p.VMsDir}), "vm dir")
+	isBadRequest(t, p.ValidateVM(VMReq{ID: "/"}), "vm id")
+	isBadRequest(t, p.ValidateVM(VMReq{ID: ""}), "vm id")
 }
 
 func TestLocalRefusesBeforeActing(t *testing.T) {
@@ -145,14 +135,44 @@ func TestLocalRefusesBeforeActing(t *testing.T) {
 	l := &Local{Policy: p}
 	victim := t.TempDir()
 	os.WriteFile(filepath.Join(victim, "keep"), []byte("x"), 0o600)
-	err := l.RemoveVMDir(context.Background(), VMDirReq{VMDir: victim})
-	isBadRequest(t, err, "vm dir")
+	rel, _ := filepath.Rel(p.VMsDir, victim)
+	err := l.RemoveVMDir(context.Background(), VMReq{ID: rel})
+	isBadRequest(t, err, "vm id")
 	if _, err := os.Stat(filepath.Join(victim, "keep")); err != nil {
 		t.Fatal("refused request still deleted files")
 	}
+	// A symlink in the VM tree is removed as a link, never followed.
 	os.Symlink(victim, filepath.Join(p.VMsDir, "link"))
-	isBadRequest(t, l.RemoveVMDir(context.Background(), VMDirReq{VMDir: filepath.Join(p.VMsDir, "link")}), "symlink")
+	if err := l.RemoveVMDir(context.Background(), VMReq{ID: "link"}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(victim, "keep")); err != nil {
 		t.Fatal("a symlinked vm dir was followed")
+	}
+}
+
+// TestLaunchRefusesAVMMOthersCanChange: the helper's own VMM choice is
+// checked before each launch: a binary in a directory another uid can
+// write is refused ([P7] item 1).
+func TestLaunchRefusesAVMMOthersCanChange(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	p, root := testPolicy(t)
+	dir := filepath.Join(root, "owner-bin")
+	os.MkdirAll(dir, 0o755)
+	os.Chown(dir, 4246, 4246)
+	bin := filepath.Join(dir, "banger-vmm")
+	os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755)
+	p.VMMBinary = bin
+	_, err := (&Local{Policy: p}).LaunchVMM(context.Background(), goodLaunch(root))
+	if err == nil || !strings.Contains(err.Error(), "owned by uid 4246") {
+		t.Fatalf("a VMM in an owner-owned dir was accepted: %v", err)
+	}
+	os.Chown(dir, 0, 0)
+	os.Chmod(dir, 0o777)
+	_, err = (&Local{Policy: p}).LaunchVMM(context.Background(), goodLaunch(root))
+	if err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("a VMM in a world-writable dir was accepted: %v", err)
 	}
 }

@@ -30,7 +30,12 @@ func TestExtractSeedKeepsOnlySafeEntries(t *testing.T) {
 
 	dir := filepath.Join(t.TempDir(), "seed")
 	os.MkdirAll(dir, 0o700)
-	if err := extractSeed(src, dir); err != nil {
+	sf, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	if err := extractSeed(sf, dir); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, ".bashrc")); string(b) != "PS1=x\n" {
@@ -47,4 +52,18 @@ func TestExtractSeedKeepsOnlySafeEntries(t *testing.T) {
 			t.Fatalf("%s was created", p)
 		}
 	}
+}
+
+func writeTar(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	body := "export A=1\n"
+	tw.WriteHeader(&tar.Header{Name: ".profile", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+	tw.Write([]byte(body))
+	tw.Close()
+	f.Close()
 }

@@ -142,6 +142,9 @@ func (h *Helper) register() {
 	h.srv.Handle(privops.MethodRemoveVMDir, handle(o.RemoveVMDir))
 	h.srv.Handle(privops.MethodLaunchVMM, handleR(o.LaunchVMM))
 	h.srv.Handle(privops.MethodKillVMM, handle(o.KillVMM))
+	h.srv.Handle(privops.MethodStatusVMM, handleR(o.StatusVMM))
+	h.srv.Handle(privops.MethodCtrlAltDel, handle(o.CtrlAltDel))
+	h.srv.Handle(privops.MethodClearRuntime, handle(o.ClearRuntime))
 }
 
 // Methods lists the served methods.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/privops"
@@ -121,8 +122,8 @@ func TestHelperValidatesOverTheSocket(t *testing.T) {
 	sock, _ := startHelper(t, 0)
 	for req, want := range map[string]string{
 		`{"v":1,"id":1,"method":"priv.delete_tap","params":{"name":"eth0"}}`:                  "eth0",
-		`{"v":1,"id":2,"method":"priv.remove_vm_dir","params":{"vm_dir":"/etc"}}`:             "vm dir",
-		`{"v":1,"id":3,"method":"priv.launch_vmm","params":{"id":"x","binary":"/bin/sh -c"}}`: "vmm binary",
+		`{"v":1,"id":2,"method":"priv.remove_vm_dir","params":{"id":"../../etc"}}`:            "vm id",
+		`{"v":1,"id":3,"method":"priv.launch_vmm","params":{"id":"x","binary":"/bin/sh -c"}}`: "unknown field",
 		`{"v":1,"id":4,"method":"priv.exec","params":{"argv":["rm","-rf","/"]}}`:              "unknown method",
 		`{"v":1,"id":5,"method":"priv.create_tap","params":{"name":"bgtap1","evil":true}}`:    "unknown field",
 	} {
@@ -139,5 +140,37 @@ func TestSecondHelperRefused(t *testing.T) {
 	_, err := New(Options{Socket: filepath.Join(dir, "other.sock"), LockFile: filepath.Join(dir, "h.lock"), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "another root helper") || !strings.Contains(err.Error(), fmt.Sprint(os.Getpid())) {
 		t.Fatalf("second helper: %v", err)
+	}
+}
+
+// TestOwnerCannotChooseTheVMMBinary is [P7] item 1: the owner asks the
+// helper to launch its own script as the VMM. The helper runs only the VMM
+// it chose itself, so the script never runs (it would run as root).
+func TestOwnerCannotChooseTheVMMBinary(t *testing.T) {
+	const owner = 4243
+	sock, h := startHelper(t, owner)
+	dir := filepath.Dir(sock)
+	vms := h.opts.Policy.VMsDir
+	os.MkdirAll(filepath.Join(vms, "abc"), 0o711)
+	os.WriteFile(filepath.Join(dir, "vmlinux"), []byte("x"), 0o644)
+	os.Chown(filepath.Join(dir, "vmlinux"), owner, owner)
+	evil := filepath.Join(dir, "owner")
+	os.MkdirAll(evil, 0o755)
+	os.Chown(evil, owner, owner)
+	marker := filepath.Join(dir, "pwned")
+	script := filepath.Join(evil, "evil.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nid -u > "+marker+"\n"), 0o755)
+	os.Chown(script, owner, owner)
+	d := filepath.Join(vms, "abc")
+	os.WriteFile(filepath.Join(d, "rootfs.ext4"), []byte("x"), 0o600)
+	req := fmt.Sprintf(`{"v":1,"id":1,"method":"priv.launch_vmm","params":{"id":"abc","binary":%q,"api_sock":%q,"pid_file":%q,"serial_log":%q,"kernel":%q,"boot_args":"console=ttyS0","rootfs":%q,"tap":"bgtapabc","mac":"02:fc:ac:1e:00:02","vcpu":1,"mem_mib":256}}`,
+		script, filepath.Join(d, "api.sock"), filepath.Join(d, "vmm.pid"), filepath.Join(d, "serial.log"), filepath.Join(dir, "vmlinux"), filepath.Join(d, "rootfs.ext4"))
+	resp := callAs(t, owner, sock, req)
+	time.Sleep(200 * time.Millisecond)
+	if b, err := os.ReadFile(marker); err == nil {
+		t.Fatalf("the owner's script ran as uid %s through priv.launch_vmm", strings.TrimSpace(string(b)))
+	}
+	if resp.Error == nil {
+		t.Fatalf("launch with an owner-chosen binary accepted: %+v", resp)
 	}
 }

@@ -267,7 +267,7 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) error {
 	}
 	if purge {
 		l := paths.SystemLayout()
-		for _, d := range []string{l.StateDir, l.CacheDir, l.ConfigDir, in.Layout.LibDir} {
+		for _, d := range []string{l.StateDir, l.VMsDir(), l.CacheDir, l.ConfigDir, in.Layout.LibDir} {
 			if err := os.RemoveAll(d); err != nil {
 				errs = append(errs, err)
 			}

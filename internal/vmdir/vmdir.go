@@ -1,14 +1,17 @@
 // Package vmdir names every file in a VM's directory, so the daemon, the
 // root helper and reconcile agree on one layout:
 //
-//	<state>/vms/<id>/
+//	<vms>/<id>/     root-owned, mode 0711, in a root-only tree (docs/security.md)
 //	  rootfs.ext4   copy-on-write root disk (reflink or sparse copy of the image)
 //	  work.ext4     the /root work disk
-//	  api.sock      the VMM's Firecracker API socket
+//	  tools.ext4    read-only tools disk (the guest agent)
+//	  kernel        the kernel the VMM boots (copied from the owner's file at launch)
+//	  initrd        the initrd, likewise (when there is one)
+//	  api.sock      the VMM's Firecracker API socket (root's alone)
+//	  agent.sock    the host side of the guest's vsock (handed to the owner)
 //	  vmm.pid       pidfile of the VMM, beside its socket
-//	  serial.log    the guest's serial console (the VMM's stdout/stderr)
-//	  vmm.log       the VMM's own log (PUT /logger)
-//	  seed/         transient: files copied into a fresh work disk
+//	  serial.log    the guest's serial console (the VMM's stdout/stderr; the owner's)
+//	  seed-*/       transient: files copied into a fresh work disk
 package vmdir
 
 import "path/filepath"
@@ -48,5 +51,21 @@ func (d Dir) SerialLog() string { return filepath.Join(string(d), "serial.log") 
 // VMMLog is the VMM's log file.
 func (d Dir) VMMLog() string { return filepath.Join(string(d), "vmm.log") }
 
-// Seed is the transient work-disk seed directory.
-func (d Dir) Seed() string { return filepath.Join(string(d), "seed") }
+// Kernel is the VM's copy of its kernel.
+func (d Dir) Kernel() string { return filepath.Join(string(d), "kernel") }
+
+// Initrd is the VM's copy of its initrd.
+func (d Dir) Initrd() string { return filepath.Join(string(d), "initrd") }
+
+// The file names, for work relative to a directory handle.
+const (
+	RootfsName    = "rootfs.ext4"
+	WorkDiskName  = "work.ext4"
+	ToolsDiskName = "tools.ext4"
+	KernelName    = "kernel"
+	InitrdName    = "initrd"
+	APISockName   = "api.sock"
+	AgentSockName = "agent.sock"
+	PIDFileName   = "vmm.pid"
+	SerialLogName = "serial.log"
+)

@@ -38,11 +38,14 @@ const GuestCID = 3
 
 // Spec is everything needed to boot one VM.
 type Spec struct {
-	ID         string // Firecracker --id: 1-64 of [A-Za-z0-9-]
-	Binary     string // firecracker or banger-vmm
-	APISock    string
-	PIDFile    string
-	SerialLog  string
+	ID        string // Firecracker --id: 1-64 of [A-Za-z0-9-]
+	Binary    string // firecracker or banger-vmm
+	APISock   string
+	PIDFile   string
+	SerialLog string
+	// Serial, when set, is SerialLog already open for appending (the root
+	// helper opens it through its directory handle).
+	Serial     *os.File
 	Kernel     string // uncompressed ELF vmlinux
 	Initrd     string // optional
 	BootArgs   string
@@ -69,11 +72,15 @@ func Launch(spec Spec) (pid int, err error) {
 	if err := os.MkdirAll(filepath.Dir(spec.APISock), 0o700); err != nil {
 		return 0, err
 	}
-	serial, err := os.OpenFile(spec.SerialLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return 0, err
+	serial := spec.Serial
+	if serial == nil {
+		f, err := os.OpenFile(spec.SerialLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		serial = f
 	}
-	defer serial.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return 0, err
@@ -139,7 +146,7 @@ func Launch(spec Spec) (pid int, err error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := os.WriteFile(spec.PIDFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+	if err := writePIDFile(spec.PIDFile, pid); err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		return 0, err
 	}
@@ -283,4 +290,18 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// writePIDFile writes pid to a fresh pidfile (never through a link).
+func writePIDFile(path string, pid int) error {
+	os.Remove(path)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
