@@ -1,16 +1,19 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/securefs"
 	"github.com/banger-dev/banger/internal/sysinstall"
 	"github.com/spf13/cobra"
 )
@@ -72,11 +75,8 @@ func (a *app) internalCmd() *cobra.Command {
 			default:
 				return usageError{fmt.Errorf("--image %q is not a built-in image (tiny, debian-bookworm)", image)}
 			}
-			art, err := build(cmd.Context(), guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
+			art, err := buildGuestAsRoot(cmd.Context(), l, build, a.stderr)
 			if err != nil {
-				return err
-			}
-			if err := giveCacheToOwner(l); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "guest artifacts for %s ready: %s (kernel %s)\n", image, art.Dir, art.KernelVersion)
@@ -88,27 +88,58 @@ func (a *app) internalCmd() *cobra.Command {
 	return cmd
 }
 
-// giveCacheToOwner: root building guests for a system install hands the
-// guestbuild caches to the owner user the daemon runs as.
-func giveCacheToOwner(l paths.Layout) error {
-	if os.Geteuid() != 0 || l.Mode != paths.System {
-		return nil
+// buildGuestAsRoot builds a built-in guest where root's build runs in a
+// system install: in a root-only cache (/var/cache/banger-root; mmdebstrap
+// and the image tools then work only where no other user can redirect
+// them), and hands the published artifacts to the owner's cache by copying
+// them in through directory handles (securefs.CopyTreeTo). Outside a
+// system install (or as the owner itself) it builds in place.
+func buildGuestAsRoot(ctx context.Context, l paths.Layout, build func(context.Context, guestbuild.Options) (guestbuild.Artifacts, error), progress io.Writer) (guestbuild.Artifacts, error) {
+	m, merr := sysinstall.ReadMeta(paths.InstallMetaPath())
+	if os.Geteuid() != 0 || l.Mode != paths.System || merr != nil || m.OwnerUID == 0 {
+		return build(ctx, guestbuild.Options{CacheDir: l.CacheDir, Progress: progress})
 	}
-	m, err := sysinstall.ReadMeta(paths.InstallMetaPath())
+	if err := os.MkdirAll(paths.SystemRootCacheDir, 0o700); err != nil {
+		return guestbuild.Artifacts{}, err
+	}
+	if err := securefs.CheckRootOnly(paths.SystemRootCacheDir); err != nil {
+		return guestbuild.Artifacts{}, err
+	}
+	art, err := build(ctx, guestbuild.Options{CacheDir: paths.SystemRootCacheDir, Progress: progress})
 	if err != nil {
-		return nil // not installed: nothing to hand over
+		return art, err
 	}
-	for _, d := range []string{"guest", "debian"} {
-		root := filepath.Join(l.CacheDir, d)
-		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			return os.Lchown(p, m.OwnerUID, m.OwnerGID)
+	// Hand over each published directory the owner's daemon reads:
+	// guest/<key> (kernel, initrd, tiny) and, for Debian, debian/<key>.
+	handed := art
+	for _, dir := range []string{filepath.Dir(art.Vmlinux), art.Dir} {
+		rel, err := filepath.Rel(paths.SystemRootCacheDir, dir)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		parent, err := securefs.OpenOwnedDir(l.CacheDir, filepath.Dir(rel), m.OwnerUID, m.OwnerGID)
+		if err != nil {
+			return art, fmt.Errorf("hand the guest build to %s: %w", m.OwnerUser, err)
+		}
+		err = securefs.CopyTreeTo(dir, parent, filepath.Base(rel), m.OwnerUID, m.OwnerGID, func(out, in *os.File) error {
+			_, err := disk.CloneFile(out, in)
+			return err
 		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("hand %s to %s: %w", root, m.OwnerUser, err)
+		parent.Close()
+		if err != nil {
+			return art, fmt.Errorf("hand the guest build to %s: %w", m.OwnerUser, err)
 		}
 	}
-	return nil
+	re := func(p string) string {
+		if p == "" {
+			return ""
+		}
+		rel, err := filepath.Rel(paths.SystemRootCacheDir, p)
+		if err != nil {
+			return p
+		}
+		return filepath.Join(l.CacheDir, rel)
+	}
+	handed.Vmlinux, handed.Vmlinuz, handed.Initrd, handed.Rootfs, handed.Dir, handed.Manifest = re(art.Vmlinux), re(art.Vmlinuz), re(art.Initrd), re(art.Rootfs), re(art.Dir), re(art.Manifest)
+	return handed, nil
 }

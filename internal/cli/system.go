@@ -242,10 +242,7 @@ func (a *app) buildSystemImage(ctx context.Context) {
 		return // not a built-in image: pulled or registered by the owner
 	}
 	fmt.Fprintf(a.stdout, "building the default image %s (Debian archive; about a minute, once) ...\n", name)
-	art, err := build(ctx, guestbuild.Options{CacheDir: l.CacheDir, Progress: a.stderr})
-	if err == nil {
-		err = giveCacheToOwner(l)
-	}
+	art, err := buildGuestAsRoot(ctx, l, build, a.stderr)
 	if err != nil {
 		a.printError(fmt.Errorf("warning: the default image %s was not built (%v); build it later with 'sudo banger internal build-guest --image %s', or use --image tiny", name, err, name))
 		return

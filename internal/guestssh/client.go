@@ -45,9 +45,11 @@ type Client struct {
 }
 
 // Dial connects to addr ("host" or "host:port"; port 22 by default) and
-// authenticates with o.Signer, checking the host key against o.KnownHosts
-// (trust on first use). A changed host key fails with a *HostKeyMismatchError
-// (returned unwrapped). The whole dial is bounded by ctx and o.Timeout.
+// authenticates with o.Signer, accepting only a host key pinned for addr in
+// o.KnownHosts (KnownHosts.Pin; there is no trust on first use). A host
+// without a pin fails with a *HostKeyUnknownError, a key other than the
+// pinned ones with a *HostKeyMismatchError (both returned unwrapped). The
+// whole dial is bounded by ctx and o.Timeout.
 func Dial(ctx context.Context, addr string, o DialOptions) (*Client, error) {
 	if o.Signer == nil {
 		return nil, fmt.Errorf("guestssh: dial %s: %w: no Signer", addr, ErrBadOptions)
@@ -102,6 +104,10 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Client, error) {
 		if errors.As(err, &mismatch) {
 			return nil, mismatch
 		}
+		var unknown *HostKeyUnknownError
+		if errors.As(err, &unknown) {
+			return nil, unknown
+		}
 		if interrupted && ctx.Err() != nil {
 			return nil, fmt.Errorf("guestssh: ssh handshake with %s: %w (%w)", addr, ctx.Err(), err)
 		}
@@ -122,8 +128,8 @@ func splitHostPortDefault(addr string) string {
 
 // WaitReady dials addr every interval (500ms if every <= 0) until a dial
 // succeeds or ctx ends; then it returns an error wrapping both ctx's error and
-// the last dial error. A host key mismatch, a revoked host key and bad options
-// are returned at once, not retried.
+// the last dial error. A host key mismatch, a host without a pinned key, a
+// revoked host key and bad options are returned at once, not retried.
 func WaitReady(ctx context.Context, addr string, o DialOptions, every time.Duration) (*Client, error) {
 	if every <= 0 {
 		every = 500 * time.Millisecond
@@ -145,7 +151,7 @@ func WaitReady(ctx context.Context, addr string, o DialOptions, every time.Durat
 			return c, nil
 		}
 		var mismatch *HostKeyMismatchError
-		if errors.As(err, &mismatch) || errors.Is(err, ErrHostKeyRevoked) || errors.Is(err, ErrBadOptions) {
+		if errors.As(err, &mismatch) || errors.Is(err, ErrHostKeyNotPinned) || errors.Is(err, ErrHostKeyRevoked) || errors.Is(err, ErrBadOptions) {
 			return nil, err
 		}
 		lastErr = err

@@ -37,10 +37,16 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{dir: dir, signer: signer, kh: kh, opts: DialOptions{Signer: signer, KnownHosts: kh, Timeout: 5 * time.Second}}
 }
 
-// serve starts a server with a fresh ed25519 host key on a free port.
+// serve starts a server with a fresh ed25519 host key on a free port and
+// pins that key for its address, as banger does from a guest's console.
 func (f *fixture) serve(t *testing.T) *testServer {
 	t.Helper()
-	return startServer(t, listenLocal(t, "127.0.0.1:0"), f.signer.PublicKey(), newEd25519Signer(t))
+	hostKey := newEd25519Signer(t)
+	srv := startServer(t, listenLocal(t, "127.0.0.1:0"), f.signer.PublicKey(), hostKey)
+	if err := f.kh.Pin(srv.addr, hostKey.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	return srv
 }
 
 func (f *fixture) dial(t *testing.T, addr string) *Client {
@@ -223,7 +229,92 @@ func TestShellWithoutTerminal(t *testing.T) {
 	}
 }
 
-func TestTOFUPinsThenRefusesChangedKey(t *testing.T) {
+// No trust on first use: a server whose key was never pinned is refused and
+// nothing is written, however often it is dialled. Before console pinning,
+// Dial pinned whatever answered first.
+func TestUnpinnedHostIsRefused(t *testing.T) {
+	f := newFixture(t)
+	srv := startServer(t, listenLocal(t, "127.0.0.1:0"), f.signer.PublicKey(), newEd25519Signer(t))
+	c, err := Dial(context.Background(), srv.addr, f.opts)
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial accepted a host key that was never pinned (trust on first use)")
+	}
+	var unknown *HostKeyUnknownError
+	if !errors.As(err, &unknown) || !errors.Is(err, ErrHostKeyNotPinned) || unknown.Host != knownhosts.Normalize(srv.addr) {
+		t.Fatalf("want *HostKeyUnknownError for %s, got %v", srv.addr, err)
+	}
+	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "banger vm restart") {
+		t.Fatalf("bad error: %q", msg)
+	}
+	if _, err := os.Stat(f.kh.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("known_hosts written by a refused dial: %v", err)
+	}
+	// WaitReady gives up at once: no pin will appear by retrying.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	before := srv.accepted.Load()
+	if _, err := WaitReady(ctx, srv.addr, f.opts, 20*time.Millisecond); !errors.As(err, &unknown) {
+		t.Fatalf("WaitReady: %v", err)
+	}
+	if n := srv.accepted.Load() - before; n != 1 {
+		t.Fatalf("WaitReady dialled %d times, want 1", n)
+	}
+	if _, err := os.Stat(f.kh.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("known_hosts written by a refused dial: %v", err)
+	}
+}
+
+// The guest's console announced its keys; an imposter (another guest on the
+// bridge) answers on the address first: it is refused, the pin is untouched,
+// and the real guest is accepted afterwards.
+func TestPinFromConsoleRefusesImposter(t *testing.T) {
+	f := newFixture(t)
+	guestEd, guestEC, imposterKey := newEd25519Signer(t), newECDSASigner(t), newEd25519Signer(t)
+	console := "[    0.000000] Linux version 6.1.0\r\n" +
+		ConsoleHostKeyMarker + authLine(guestEd.PublicKey()) + " root@guest\r\n" +
+		ConsoleHostKeyMarker + authLine(guestEC.PublicKey()) + "\r\n" +
+		"BANGER-READY boot_id=00000000-0000-0000-0000-000000000000\r\n"
+	keys, ready, err := ConsoleHostKeys([]byte(console))
+	if err != nil || !ready || len(keys) != 2 {
+		t.Fatalf("ConsoleHostKeys: %d keys, ready %v, %v", len(keys), ready, err)
+	}
+	ln := listenLocal(t, "127.0.0.1:0")
+	addr := ln.Addr().String()
+	if err := f.kh.Pin(addr, keys...); err != nil {
+		t.Fatal(err)
+	}
+	pinned, _ := os.ReadFile(f.kh.Path())
+
+	imposter := startServer(t, ln, f.signer.PublicKey(), imposterKey)
+	_, err = Dial(context.Background(), addr, f.opts)
+	var mm *HostKeyMismatchError
+	if !errors.As(err, &mm) || !keysEqual(mm.Got, imposterKey.PublicKey()) {
+		t.Fatalf("imposter: want *HostKeyMismatchError, got %v", err)
+	}
+	// An imposter with an ECDSA key is refused too (no downgrade to a type
+	// the guest did not announce).
+	imposter.Close()
+	if after, _ := os.ReadFile(f.kh.Path()); !bytes.Equal(after, pinned) {
+		t.Fatalf("known_hosts changed by the imposter:\n%s", after)
+	}
+	ecImposter := startServer(t, listenLocal(t, addr), f.signer.PublicKey(), newECDSASigner(t))
+	if _, err := Dial(context.Background(), addr, f.opts); !errors.As(err, &mm) {
+		t.Fatalf("ecdsa imposter: want *HostKeyMismatchError, got %v", err)
+	}
+	ecImposter.Close()
+
+	startServer(t, listenLocal(t, addr), f.signer.PublicKey(), guestEd, guestEC)
+	c := f.dial(t, addr)
+	if code, _, _ := run(t, c, "true"); code != 0 {
+		t.Fatal("run failed")
+	}
+	if after, _ := os.ReadFile(f.kh.Path()); !bytes.Equal(after, pinned) {
+		t.Fatalf("known_hosts changed by a dial:\n%s", after)
+	}
+}
+
+func TestPinnedKeyRefusesChangedKey(t *testing.T) {
 	f := newFixture(t)
 	srv := f.serve(t)
 	addr := srv.addr
@@ -238,9 +329,9 @@ func TestTOFUPinsThenRefusesChangedKey(t *testing.T) {
 	}
 	host := knownhosts.Normalize(addr)
 	if lines := strings.Split(strings.TrimSpace(string(pinned)), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], host+" ssh-ed25519 ") {
-		t.Fatalf("known_hosts after first dial:\n%s", pinned)
+		t.Fatalf("known_hosts after Pin:\n%s", pinned)
 	}
-	// Same server again: accepted, nothing appended.
+	// Same server again: accepted, nothing written.
 	f.dial(t, addr).Close()
 	if again, _ := os.ReadFile(f.kh.Path()); !bytes.Equal(again, pinned) {
 		t.Fatalf("known_hosts changed on second dial:\n%s", again)
@@ -248,7 +339,8 @@ func TestTOFUPinsThenRefusesChangedKey(t *testing.T) {
 
 	// A different server (new host key) on the same address.
 	srv.Close()
-	imposter := startServer(t, listenLocal(t, addr), f.signer.PublicKey(), newEd25519Signer(t))
+	newKey := newEd25519Signer(t)
+	imposter := startServer(t, listenLocal(t, addr), f.signer.PublicKey(), newKey)
 	_, err = Dial(context.Background(), addr, f.opts)
 	var mm *HostKeyMismatchError
 	if !errors.As(err, &mm) {
@@ -279,14 +371,23 @@ func TestTOFUPinsThenRefusesChangedKey(t *testing.T) {
 		t.Fatalf("WaitReady dialled %d times, want 1", n)
 	}
 
-	// After Remove (what vm delete does) the new key is pinned.
+	// After Remove (what vm delete does) the address has no pin: refused,
+	// not pinned from the network.
 	if err := f.kh.Remove(addr); err != nil {
+		t.Fatal(err)
+	}
+	var unknown *HostKeyUnknownError
+	if _, err := Dial(context.Background(), addr, f.opts); !errors.As(err, &unknown) {
+		t.Fatalf("after Remove: want *HostKeyUnknownError, got %v", err)
+	}
+	// A new pin (the next boot's console) is accepted.
+	if err := f.kh.Pin(addr, newKey.PublicKey()); err != nil {
 		t.Fatal(err)
 	}
 	f.dial(t, addr).Close()
 }
 
-func TestCustomDialPinsLogicalAddress(t *testing.T) {
+func TestCustomDialChecksLogicalAddress(t *testing.T) {
 	f := newFixture(t)
 	a := f.serve(t)
 	b := f.serve(t)
@@ -298,14 +399,19 @@ func TestCustomDialPinsLogicalAddress(t *testing.T) {
 		}
 		return o
 	}
+	// The pin for a's real address does not cover the logical one.
+	var unknown *HostKeyUnknownError
+	if _, err := Dial(context.Background(), "172.30.0.5", via(a.addr)); !errors.As(err, &unknown) || unknown.Host != "172.30.0.5" {
+		t.Fatalf("want *HostKeyUnknownError for 172.30.0.5, got %v", err)
+	}
+	if err := f.kh.Pin("172.30.0.5", a.hostKeys[0]); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Dial(context.Background(), "172.30.0.5", via(a.addr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	if data, _ := os.ReadFile(f.kh.Path()); !strings.HasPrefix(string(data), "172.30.0.5 ssh-ed25519 ") {
-		t.Fatalf("pinned:\n%s", data)
-	}
 	_, err = Dial(context.Background(), "172.30.0.5:22", via(b.addr))
 	var mm *HostKeyMismatchError
 	if !errors.As(err, &mm) || !strings.Contains(err.Error(), "host key for 172.30.0.5 changed") {
@@ -336,9 +442,13 @@ func TestWaitReadyServerStartsLate(t *testing.T) {
 	ln := listenLocal(t, "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
+	hostKey := newEd25519Signer(t)
+	if err := f.kh.Pin(addr, hostKey.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		time.Sleep(400 * time.Millisecond)
-		startServer(t, listenLocal(t, addr), f.signer.PublicKey(), newEd25519Signer(t))
+		startServer(t, listenLocal(t, addr), f.signer.PublicKey(), hostKey)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -6,9 +6,12 @@
 //     creates on first use (0600, with a .pub beside it) and that guests trust
 //     for root;
 //   - banger's own known_hosts file (KnownHosts): guest host keys are pinned
-//     trust-on-first-use, a changed key is refused with a *HostKeyMismatchError,
-//     and Remove drops a deleted VM's entries so a reused guest IP does not
-//     trip over a stale pin;
+//     only with Pin, from the keys the guest announces on its own console
+//     (ConsoleHostKeys reads the BANGER-HOSTKEY lines), never on first use
+//     from the network; a host without a pin is refused with a
+//     *HostKeyUnknownError, a changed key with a *HostKeyMismatchError; Pin
+//     replaces an address's older pins and Remove drops a deleted VM's
+//     entries, so a reused guest IP never keeps another VM's keys;
 //   - a Go SSH client (Dial, WaitReady, Client.Run, Client.RunScript) whose
 //     Run quotes argv for the remote POSIX shell word by word and reports the
 //     remote exit status faithfully (a signal-killed command gives 128+N);

@@ -20,10 +20,13 @@ import (
 )
 
 // KnownHosts is banger's own known_hosts file, in OpenSSH format so the system
-// ssh client can share it (SystemSSHArgs). Guest host keys are pinned on first
-// use. Every read-modify-write holds an in-process mutex and an exclusive
-// flock on path+".lock", so the daemon and CLI processes can use the file at
-// once.
+// ssh client can share it (SystemSSHArgs). Guest host keys are pinned only
+// through Pin, from a channel that only the guest can write (its console:
+// ConsoleHostKeys), never from what answers on the network: a host without a
+// pin is refused (*HostKeyUnknownError), and so is a key other than the pinned
+// ones (*HostKeyMismatchError). Every read-modify-write holds an in-process
+// mutex and an exclusive flock on path+".lock", so the daemon and CLI
+// processes can use the file at once.
 //
 // Entries are matched by exact host (case-insensitive) or by an OpenSSH hashed
 // host (|1|salt|hash); wildcard and negated patterns are not interpreted.
@@ -53,8 +56,8 @@ type HostKeyMismatchError struct {
 }
 
 func (e *HostKeyMismatchError) Error() string {
-	return fmt.Sprintf("host key for %s changed (known_hosts line %d, %s): possible man-in-the-middle attack; "+
-		"if the VM at this address was deleted or recreated, remove that line ('banger vm delete' removes a VM's lines) and retry; "+
+	return fmt.Sprintf("host key for %s changed (known_hosts line %d, %s): possible man-in-the-middle attack (another machine answering on the VM's address); "+
+		"banger pinned the VM's keys from its own console when it booted it; if the VM's keys really changed, restart it ('banger vm restart NAME') to pin them again; "+
 		"presented %s key %s, pinned %s",
 		e.Host, e.Line, e.Path, e.Got.Type(), ssh.FingerprintSHA256(e.Got), ssh.FingerprintSHA256(e.Want))
 }
@@ -63,12 +66,33 @@ func (e *HostKeyMismatchError) Error() string {
 // @revoked in the known_hosts file.
 var ErrHostKeyRevoked = errors.New("host key is marked @revoked")
 
-// Callback returns a host key callback for ssh.ClientConfig implementing
-// trust on first use: an unknown host's key is pinned (a line is appended)
-// and accepted; a key equal to one pinned for the host is accepted; any other
-// key is refused with a *HostKeyMismatchError, including a key of a type not
-// yet pinned for a host that has pins (Dial restricts the offered host key
-// algorithms to the pinned types, so an honest host never hits that case).
+// ErrHostKeyNotPinned is what a *HostKeyUnknownError wraps.
+var ErrHostKeyNotPinned = errors.New("no host key pinned")
+
+// HostKeyUnknownError is returned when a host with no pinned key is dialled:
+// banger never trusts a key on first use from the network. Its message is one
+// line.
+type HostKeyUnknownError struct {
+	Host string        // host as written in known_hosts: "1.2.3.4" or "[1.2.3.4]:2222"
+	Path string        // the known_hosts file
+	Got  ssh.PublicKey // the key the host presented
+}
+
+func (e *HostKeyUnknownError) Error() string {
+	return fmt.Sprintf("no SSH host key is pinned for %s in %s, so its key is refused: banger pins a VM's host keys from the VM's own console "+
+		"each time it boots it and never trusts a key first seen on the network; restart the VM ('banger vm restart NAME') to pin them again; "+
+		"presented %s key %s", e.Host, e.Path, e.Got.Type(), ssh.FingerprintSHA256(e.Got))
+}
+
+func (e *HostKeyUnknownError) Unwrap() error { return ErrHostKeyNotPinned }
+
+// Callback returns a host key callback for ssh.ClientConfig that accepts only
+// pinned keys (Pin): a key equal to one pinned for the host is accepted; a
+// host with no pin is refused with a *HostKeyUnknownError and nothing is
+// written (no trust on first use); any other key is refused with a
+// *HostKeyMismatchError, including a key of a type not pinned for a host
+// that has pins (Dial restricts the offered host key algorithms to the pinned
+// types, so an honest host never hits that case).
 func (k *KnownHosts) Callback() ssh.HostKeyCallback {
 	return func(hostname string, _ net.Addr, key ssh.PublicKey) error {
 		return k.check(knownhosts.Normalize(hostname), key)
@@ -81,7 +105,7 @@ func (k *KnownHosts) check(host string, key ssh.PublicKey) error {
 		return err
 	}
 	defer unlock()
-	entries, data, err := k.read()
+	entries, _, err := k.read()
 	if err != nil {
 		return err
 	}
@@ -109,7 +133,61 @@ func (k *KnownHosts) check(host string, key ssh.PublicKey) error {
 		}
 		return &HostKeyMismatchError{Host: host, Path: k.path, Line: want.line, Want: want.key, Got: key}
 	}
-	return k.appendLine(data, knownhosts.Line([]string{host}, key))
+	return &HostKeyUnknownError{Host: host, Path: k.path, Got: key}
+}
+
+// Pin makes keys the only keys pinned for addr ("host" or "host:port"; port
+// 22 by default), in one atomic rewrite of the file: every entry for that
+// host (plain or hashed, alone or on a shared line) is dropped, every other
+// line is kept byte for byte, and one line per key is appended. Guest IPs are
+// reused across VMs, so a new VM never inherits an older VM's pin. The keys
+// must come from a channel only the guest controls (its console, see
+// ConsoleHostKeys), never from whatever answers on addr. Certificates are
+// refused; duplicate keys are pinned once.
+func (k *KnownHosts) Pin(addr string, keys ...ssh.PublicKey) error {
+	host := knownhosts.Normalize(addr)
+	if host == "" || strings.ContainsAny(host, " \t\n\r,*?!") {
+		return fmt.Errorf("guestssh: pin host key: invalid host %q", addr)
+	}
+	var lines []string
+	var uniq []ssh.PublicKey
+	for _, key := range keys {
+		if key == nil {
+			return fmt.Errorf("guestssh: pin host key for %s: nil key", host)
+		}
+		if _, ok := key.(*ssh.Certificate); ok {
+			return fmt.Errorf("guestssh: pin host key for %s: %s is a certificate, not a host key", host, key.Type())
+		}
+		if containsKey(uniq, key) {
+			continue
+		}
+		uniq = append(uniq, key)
+		lines = append(lines, knownhosts.Line([]string{host}, key))
+	}
+	if len(lines) == 0 {
+		return fmt.Errorf("guestssh: pin host key for %s: no key given", host)
+	}
+	unlock, err := k.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	data, err := os.ReadFile(k.path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("guestssh: read known_hosts: %w", err)
+	}
+	out, _ := dropHosts(data, false, func(pattern string) bool { return matchPattern(pattern, host) })
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	for _, l := range lines {
+		out = append(out, l...)
+		out = append(out, '\n')
+	}
+	if err := k.replace(out); err != nil {
+		return fmt.Errorf("guestssh: pin host key for %s: %w", host, err)
+	}
+	return nil
 }
 
 // hostKeyAlgorithms returns the host key algorithms matching the key types
@@ -188,12 +266,44 @@ func (k *KnownHosts) Remove(hosts ...string) error {
 	if err != nil {
 		return fmt.Errorf("guestssh: read known_hosts: %w", err)
 	}
-	var out bytes.Buffer
-	changed := false
+	out, changed := dropHosts(data, true, drop)
+	if !changed {
+		return nil
+	}
+	if err := k.replace(out); err != nil {
+		return fmt.Errorf("guestssh: rewrite known_hosts: %w", err)
+	}
+	return nil
+}
+
+// replace atomically replaces the file's content (temp file and rename),
+// keeping its mode (0600 for a new file). The caller holds the lock.
+func (k *KnownHosts) replace(data []byte) error {
+	mode := os.FileMode(0o600)
+	if fi, err := os.Stat(k.path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	tmp, err := writeTemp(filepath.Dir(k.path), ".known_hosts-*", data, mode)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, k.path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// dropHosts removes the host patterns for which drop is true from every
+// known_hosts line of data (a line left with none is removed) and keeps every
+// other byte. Lines with an @marker (@revoked, @cert-authority) are edited
+// only if marked is true.
+func dropHosts(data []byte, marked bool, drop func(pattern string) bool) (out []byte, changed bool) {
+	var buf bytes.Buffer
 	for _, raw := range splitLinesKeepEOL(data) {
 		start, end, ok := hostsField(raw)
-		if !ok {
-			out.Write(raw)
+		if !ok || (!marked && bytes.HasPrefix(bytes.TrimLeft(raw, " \t"), []byte("@"))) {
+			buf.Write(raw)
 			continue
 		}
 		patterns := strings.Split(string(raw[start:end]), ",")
@@ -205,32 +315,17 @@ func (k *KnownHosts) Remove(hosts ...string) error {
 		}
 		switch {
 		case len(keep) == len(patterns):
-			out.Write(raw)
+			buf.Write(raw)
 		case len(keep) == 0:
 			changed = true
 		default:
 			changed = true
-			out.Write(raw[:start])
-			out.WriteString(strings.Join(keep, ","))
-			out.Write(raw[end:])
+			buf.Write(raw[:start])
+			buf.WriteString(strings.Join(keep, ","))
+			buf.Write(raw[end:])
 		}
 	}
-	if !changed {
-		return nil
-	}
-	mode := os.FileMode(0o600)
-	if fi, err := os.Stat(k.path); err == nil {
-		mode = fi.Mode().Perm()
-	}
-	tmp, err := writeTemp(filepath.Dir(k.path), ".known_hosts-*", out.Bytes(), mode)
-	if err != nil {
-		return fmt.Errorf("guestssh: rewrite known_hosts: %w", err)
-	}
-	if err := os.Rename(tmp, k.path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("guestssh: rewrite known_hosts: %w", err)
-	}
-	return nil
+	return buf.Bytes(), changed
 }
 
 // lock takes the in-process mutex and the cross-process flock.
@@ -298,28 +393,6 @@ func (k *KnownHosts) read() ([]knownEntry, []byte, error) {
 		entries = append(entries, knownEntry{line: i + 1, marker: marker, hosts: hosts, key: key})
 	}
 	return entries, data, nil
-}
-
-// appendLine appends line to the file, whose current content is data.
-func (k *KnownHosts) appendLine(data []byte, line string) error {
-	if len(data) > 0 && data[len(data)-1] != '\n' {
-		line = "\n" + line
-	}
-	f, err := os.OpenFile(k.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("guestssh: pin host key: %w", err)
-	}
-	_, err = f.WriteString(line + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("guestssh: pin host key: %w", err)
-	}
-	return nil
 }
 
 // matchPattern matches one known_hosts host pattern against a normalized

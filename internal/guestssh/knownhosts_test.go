@@ -86,18 +86,29 @@ func TestRemoveKeepsOtherLinesByteForByte(t *testing.T) {
 	}
 }
 
-func TestCallbackTOFU(t *testing.T) {
+func TestCallbackAcceptsOnlyPinned(t *testing.T) {
 	kh := OpenKnownHosts(filepath.Join(t.TempDir(), "sub", "known_hosts"))
 	cb := kh.Callback()
 	a, b := newEd25519Signer(t).PublicKey(), newEd25519Signer(t).PublicKey()
 	remote := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22}
-	if err := cb("172.30.0.5:22", remote, a); err != nil {
+	// Unknown host: refused, nothing written (no trust on first use).
+	var unknown *HostKeyUnknownError
+	if err := cb("172.30.0.5:22", remote, a); !errors.As(err, &unknown) || unknown.Host != "172.30.0.5" || !keysEqual(unknown.Got, a) {
+		t.Fatalf("unpinned host: %v", err)
+	}
+	if _, err := os.Stat(kh.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("known_hosts written for an unpinned host: %v", err)
+	}
+	if err := kh.Pin("172.30.0.5", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := kh.Pin("172.30.0.5:2222", b); err != nil { // other port, other host
 		t.Fatal(err)
 	}
 	if err := cb("172.30.0.5:22", remote, a); err != nil {
 		t.Fatal(err)
 	}
-	if err := cb("172.30.0.5:2222", remote, b); err != nil { // other port, other host
+	if err := cb("172.30.0.5:2222", remote, b); err != nil {
 		t.Fatal(err)
 	}
 	err := cb("172.30.0.5:22", remote, b)
@@ -108,6 +119,9 @@ func TestCallbackTOFU(t *testing.T) {
 	// A host with a pin of another type is a mismatch too (no downgrade).
 	if err := cb("172.30.0.5:22", remote, newECDSASigner(t).PublicKey()); !errors.As(err, &mm) {
 		t.Fatalf("other key type: %v", err)
+	}
+	if err := cb("172.30.0.6:22", remote, a); !errors.As(err, &unknown) {
+		t.Fatalf("a pinned key at another address: %v", err)
 	}
 	fi, err := os.Stat(kh.Path())
 	if err != nil || fi.Mode().Perm() != 0o600 {
@@ -124,6 +138,74 @@ func TestCallbackTOFU(t *testing.T) {
 	// The file is readable by the system ssh tooling's parser.
 	if _, err := knownhosts.New(kh.Path()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Pin replaces every earlier pin of the host (IPs are reused across VMs) and
+// keeps everything else byte for byte, @revoked lines included.
+func TestPinReplacesOlderPinsForTheHost(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known_hosts")
+	old1, old2, other, revoked := authLine(newEd25519Signer(t).PublicKey()), authLine(newECDSASigner(t).PublicKey()),
+		authLine(newEd25519Signer(t).PublicKey()), authLine(newEd25519Signer(t).PublicKey())
+	in := strings.Join([]string{
+		"# banger known hosts",
+		"172.30.0.5 " + old1,
+		"172.30.0.50 " + other + " prefix-match kept",
+		"[172.30.0.5]:2222 " + other,
+		knownhosts.HashHostname("172.30.0.5") + " " + old2,
+		"172.30.0.5,172.30.0.7 " + old1 + " shared",
+		"@revoked 172.30.0.5 " + revoked,
+		"172.30.0.5 " + old2, // last line, no newline
+	}, "\n")
+	if err := os.WriteFile(path, []byte(in), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	kh := OpenKnownHosts(path)
+	ed, ec := newEd25519Signer(t).PublicKey(), newECDSASigner(t).PublicKey()
+	if err := kh.Pin("172.30.0.5", ed, ec, ed); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Join([]string{
+		"# banger known hosts",
+		"172.30.0.50 " + other + " prefix-match kept",
+		"[172.30.0.5]:2222 " + other,
+		"172.30.0.7 " + old1 + " shared",
+		"@revoked 172.30.0.5 " + revoked,
+		knownhosts.Line([]string{"172.30.0.5"}, ed),
+		knownhosts.Line([]string{"172.30.0.5"}, ec),
+		"",
+	}, "\n")
+	got, _ := os.ReadFile(path)
+	if string(got) != want {
+		t.Fatalf("after Pin:\n%s\nwant:\n%s", got, want)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode changed to %v", fi.Mode().Perm())
+	}
+	cb := kh.Callback()
+	for _, k := range []ssh.PublicKey{ed, ec} {
+		if err := cb("172.30.0.5:22", nil, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mm *HostKeyMismatchError
+	if k, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(old1)); !errors.As(cb("172.30.0.5:22", nil, k), &mm) {
+		t.Fatal("the older VM's key is still accepted")
+	}
+	// Refusals: nothing to pin, a certificate, a bad host.
+	cert := &ssh.Certificate{Key: ed, CertType: ssh.HostCert}
+	for name, err := range map[string]error{
+		"no key":      kh.Pin("172.30.0.9"),
+		"certificate": kh.Pin("172.30.0.9", cert),
+		"bad host":    kh.Pin("172.30.0.9,10.0.0.1", ed),
+		"wildcard":    kh.Pin("*", ed),
+	} {
+		if err == nil {
+			t.Errorf("%s: Pin succeeded", name)
+		}
+	}
+	if again, _ := os.ReadFile(path); string(again) != want {
+		t.Fatalf("a refused Pin changed the file:\n%s", again)
 	}
 }
 
@@ -145,7 +227,7 @@ func TestCallbackRevokedAndHashed(t *testing.T) {
 		t.Fatalf("revoked: %v", err)
 	}
 	// Pinning after a line without a newline starts a new line.
-	if err := cb("10.0.0.1:22", nil, a); err != nil {
+	if err := OpenKnownHosts(path).Pin("10.0.0.1", a); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(path)
@@ -170,12 +252,12 @@ func TestConcurrentPinningAcrossInstances(t *testing.T) {
 		host := fmt.Sprintf("10.0.0.%d:22", i+1)
 		go func(i int) {
 			defer wg.Done()
-			errs <- OpenKnownHosts(path).Callback()(host, nil, keys[i])
+			errs <- OpenKnownHosts(path).Pin(host, keys[i])
 		}(i)
 		// The same host, racing with the same key from another "process".
 		go func(i int) {
 			defer wg.Done()
-			errs <- OpenKnownHosts(path).Callback()(host, nil, keys[i])
+			errs <- OpenKnownHosts(path).Pin(host, keys[i])
 		}(i)
 	}
 	wg.Wait()
@@ -188,5 +270,11 @@ func TestConcurrentPinningAcrossInstances(t *testing.T) {
 	data, _ := os.ReadFile(path)
 	if lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"); len(lines) != n {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), n, data)
+	}
+	cb := OpenKnownHosts(path).Callback()
+	for i, k := range keys {
+		if err := cb(fmt.Sprintf("10.0.0.%d:22", i+1), nil, k); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -45,11 +45,12 @@ func isSafeWord(w string) bool {
 	return true
 }
 
-// StrictHostKeyChecking is the value SystemSSHArgs passes to ssh. accept-new
-// is the same trust-on-first-use policy KnownHosts applies (upstream banger
-// used it for its CLI ssh arguments and ssh_config): an unknown guest is
-// pinned, a changed key is refused.
-const StrictHostKeyChecking = "accept-new"
+// StrictHostKeyChecking is the value SystemSSHArgs passes to ssh: "yes", the
+// policy KnownHosts applies. Guest host keys are pinned only from the guest's
+// console (KnownHosts.Pin, when banger boots the VM); a guest without a pin
+// and a changed key are both refused, never accepted from the network
+// (upstream banger's accept-new let whatever answered first be pinned).
+const StrictHostKeyChecking = "yes"
 
 // SystemSSHArgs returns the full argv (argv[0] is "ssh") for handing an
 // interactive session to the system ssh client as root@addr with banger's key

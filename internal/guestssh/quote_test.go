@@ -44,7 +44,7 @@ func TestSystemSSHArgs(t *testing.T) {
 	want := []string{"ssh", "-i", "/s/ssh/id_ed25519",
 		"-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
 		"-o", "UserKnownHostsFile=/s/ssh/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
-		"-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no", "-o", "UpdateHostKeys=no",
+		"-o", "StrictHostKeyChecking=yes", "-o", "HashKnownHosts=no", "-o", "UpdateHostKeys=no",
 		"root@172.30.0.5"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q", got)
@@ -80,7 +80,7 @@ func TestSystemSSHArgsParsedBySSH(t *testing.T) {
 		"user": "root", "hostname": "172.30.0.5", "port": "2200",
 		// ssh -G prints IdentityFile before its %-expansion (checked by hand
 		// with ssh -v: the key loads from the unescaped path).
-		"identityfile": strings.ReplaceAll(key, "%", "%%"), "stricthostkeychecking": "accept-new",
+		"identityfile": strings.ReplaceAll(key, "%", "%%"), "stricthostkeychecking": "true", // "yes"
 		"identitiesonly": "yes", "identityagent": "none", "hashknownhosts": "no",
 	}
 	for k, v := range checks {

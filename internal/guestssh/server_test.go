@@ -25,6 +25,7 @@ type testServer struct {
 	t        *testing.T
 	ln       net.Listener
 	addr     string
+	hostKeys []ssh.PublicKey
 	accepted atomic.Int32
 
 	mu     sync.Mutex
@@ -84,6 +85,9 @@ func startServer(t *testing.T, ln net.Listener, clientKey ssh.PublicKey, hostKey
 		cfg.AddHostKey(k)
 	}
 	s := &testServer{t: t, ln: ln, addr: ln.Addr().String(), conns: map[net.Conn]bool{}}
+	for _, k := range hostKeys {
+		s.hostKeys = append(s.hostKeys, k.PublicKey())
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -82,6 +82,10 @@ func (l Layout) VMsDir() string {
 // SystemVMsDir is the root-only VM tree of a system install.
 const SystemVMsDir = "/var/lib/banger-vms"
 
+// SystemRootCacheDir is where root builds guests in a system install (a
+// root-only place; the results are copied into the owner's cache).
+const SystemRootCacheDir = "/var/cache/banger-root"
+
 // ImagesDir holds image root filesystems.
 func (l Layout) ImagesDir() string { return filepath.Join(l.StateDir, "images") }
 

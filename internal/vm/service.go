@@ -336,6 +336,8 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		crashPoint("nat")
 	}
 	rpcserver.SetStage(ctx, "booting")
+	// Where this boot's console output starts in the (appended) serial log.
+	console := markConsole(vmdir.Dir(rec.Runtime.Dir).SerialLog())
 	lr, err := s.Ops.LaunchVMM(ctx, privops.LaunchReq{
 		ID: rec.ID, Kernel: res.Kernel.Vmlinux, Initrd: res.Kernel.Initrd, BootArgs: s.bootArgs(rec, res),
 		Tap: tap, MAC: rec.Runtime.MAC, VCPU: int64(rec.VCPU), MemMiB: int64(rec.MemoryMiB),
@@ -361,6 +363,18 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	rpcserver.SetStage(ctx, "waiting for ssh")
 	wctx, cancel := context.WithTimeout(ctx, SSHReadyTimeout)
 	defer cancel()
+	// Pin the guest's SSH host keys from this boot's console, never from
+	// the network.
+	if err := console.pinHostKeys(wctx, s.KnownHosts, rec.GuestIP, res.Image); err != nil {
+		rec.State = api.StateError
+		rec.Runtime.LastError = err.Error()
+		rec.UpdatedAt = now()
+		_ = s.Store.UpdateVM(context.Background(), rec)
+		if errors.Is(err, guestssh.ErrNoConsoleHostKeys) {
+			return rec, fmt.Errorf("VM %s: %w", rec.Name, err)
+		}
+		return rec, &notReadyError{name: rec.Name, err: err}
+	}
 	c, err := guestssh.WaitReady(wctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions(), 250*time.Millisecond)
 	if err != nil {
 		rec.State = api.StateError

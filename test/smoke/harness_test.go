@@ -211,7 +211,11 @@ func newHost(t *testing.T, binDir string) *host {
 	art.coverDirs = append(art.coverDirs, cover)
 	art.mu.Unlock()
 	h.sh("useradd --create-home --shell /bin/sh " + owner)
-	h.sh("mkdir -p /var/cache/banger /var/lib/banger-cover && chmod 0777 /var/lib/banger-cover && cp -a /mnt/guestcache/guest /var/cache/banger/")
+	// The guest cache as a real install has it: the owner's (its daemon
+	// reads it), and root's own build cache (where 'system install' and
+	// 'update' build as root before copying into the owner's).
+	h.sh("mkdir -p /var/cache/banger /var/lib/banger-cover && chmod 0777 /var/lib/banger-cover && cp -a /mnt/guestcache/guest /var/cache/banger/ && chown -R " + owner + ": /var/cache/banger")
+	h.sh("mkdir -p -m 0700 /var/cache/banger-root && cp -a /mnt/guestcache/guest /var/cache/banger-root/")
 	h.sh("ip link set lo up")
 	// Coverage of the services: a test-side drop-in, not part of banger's units.
 	for _, u := range []string{"bangerd.service", "bangerd-root.service"} {

@@ -123,13 +123,18 @@ func scSystemInstall(t *testing.T) {
 		t.Errorf("bangerd runs as %q", u)
 	}
 	// Without --no-image, install builds the default image as root (tiny here,
-	// from the seeded cache) and hands the guest cache to the owner.
+	// from root's seeded build cache) and copies it into the owner's cache,
+	// emptied here so the copy must happen.
+	h.sh("rm -rf /var/cache/banger/guest")
 	out = h.must("/mnt/smoke/"+mustRel(art.bin)+"/banger", "system", "install", "--owner", owner)
 	if !strings.Contains(out, "default image tiny ready") {
 		t.Errorf("install did not build the default image:\n%s", out)
 	}
 	if u := strings.TrimSpace(h.sh("stat -c %U /var/cache/banger/guest")); u != owner {
 		t.Errorf("/var/cache/banger/guest belongs to %q, want %s", u, owner)
+	}
+	if others := strings.TrimSpace(h.sh("find /var/cache/banger/guest ! -user " + owner)); others != "" {
+		t.Errorf("the owner's guest cache holds files it does not own:\n%s", others)
 	}
 	h.mustBanger("vm", "run", "--rm", "--", "true")
 }
