@@ -15,7 +15,18 @@
 // NAT lives in a single nftables table owned by banger, "inet banger"; see
 // AddNAT for the rules. Each rule carries a comment naming what it belongs to,
 // so the rules of one VM can be found, listed and removed without touching
-// anything else, and reconcile/doctor can read them back with NATRules.
+// anything else, and reconcile/doctor can read them back with NATRules. The
+// same table's input chain limits what guests reach on the host itself
+// (RestrictHostInput).
+//
+// A guest may only send as itself: table "bridge banger" (guard.go) drops
+// every frame from a banger tap unless the tap is pinned (PinTap) and the
+// frame carries exactly the pinned MAC and IPv4 address, ARP included.
+//
+// Every call is idempotent, also against concurrent callers in other
+// processes: link and address creation treat "already exists, and is what
+// we want" as success, and nftables changes are read-modify-write batches
+// serialised by a lock on the namespace itself (see nftTxn).
 //
 // This package does not decide which names and addresses are allowed: the
 // root helper validates and pins them (bridge name and CIDR, tap prefixes)
@@ -36,14 +47,14 @@ import (
 )
 
 // Net configures links and NAT in one network namespace. Its methods are safe
-// for concurrent use; concurrent changes from several processes are not
-// serialised (the root helper is the only writer).
+// for concurrent use, and several Nets or processes may act on the same
+// namespace at once (see nftTxn).
 type Net struct {
 	ns     netns.NsHandle
 	nsPath string // for messages; "" = the namespace Open was called in
 	h      *netlink.Handle
 
-	natMu sync.Mutex // serialises read-modify-write of the NAT table
+	natMu sync.Mutex // serialises this Net's nftables transactions (nftTxn)
 }
 
 // Open binds a Net to the network namespace at nsPath (for example

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -58,7 +59,8 @@ func (n *Net) EnsureBridge(name string, gw netip.Prefix) error {
 			have = true
 			continue
 		}
-		if err := n.h.AddrDel(link, &a); err != nil {
+		// EADDRNOTAVAIL: a concurrent EnsureBridge removed it first.
+		if err := n.h.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("hostnet: bridge %s: remove %s: %w", name, p, err)
 		}
 	}
@@ -67,7 +69,9 @@ func (n *Net) EnsureBridge(name string, gw netip.Prefix) error {
 			IP:   gw.Addr().AsSlice(),
 			Mask: net.CIDRMask(gw.Bits(), 32),
 		}}
-		if err := n.h.AddrAdd(link, addr); err != nil {
+		// EEXIST: a concurrent EnsureBridge added it since we looked; fine
+		// if what is there now is exactly gw.
+		if err := n.h.AddrAdd(link, addr); err != nil && !(errors.Is(err, unix.EEXIST) && n.hasAddr(link, gw)) {
 			return fmt.Errorf("hostnet: bridge %s: add %s: %w", name, gw, err)
 		}
 	}
@@ -75,6 +79,20 @@ func (n *Net) EnsureBridge(name string, gw netip.Prefix) error {
 		return fmt.Errorf("hostnet: bridge %s: set up: %w", name, err)
 	}
 	return nil
+}
+
+// hasAddr reports whether link carries exactly the address p.
+func (n *Net) hasAddr(link netlink.Link, p netip.Prefix) bool {
+	addrs, err := n.h.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if q, ok := prefixOf(a.IPNet); ok && q == p {
+			return true
+		}
+	}
+	return false
 }
 
 func checkGateway(gw netip.Prefix) error {
@@ -144,34 +162,9 @@ func (n *Net) CreateTap(name, bridge string, ownerUID, ownerGID int) error {
 		return fmt.Errorf("hostnet: tap %s: %s is a %s, not a bridge", name, bridge, br.Type())
 	}
 
-	link, err := n.h.LinkByName(name)
-	var notFound netlink.LinkNotFoundError
-	created := false
-	switch {
-	case errors.As(err, &notFound):
-		if err := n.inNS(func() error { return makeTap(name, ownerUID, ownerGID) }); err != nil {
-			return fmt.Errorf("hostnet: create tap %s: %w", name, err)
-		}
-		created = true
-		if link, err = n.h.LinkByName(name); err != nil {
-			return fmt.Errorf("hostnet: tap %s: %w", name, err)
-		}
-	case err != nil:
-		return fmt.Errorf("hostnet: tap %s: %w", name, err)
-	default:
-		tap, ok := link.(*netlink.Tuntap)
-		if !ok || tap.Mode != netlink.TUNTAP_MODE_TAP {
-			return fmt.Errorf("hostnet: %s exists and is a %s, not a tap", name, linkKind(link))
-		}
-		if tap.NonPersist {
-			return fmt.Errorf("hostnet: tap %s exists but is not persistent (owned by a running process)", name)
-		}
-		if int(tap.Owner) != ownerUID || int(tap.Group) != ownerGID {
-			return fmt.Errorf("hostnet: tap %s exists with owner %d:%d, want %d:%d", name, tap.Owner, tap.Group, ownerUID, ownerGID)
-		}
-		if m := link.Attrs().MasterIndex; m != 0 && m != br.Attrs().Index {
-			return fmt.Errorf("hostnet: tap %s exists and is attached to %s, not %s", name, n.linkName(m), bridge)
-		}
+	link, created, err := n.ensureTap(name, br, ownerUID, ownerGID)
+	if err != nil {
+		return err
 	}
 
 	fail := func(err error) error {
@@ -189,6 +182,58 @@ func (n *Net) CreateTap(name, bridge string, ownerUID, ownerGID int) error {
 		return fail(fmt.Errorf("set up: %w", err))
 	}
 	return nil
+}
+
+// tapSettle bounds how long CreateTap waits for a tap that a concurrent
+// CreateTap is creating right now to become persistent.
+const tapSettle = 2 * time.Second
+
+// ensureTap finds or creates the tap for CreateTap. created says whether
+// this call created it. A concurrent creator shows up as TUNSETIFF failing
+// with EBUSY (IFF_TUN_EXCL) or as a tap that is not persistent yet; both are
+// waited out for up to tapSettle, then the tap is checked like any existing
+// one.
+func (n *Net) ensureTap(name string, br netlink.Link, ownerUID, ownerGID int) (netlink.Link, bool, error) {
+	deadline := time.Now().Add(tapSettle)
+	for {
+		link, err := n.h.LinkByName(name)
+		var notFound netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &notFound):
+			err := n.inNS(func() error { return makeTap(name, ownerUID, ownerGID) })
+			if errors.Is(err, unix.EBUSY) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+				continue // created concurrently since we looked
+			}
+			if err != nil {
+				return nil, false, fmt.Errorf("hostnet: create tap %s: %w", name, err)
+			}
+			if link, err = n.h.LinkByName(name); err != nil {
+				return nil, false, fmt.Errorf("hostnet: tap %s: %w", name, err)
+			}
+			return link, true, nil
+		case err != nil:
+			return nil, false, fmt.Errorf("hostnet: tap %s: %w", name, err)
+		}
+		tap, ok := link.(*netlink.Tuntap)
+		if !ok || tap.Mode != netlink.TUNTAP_MODE_TAP {
+			return nil, false, fmt.Errorf("hostnet: %s exists and is a %s, not a tap", name, linkKind(link))
+		}
+		if tap.NonPersist {
+			if time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond) // perhaps a concurrent CreateTap between TUNSETIFF and TUNSETPERSIST
+				continue
+			}
+			return nil, false, fmt.Errorf("hostnet: tap %s exists but is not persistent (owned by a running process)", name)
+		}
+		if int(tap.Owner) != ownerUID || int(tap.Group) != ownerGID {
+			return nil, false, fmt.Errorf("hostnet: tap %s exists with owner %d:%d, want %d:%d", name, tap.Owner, tap.Group, ownerUID, ownerGID)
+		}
+		if m := link.Attrs().MasterIndex; m != 0 && m != br.Attrs().Index {
+			return nil, false, fmt.Errorf("hostnet: tap %s exists and is attached to %s, not %s", name, n.linkName(m), br.Attrs().Name)
+		}
+		return link, false, nil
+	}
 }
 
 // makeTap creates a persistent tap in the calling thread's namespace.
@@ -221,13 +266,14 @@ func makeTap(name string, uid, gid int) error {
 	return nil
 }
 
-// DeleteTap deletes the tap called name. A missing tap is not an error; a
-// link of any other kind called name is, and is left alone.
+// DeleteTap deletes the tap called name and its pin (UnpinTap). A missing
+// tap is not an error (its pin, if any, is still removed); a link of any
+// other kind called name is, and is left alone.
 func (n *Net) DeleteTap(name string) error {
 	link, err := n.h.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		return nil
+		return n.UnpinTap(name)
 	}
 	if err != nil {
 		return fmt.Errorf("hostnet: delete tap %s: %w", name, err)
@@ -238,7 +284,7 @@ func (n *Net) DeleteTap(name string) error {
 	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("hostnet: delete tap %s: %w", name, err)
 	}
-	return nil
+	return n.UnpinTap(name)
 }
 
 // ListLinks returns the sorted names of all links whose name starts with

@@ -132,71 +132,79 @@ func (n *Net) AddNAT(guest netip.Addr, tap string) error {
 		return fmt.Errorf("hostnet: add NAT for %s on %s: %w", guest, tap, err)
 	}
 
-	n.natMu.Lock()
-	defer n.natMu.Unlock()
-	c, err := n.nft()
+	err = n.nftTxn(func(c *nftables.Conn) error {
+		existing, err := listTagged(c)
+		if err != nil {
+			return err
+		}
+		want := map[tag]bool{}
+		for _, role := range []string{RoleMasquerade, RoleForwardOut, RoleForwardIn} {
+			want[tag{role: role, guest: guest, tap: tap, bridge: bridge}] = true
+		}
+		for _, r := range existing {
+			switch {
+			case r.tag.role == roleIsolation:
+			case want[r.tag]:
+				delete(want, r.tag) // already there
+			case r.tag.guest == guest || r.tag.tap == tap:
+				c.DelRule(r.rule) // stale, or a duplicate
+			}
+		}
+		ensureIsolation(c, existing, bridge)
+		// Forward accepts go first, ahead of the isolation drop.
+		for _, role := range []string{RoleMasquerade, RoleForwardOut, RoleForwardIn} {
+			t := tag{role: role, guest: guest, tap: tap, bridge: bridge}
+			if !want[t] {
+				continue
+			}
+			r := vmRule(t)
+			if r.Chain == fwd {
+				c.InsertRule(r)
+			} else {
+				c.AddRule(r)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("hostnet: add NAT for %s: %w", guest, err)
-	}
-	existing, err := listTagged(c)
-	if err != nil {
-		return fmt.Errorf("hostnet: add NAT for %s: %w", guest, err)
-	}
-
-	want := map[tag]bool{}
-	for _, role := range []string{RoleMasquerade, RoleForwardOut, RoleForwardIn} {
-		want[tag{role: role, guest: guest, tap: tap, bridge: bridge}] = true
-	}
-	for _, r := range existing {
-		switch {
-		case r.tag.role == roleIsolation:
-		case want[r.tag]:
-			delete(want, r.tag) // already there
-		case r.tag.guest == guest || r.tag.tap == tap:
-			c.DelRule(r.rule) // stale, or a duplicate
-		}
-	}
-	ensureIsolation(c, existing, bridge)
-	// Forward accepts go first, ahead of the isolation drop.
-	for _, role := range []string{RoleMasquerade, RoleForwardOut, RoleForwardIn} {
-		t := tag{role: role, guest: guest, tap: tap, bridge: bridge}
-		if !want[t] {
-			continue
-		}
-		r := vmRule(t)
-		if r.Chain == fwd {
-			c.InsertRule(r)
-		} else {
-			c.AddRule(r)
-		}
-	}
-	if err := c.Flush(); err != nil {
 		return fmt.Errorf("hostnet: add NAT for %s on %s: %w", guest, tap, err)
 	}
 	return nil
 }
 
-// IsolateBridge installs, idempotently, the rule that drops packets routed
-// from bridge to any other interface unless a VM's NAT rules accepted them
-// first (see AddNAT, which also installs it). Calling it when the bridge is
-// set up means guests without NAT can never be routed out un-NATed, even
-// before the first AddNAT or on a host that already forwards.
+// IsolateBridge installs, idempotently and in one atomic batch, the two
+// guards every banger bridge needs before any guest runs on it:
+//
+//   - L3: the rule that drops packets routed from bridge to any other
+//     interface unless a VM's NAT rules accepted them first (see AddNAT,
+//     which also installs it), so guests without NAT are never routed out
+//     un-NATed, even before the first AddNAT or on a host that already
+//     forwards;
+//   - L2: the port guard in table bridge banger (guard.go): every frame
+//     entering a bridge from a port called TapPrefix* is dropped unless that
+//     tap is pinned with PinTap and the frame carries exactly the pinned MAC
+//     and IPv4 address. A tap that is not pinned sends nothing. (The guard is
+//     not per bridge; installing it again for another bridge is a no-op.)
+//
+// Because of the L2 guard, every tap must be pinned (PinTap) before its
+// guest can talk to anything, including the host and other guests.
 func (n *Net) IsolateBridge(bridge string) error {
 	if bridge == "" || len(bridge) >= unix.IFNAMSIZ {
 		return fmt.Errorf("hostnet: isolate bridge: bad name %q", bridge)
 	}
-	n.natMu.Lock()
-	defer n.natMu.Unlock()
-	c, err := n.nft()
+	err := n.nftTxn(func(c *nftables.Conn) error {
+		existing, err := listTagged(c)
+		if err != nil {
+			return err
+		}
+		ensureIsolation(c, existing, bridge)
+		g, err := readGuard(c)
+		if err != nil {
+			return err
+		}
+		return ensureGuard(c, g)
+	})
 	if err != nil {
-		return fmt.Errorf("hostnet: isolate bridge %s: %w", bridge, err)
-	}
-	existing, err := listTagged(c)
-	if err != nil {
-		return fmt.Errorf("hostnet: isolate bridge %s: %w", bridge, err)
-	}
-	ensureIsolation(c, existing, bridge)
-	if err := c.Flush(); err != nil {
 		return fmt.Errorf("hostnet: isolate bridge %s: %w", bridge, err)
 	}
 	return nil
@@ -227,22 +235,19 @@ func ensureIsolation(c *nftables.Conn, existing []taggedRule, bridge string) {
 // tap. Nothing to remove (no rules, no table) is not an error. The bridge's
 // isolation rule stays.
 func (n *Net) RemoveNAT(guest netip.Addr, tap string) error {
-	n.natMu.Lock()
-	defer n.natMu.Unlock()
-	c, err := n.nft()
-	if err != nil {
-		return fmt.Errorf("hostnet: remove NAT for %s: %w", guest, err)
-	}
-	existing, err := listTagged(c)
-	if err != nil {
-		return fmt.Errorf("hostnet: remove NAT for %s: %w", guest, err)
-	}
-	for _, r := range existing {
-		if r.tag.role != roleIsolation && r.tag.guest == guest && r.tag.tap == tap {
-			c.DelRule(r.rule)
+	err := n.nftTxn(func(c *nftables.Conn) error {
+		existing, err := listTagged(c)
+		if err != nil {
+			return err
 		}
-	}
-	if err := c.Flush(); err != nil {
+		for _, r := range existing {
+			if r.tag.role != roleIsolation && r.tag.guest == guest && r.tag.tap == tap {
+				c.DelRule(r.rule)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("hostnet: remove NAT for %s on %s: %w", guest, tap, err)
 	}
 	return nil

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,8 +63,13 @@ func (l *Local) EnsureBridge(ctx context.Context, r BridgeReq) error {
 	if err := n.EnsureBridge(r.Name, gw); err != nil {
 		return err
 	}
-	// Guests without --nat must not be routed out of the bridge.
+	// Guests without --nat must not be routed out of the bridge; each tap
+	// sends only as its pinned guest.
 	if err := n.IsolateBridge(r.Name); err != nil {
+		return err
+	}
+	// The host is closed to guests but for the listed gateway ports.
+	if err := n.RestrictHostInput(r.Name, gw.Addr(), r.HostPorts, r.HostPorts); err != nil {
 		return err
 	}
 	return n.EnableForwarding()
@@ -76,7 +83,17 @@ func (l *Local) CreateTap(ctx context.Context, r TapReq) error {
 	if r.Bridge == "" {
 		return bad("tap %s: bridge required", r.Name)
 	}
-	return l.withNet(func(n *hostnet.Net) error { return n.CreateTap(r.Name, r.Bridge, l.Policy.OwnerUID, l.Policy.OwnerGID) })
+	mac, err := net.ParseMAC(r.MAC)
+	if err != nil {
+		return bad("mac %q: %v", r.MAC, err)
+	}
+	ip, _ := netip.ParseAddr(r.GuestIP)
+	return l.withNet(func(n *hostnet.Net) error {
+		if err := n.CreateTap(r.Name, r.Bridge, l.Policy.OwnerUID, l.Policy.OwnerGID); err != nil {
+			return err
+		}
+		return n.PinTap(r.Name, mac, ip)
+	})
 }
 
 // DeleteTap implements Ops.

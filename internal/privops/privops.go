@@ -86,12 +86,19 @@ type Policy struct {
 type BridgeReq struct {
 	Name    string `json:"name"`
 	Gateway string `json:"gateway"` // e.g. 172.30.0.1/24
+	// HostPorts are the ports on the gateway address guests may reach on
+	// the host (TCP and UDP: the daemon's DNS when it listens there);
+	// everything else on the host is closed to guests.
+	HostPorts []uint16 `json:"host_ports,omitempty"`
 }
 
-// TapReq names a tap (and its bridge, for creation).
+// TapReq names a tap; for creation also its bridge and the guest's MAC and
+// IPv4 address, to which the tap is pinned (it can send as nothing else).
 type TapReq struct {
-	Name   string `json:"name"`
-	Bridge string `json:"bridge,omitempty"`
+	Name    string `json:"name"`
+	Bridge  string `json:"bridge,omitempty"`
+	MAC     string `json:"mac,omitempty"`
+	GuestIP string `json:"guest_ip,omitempty"`
 }
 
 // NATReq scopes NAT to one guest /32 and its tap.
@@ -215,6 +222,14 @@ func (p Policy) ValidateBridge(r BridgeReq) (netip.Prefix, error) {
 	if err != nil || !gw.Addr().Is4() || !gw.Addr().IsPrivate() || gw.Bits() < 8 || gw.Bits() > 30 {
 		return netip.Prefix{}, bad("gateway %q must be a private IPv4 address with a prefix, like 172.30.0.1/24", r.Gateway)
 	}
+	if len(r.HostPorts) > 16 {
+		return netip.Prefix{}, bad("at most 16 host ports")
+	}
+	for _, p := range r.HostPorts {
+		if p == 0 {
+			return netip.Prefix{}, bad("host port 0")
+		}
+	}
 	return gw, nil
 }
 
@@ -224,7 +239,15 @@ func (p Policy) ValidateTap(r TapReq) error {
 		return err
 	}
 	if r.Bridge != "" {
-		return iface(r.Bridge, BridgePrefix)
+		if err := iface(r.Bridge, BridgePrefix); err != nil {
+			return err
+		}
+		if !macRE.MatchString(r.MAC) {
+			return bad("mac %q must be a locally administered address 02:xx:xx:xx:xx:xx", r.MAC)
+		}
+		if _, err := privateV4(r.GuestIP); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -318,10 +318,10 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		return rec, err
 	}
 	rpcserver.SetStage(ctx, "network")
-	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String()}); err != nil {
+	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr())}); err != nil {
 		return failed(fmt.Errorf("bridge %s: %w", s.Config.BridgeName, err))
 	}
-	if err := s.Ops.CreateTap(ctx, privops.TapReq{Name: tap, Bridge: s.Config.BridgeName}); err != nil {
+	if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
 		return failed(fmt.Errorf("tap %s: %w", tap, err))
 	}
 	st.did("tap", func() error { return s.Ops.DeleteTap(context.Background(), privops.TapReq{Name: tap}) })
@@ -793,6 +793,11 @@ func (s *Service) Reconcile(ctx context.Context) {
 		st, err := s.Ops.StatusVMM(ctx, privops.VMReq{ID: rec.ID})
 		if err == nil && st.PID > 0 {
 			taps[rec.Runtime.Tap] = true
+			// Re-pin (idempotent): a helper of an older build left the tap
+			// unpinned, and an unpinned tap sends nothing.
+			if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
+				log.Warn("reconcile: pin tap", "vm", rec.Name, "error", err)
+			}
 			if rec.Runtime.PID != st.PID || (rec.State != api.StateRunning && rec.State != api.StateError) {
 				rec.Runtime.PID = st.PID
 				rec.State = api.StateRunning
@@ -900,6 +905,21 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 			}
 		}
 	}
+}
+
+// tapReq creates (or re-pins) rec's tap: it may send only as rec's guest.
+func (s *Service) tapReq(rec store.VMRecord) privops.TapReq {
+	return privops.TapReq{Name: rec.Runtime.Tap, Bridge: s.Config.BridgeName, MAC: rec.Runtime.MAC, GuestIP: rec.GuestIP}
+}
+
+// hostPorts are the host ports guests may reach on the gateway: the .vm
+// DNS server's, when it listens there (or on every address).
+func (s *Service) hostPorts(gw netip.Addr) []uint16 {
+	ap, err := netip.ParseAddrPort(s.Config.DNSListen)
+	if err != nil || !(ap.Addr() == gw || ap.Addr().IsUnspecified()) {
+		return nil
+	}
+	return []uint16{ap.Port()}
 }
 
 // crashPoint is a test fault: when BANGER_TEST_CRASH_AT names this point,
