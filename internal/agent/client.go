@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +23,9 @@ import (
 // random id and the client skips response lines with other ids (stale answers
 // to earlier clients on a shared serial stream, or to a call of this Conn
 // that timed out). A Conn is safe for concurrent use.
+//
+// The guest is untrusted, so a Conn reads at most 1 MiB per line: a longer
+// (or endless) line fails the call at once and closes the stream.
 type Conn struct {
 	name string // "agent at <where>", the prefix of every error
 	rw   io.ReadWriteCloser
@@ -73,7 +78,7 @@ func (c *Conn) handshake(ctx context.Context, port uint32) error {
 	if _, err := fmt.Fprintf(c.rw, "CONNECT %d\n", port); err != nil {
 		return c.ioErr(ctx, "handshake", err)
 	}
-	line, err := readLine(c.r, 256)
+	line, err := readLineLimit(c.r, 256)
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: handshake: connection closed before \"OK\" (is the agent listening on vsock port %d?)", c.name, port)
 	}
@@ -90,18 +95,99 @@ func (c *Conn) handshake(ctx context.Context, port uint32) error {
 	return nil
 }
 
-// Health asks the agent for the guest's health.
+// Health asks the agent for the guest's health. Its text fields are cleaned
+// with the rules of [Conn.Ports].
 func (c *Conn) Health(ctx context.Context) (Health, error) {
 	var h Health
 	err := c.call(ctx, OpHealth, &h)
+	h.AgentVersion = cleanText(h.AgentVersion, maxTextField)
+	h.BootID = cleanText(h.BootID, maxTextField)
+	h.Hostname = cleanText(h.Hostname, maxTextField)
 	return h, err
 }
 
-// Ports asks the agent for the guest's listening sockets.
+// Ports asks the agent for the guest's listening sockets. The answer comes
+// from an untrusted guest: more than [MaxListeners] listeners, or one that
+// no agent would send (an unknown proto, an address that is not an IP, a
+// port outside 1-65535, a negative pid), fails the call; process names are
+// cut to 256 bytes and their non-printable runes replaced by '?'.
 func (c *Conn) Ports(ctx context.Context) ([]Listener, error) {
-	var r PortsResult
+	var r checkedPorts
 	err := c.call(ctx, OpPorts, &r)
-	return r.Listeners, err
+	return r.listeners, err
+}
+
+// checkedPorts decodes a ports result one listener at a time, checking each
+// and stopping past MaxListeners, so a hostile answer costs no more than a
+// valid one.
+type checkedPorts struct{ listeners []Listener }
+
+func (p *checkedPorts) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return errors.New("result is not a JSON object")
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if key != "listeners" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return err
+			}
+			continue
+		}
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if t == nil {
+			continue // "listeners": null
+		}
+		if t != json.Delim('[') {
+			return errors.New(`"listeners" is not a list`)
+		}
+		for dec.More() {
+			if len(p.listeners) == MaxListeners {
+				return fmt.Errorf("reply lists more than %d listeners, the most banger takes", MaxListeners)
+			}
+			var l Listener
+			if err := dec.Decode(&l); err != nil {
+				return fmt.Errorf("listener %d: %w", len(p.listeners)+1, err)
+			}
+			if err := checkListener(&l); err != nil {
+				return fmt.Errorf("listener %d: %w", len(p.listeners)+1, err)
+			}
+			p.listeners = append(p.listeners, l)
+		}
+		if _, err := dec.Token(); err != nil { // ']'
+			return err
+		}
+	}
+	return nil
+}
+
+// checkListener refuses a listener no agent sends and cleans its process
+// name.
+func checkListener(l *Listener) error {
+	switch l.Proto {
+	case "tcp", "tcp6", "udp", "udp6":
+	default:
+		return fmt.Errorf("proto %q is not tcp, tcp6, udp or udp6", cleanText(l.Proto, 64))
+	}
+	if _, err := netip.ParseAddr(l.Address); err != nil || len(l.Address) > 64 {
+		return fmt.Errorf("address %q is not an IP address", cleanText(l.Address, 64))
+	}
+	if l.Port < 1 || l.Port > 65535 {
+		return fmt.Errorf("port %d is not in 1-65535", l.Port)
+	}
+	if l.PID < 0 {
+		return fmt.Errorf("pid %d is negative", l.PID)
+	}
+	l.Process = cleanText(l.Process, maxTextField)
+	return nil
 }
 
 // Close closes the stream.
@@ -124,9 +210,12 @@ func (c *Conn) call(ctx context.Context, op string, result any) error {
 		return c.ioErr(ctx, op, err)
 	}
 	for {
-		line, err := readLine(c.r, maxResponseLine)
+		line, err := readLineLimit(c.r, maxResponseLine)
 		if errors.Is(err, errLineTooLong) {
-			continue // not ours to judge; ours are shorter
+			// No agent writes such a line, to us or to another client of a
+			// shared stream. The stream is left mid-line: close it.
+			c.rw.Close()
+			return fmt.Errorf("%s: %s: the agent sent a reply line longer than %d bytes; connection closed", c.name, op, maxResponseLine)
 		}
 		if err != nil {
 			return c.ioErr(ctx, op, err)
@@ -139,7 +228,7 @@ func (c *Conn) call(ctx context.Context, op string, result any) error {
 			return fmt.Errorf("%s: %s: agent answered with protocol version %d, want %d", c.name, op, resp.V, ProtocolVersion)
 		}
 		if !resp.OK {
-			return fmt.Errorf("%s: %s: agent error: %s", c.name, op, resp.Error)
+			return fmt.Errorf("%s: %s: agent error: %s", c.name, op, cleanText(resp.Error, maxTextField))
 		}
 		if err := json.Unmarshal(resp.Result, result); err != nil {
 			return fmt.Errorf("%s: %s: bad result: %w", c.name, op, err)

@@ -17,6 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Version is the agent's version, reported by the health op and --version.
@@ -78,11 +81,24 @@ type PortsResult struct {
 	Listeners []Listener `json:"listeners"`
 }
 
-// Line limits: requests are tiny, a ports response can be large.
+// Limits on what crosses the protocol. The guest is untrusted: the host
+// refuses anything past them instead of holding it in memory.
 const (
-	maxRequestLine  = 64 << 10
-	maxResponseLine = 16 << 20
+	// maxRequestLine bounds a request line (the agent's side).
+	maxRequestLine = 64 << 10
+	// maxResponseLine bounds a response line (the host's side). A ports
+	// answer with MaxListeners listeners of the longest real form (an IPv6
+	// address, a 15-byte comm, each byte JSON-escaped) stays under 1 MiB.
+	maxResponseLine = 1 << 20
+	// maxTextField bounds free text from the guest (process names, versions,
+	// hostnames, error messages) as the host passes it on.
+	maxTextField = 256
 )
+
+// MaxListeners is the most listeners a ports answer may list. The agent
+// answers an error when its guest has more, and the host refuses a longer
+// list.
+const MaxListeners = 4096
 
 var errLineTooLong = errors.New("line too long")
 
@@ -90,6 +106,17 @@ var errLineTooLong = errors.New("line too long")
 // than max is consumed and reported as errLineTooLong, so the stream stays
 // usable. A final line without "\n" before EOF is returned as a line.
 func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	return readLineDrain(r, max, true)
+}
+
+// readLineLimit is readLine, except that it stops reading as soon as a line
+// passes max: an endless line is refused at once, and the stream is left in
+// the middle of it (close it).
+func readLineLimit(r *bufio.Reader, max int) ([]byte, error) {
+	return readLineDrain(r, max, false)
+}
+
+func readLineDrain(r *bufio.Reader, max int, drain bool) ([]byte, error) {
 	var line []byte
 	tooLong := false
 	for {
@@ -97,6 +124,9 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 		if !tooLong {
 			if len(line)+len(frag) > max+2 { // room for "\r\n"
 				tooLong, line = true, nil
+				if !drain {
+					return nil, errLineTooLong
+				}
 			} else {
 				line = append(line, frag...)
 			}
@@ -116,4 +146,27 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// cleanText makes guest-supplied text safe to pass on and print: invalid
+// UTF-8 and non-printable runes (terminal escapes, newlines) become '?', and
+// text longer than max bytes is cut to fit, ending in "…".
+func cleanText(s string, max int) string {
+	const ellipsis = "…"
+	var b strings.Builder
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > max {
+			out := b.String()
+			for len(out) > 0 && len(out)+len(ellipsis) > max {
+				_, n := utf8.DecodeLastRuneInString(out)
+				out = out[:len(out)-n]
+			}
+			return out + ellipsis
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -36,8 +36,9 @@ func handle(line []byte) Response {
 		result, err = CollectHealth()
 	case OpPorts:
 		var ls []Listener
-		ls, err = CollectPorts()
-		result = PortsResult{Listeners: ls}
+		if ls, err = CollectPorts(); err == nil {
+			result, err = portsResult(ls)
+		}
 	default:
 		err = fmt.Errorf("unknown op %q (known ops: %s)", req.Op, knownOps)
 	}
@@ -51,6 +52,16 @@ func handle(line []byte) Response {
 	}
 	resp.OK = true
 	return resp
+}
+
+// portsResult is the answer to ports. Past MaxListeners it is an error
+// naming the count, which the host shows as is; a longer list would be
+// refused by the host anyway.
+func portsResult(ls []Listener) (PortsResult, error) {
+	if len(ls) > MaxListeners {
+		return PortsResult{}, fmt.Errorf("the guest has %d listening sockets, more than the %d banger lists", len(ls), MaxListeners)
+	}
+	return PortsResult{Listeners: ls}, nil
 }
 
 func jsonErr(err error) string {

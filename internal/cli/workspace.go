@@ -3,12 +3,16 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
 )
@@ -45,7 +49,7 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
 	}
 	wf.add(prepare, "")
 
-	var base, outFile string
+	var base, outFile, maxSize string
 	export := &cobra.Command{
 		Use:   "export VM",
 		Short: "Write the guest's changes as a patch that 'git apply' takes on the host",
@@ -55,13 +59,21 @@ Without --base-commit the patch is the guest's uncommitted changes against its
 HEAD; with --base-commit (normally the HEAD the workspace was prepared at,
 shown by 'vm show') commits made inside the guest are included too. The
 guest's index, working tree and refs are not touched: a throwaway index
-inside .git is used.`,
+inside .git is used.
+
+The guest decides what it sends: the patch is spooled to a temporary file
+(beside -o FILE, else in $TMPDIR), never held in memory, and refused past
+--max-size; nothing is written then.`,
 		Example: `  banger vm workspace export dev > changes.patch && git apply changes.patch
   banger vm workspace export dev --base-commit "$(git rev-parse HEAD)" -o guest.patch`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if base != "" && !regexp.MustCompile(`^[0-9a-f]{7,40}$`).MatchString(base) {
 				return usageError{fmt.Errorf("--base-commit %q is not a commit id", base)}
+			}
+			limit, err := config.ParseSize(maxSize)
+			if err != nil || limit <= 0 {
+				return usageError{fmt.Errorf("--max-size %q is not a size such as 256M or 2G", maxSize)}
 			}
 			c, _, err := a.daemon(cmd.Context())
 			if err != nil {
@@ -84,28 +96,16 @@ GIT_INDEX_FILE="$idx" git add -A && GIT_INDEX_FILE="$idx" git diff --cached --bi
 			if ref == "" {
 				ref = "HEAD"
 			}
-			var patch, stderr bytes.Buffer
 			argv := []string{"sh", "-c", script, "sh", info.Workspace.GuestPath, ref}
-			code, err := a.guestSessionTo(cmd.Context(), c, args[0], argv, &patch, &stderr)
-			if err != nil {
-				return err
+			run := func(ctx context.Context, stdout, stderr io.Writer) (int, error) {
+				return a.guestSessionTo(ctx, c, args[0], argv, stdout, stderr)
 			}
-			if code != 0 {
-				return fmt.Errorf("export from %s failed (exit %d): %s", args[0], code, strings.TrimSpace(stderr.String()))
-			}
-			if outFile != "" {
-				if err := os.WriteFile(outFile, patch.Bytes(), 0o644); err != nil {
-					return err
-				}
-				fmt.Fprintf(a.stderr, "banger: wrote %d bytes to %s\n", patch.Len(), outFile)
-				return nil
-			}
-			_, err = a.stdout.Write(patch.Bytes())
-			return err
+			return exportPatch(cmd.Context(), args[0], limit, outFile, a.stdout, a.stderr, run)
 		},
 	}
 	export.Flags().StringVar(&base, "base-commit", "", "diff from this commit, so commits made in the guest are included")
 	export.Flags().StringVarP(&outFile, "output", "o", "", "write the patch to this file instead of stdout")
+	export.Flags().StringVar(&maxSize, "max-size", defaultMaxPatch, "refuse a patch larger than this (e.g. 64M, 2G)")
 	cmd.AddCommand(prepare, export)
 	return cmd
 }
@@ -154,3 +154,106 @@ func (a *app) planWorkspace(ctx context.Context, path string, f wsFlags) (ws *wo
 	}
 	return ws, guestPath, false, nil
 }
+
+// defaultMaxPatch is the default --max-size of 'vm workspace export'.
+const defaultMaxPatch = "256M"
+
+// maxExportStderr bounds the guest's stderr kept for an export's error.
+const maxExportStderr = 4 << 10
+
+// exportPatch runs run, which writes the guest's patch to its stdout, and
+// hands the patch on (to outFile, else to stdout) only when the export
+// succeeded and the patch is at most limit bytes. The patch is spooled to an
+// unlinked temporary file, never held in memory; past limit the session is
+// cancelled and nothing is written. notes gets the "wrote" line.
+func exportPatch(ctx context.Context, vm string, limit int64, outFile string, stdout, notes io.Writer, run func(ctx context.Context, stdout, stderr io.Writer) (int, error)) error {
+	spoolDir := ""
+	if outFile != "" {
+		spoolDir = filepath.Dir(outFile) // the patch's own disk, not a tmpfs
+	}
+	spool, err := os.CreateTemp(spoolDir, ".banger-export-*.patch")
+	if err != nil && spoolDir != "" {
+		spool, err = os.CreateTemp("", ".banger-export-*.patch")
+	}
+	if err != nil {
+		return fmt.Errorf("export: temporary file: %w", err)
+	}
+	os.Remove(spool.Name()) // nothing is left behind, however this ends
+	defer spool.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := &limitWriter{w: spool, left: limit, over: cancel}
+	errBuf := &headBuffer{max: maxExportStderr}
+	code, err := run(ctx, out, errBuf)
+	if out.exceeded {
+		return fmt.Errorf("the patch from %s is larger than %s; nothing written (raise --max-size to take it)", vm, config.FormatSize(limit))
+	}
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("export from %s failed (exit %d): %s", vm, code, strings.TrimSpace(errBuf.String()))
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if outFile == "" {
+		_, err = io.Copy(stdout, spool)
+		return err
+	}
+	f, err := os.OpenFile(outFile, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(f, spool)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(notes, "banger: wrote %d bytes to %s\n", n, outFile)
+	return nil
+}
+
+// errPatchTooLarge is what limitWriter returns past its limit.
+var errPatchTooLarge = errors.New("patch larger than --max-size")
+
+// limitWriter passes at most left bytes to w; the write that would pass it
+// fails, sets exceeded and calls over.
+type limitWriter struct {
+	w        io.Writer
+	left     int64
+	over     func()
+	exceeded bool
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.exceeded {
+		return 0, errPatchTooLarge
+	}
+	if int64(len(p)) > l.left {
+		l.exceeded = true
+		l.over()
+		return 0, errPatchTooLarge
+	}
+	n, err := l.w.Write(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// headBuffer keeps the first max bytes written to it and drops the rest.
+type headBuffer struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	if room := h.max - h.buf.Len(); room > 0 {
+		h.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (h *headBuffer) String() string { return h.buf.String() }

@@ -6,6 +6,7 @@ package rpcserver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
@@ -23,8 +25,26 @@ import (
 	"github.com/banger-dev/banger/internal/safesock"
 )
 
-// MaxRequestBytes bounds one request line.
-const MaxRequestBytes = 4 << 20
+// Limits on the socket. Only the owner and root can connect (the socket is
+// 0600), but a buggy or hostile client of theirs must not be able to grow
+// the daemon's (or the root helper's) memory or hold its shutdown.
+const (
+	// MaxRequestBytes bounds one request line. The largest real request
+	// (paths, names, boot arguments) is a few KiB.
+	MaxRequestBytes = 1 << 20
+	// IdleTimeout closes a connection that starts no request for this long.
+	// A call in flight is not idle: nothing is read while it runs.
+	IdleTimeout = 5 * time.Minute
+	// RequestTimeout bounds reading one request line once it has begun
+	// (clients write it at once), so a partial line is not held for long.
+	RequestTimeout = 10 * time.Second
+	// MaxConns bounds the open connections; one more is answered with an
+	// error and closed. (Clients open one connection per call.)
+	MaxConns = 256
+	// WriteTimeout bounds writing one response, so a client that never
+	// reads frees its connection and does not hold up shutdown.
+	WriteTimeout = 30 * time.Second
+)
 
 // Handler serves one method. The returned value is marshalled as the result.
 type Handler func(ctx context.Context, params json.RawMessage) (any, error)
@@ -38,6 +58,12 @@ type Server struct {
 	baseCtx context.Context
 	cancel  context.CancelFunc
 
+	// The limits above; fields so tests can shrink them.
+	idleTimeout    time.Duration
+	requestTimeout time.Duration
+	maxConns       int
+	writeTimeout   time.Duration
+
 	mu       sync.Mutex
 	ln       net.Listener
 	conns    map[net.Conn]struct{}
@@ -45,6 +71,7 @@ type Server struct {
 	wg       sync.WaitGroup // in-flight calls
 	connWG   sync.WaitGroup
 	closing  bool
+	refusing atomic.Int32 // connections being refused (maxConns reached)
 }
 
 // New returns a server that accepts callers whose UID is in allowedUIDs.
@@ -58,6 +85,11 @@ func New(log *slog.Logger, allowedUIDs ...uint32) *Server {
 		cancel:   cancel,
 		conns:    map[net.Conn]struct{}{},
 		inflight: map[string]api.Operation{},
+
+		idleTimeout:    IdleTimeout,
+		requestTimeout: RequestTimeout,
+		maxConns:       MaxConns,
+		writeTimeout:   WriteTimeout,
 	}
 	for _, u := range allowedUIDs {
 		s.allowed[u] = true
@@ -127,6 +159,19 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close()
 			continue
 		}
+		if len(s.conns) >= s.maxConns {
+			s.mu.Unlock()
+			if s.refusing.Add(1) > maxRefusing {
+				s.refusing.Add(-1)
+				c.Close()
+				continue
+			}
+			go func() {
+				defer s.refusing.Add(-1)
+				s.refuse(c)
+			}()
+			continue
+		}
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
 		s.mu.Unlock()
@@ -150,6 +195,12 @@ func (s *Server) Shutdown(ctx context.Context) {
 	case <-ctx.Done():
 		s.log.Warn("shutdown deadline reached; cancelling in-flight calls", "in_flight", len(s.InFlight("")))
 		s.cancel()
+		// Answers blocked on clients that do not read fail now.
+		s.mu.Lock()
+		for c := range s.conns {
+			_ = c.SetWriteDeadline(time.Unix(1, 0))
+		}
+		s.mu.Unlock()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
@@ -175,18 +226,25 @@ func (s *Server) serveConn(c net.Conn) {
 	authorized := err == nil && s.allowed[cred.UID]
 	r := bufio.NewReaderSize(c, 64<<10)
 	enc := json.NewEncoder(c)
+	// send writes one response within writeTimeout.
+	send := func(resp api.Response) error {
+		_ = c.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		return enc.Encode(resp)
+	}
 	for {
-		line, err := readLine(r)
+		// idleTimeout until a request begins, then requestTimeout for it.
+		_ = c.SetReadDeadline(time.Now().Add(s.idleTimeout))
+		line, err := readLine(r, func() { _ = c.SetReadDeadline(time.Now().Add(s.requestTimeout)) })
 		if err != nil {
 			if errors.Is(err, errTooLong) {
-				_ = enc.Encode(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.BadRequest, "request larger than %d bytes", MaxRequestBytes)))
+				_ = send(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.BadRequest, "request larger than %d bytes", MaxRequestBytes)))
 			}
 			return
 		}
 		if !authorized {
 			opID := logging.NewOpID()
 			s.log.Warn("rpc refused", "op_id", opID, "uid", cred.UID, "pid", cred.PID)
-			_ = enc.Encode(s.errorResponse(0, opID, errdefs.New(errdefs.Unauthorized, "uid %d may not use this socket", cred.UID)))
+			_ = send(s.errorResponse(0, opID, errdefs.New(errdefs.Unauthorized, "uid %d may not use this socket", cred.UID)))
 			return
 		}
 		// A call is in flight until its response is written, so Shutdown
@@ -198,10 +256,10 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		s.mu.Unlock()
 		if closing {
-			_ = enc.Encode(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.Unavailable, "daemon is shutting down")))
+			_ = send(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.Unavailable, "daemon is shutting down")))
 			return
 		}
-		err = enc.Encode(s.dispatch(line, cred))
+		err = send(s.dispatch(line, cred))
 		s.wg.Done()
 		if err != nil {
 			return
@@ -209,23 +267,51 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 }
 
+// maxRefusing bounds the connections being refused at once; past it they
+// are closed without an answer.
+const maxRefusing = 16
+
+// refuse answers a connection past maxConns with an error and closes it,
+// all within a second. It first waits for the request (4 KiB of it at
+// most), so the client is not cut off while still sending and reads the
+// answer. (Not unavailable: that would make the CLI try to start a second
+// daemon.)
+func (s *Server) refuse(c net.Conn) {
+	defer c.Close()
+	s.log.Warn("rpc refused: too many connections", "max", s.maxConns)
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	_, _ = bufio.NewReaderSize(c, 4096).ReadSlice('\n')
+	_ = json.NewEncoder(c).Encode(s.errorResponse(0, logging.NewOpID(), errdefs.New(errdefs.OperationFailed, "too many connections (%d open, the most served); retry when some close", s.maxConns)))
+}
+
 var errTooLong = errors.New("request too long")
 
 var opIDRE = regexp.MustCompile(`^op-[0-9a-f]{6}$`)
 
-func readLine(r *bufio.Reader) ([]byte, error) {
+// readLine returns the next line, "\n" included; begun is called when its
+// first byte is in. It takes whatever has arrived at each step, so a line is
+// refused as soon as more than MaxRequestBytes of it is in, not when the
+// next buffer fills.
+func readLine(r *bufio.Reader, begun func()) ([]byte, error) {
 	var buf []byte
 	for {
-		chunk, err := r.ReadSlice('\n')
-		buf = append(buf, chunk...)
-		if len(buf) > MaxRequestBytes {
+		if _, err := r.Peek(1); err != nil { // wait for data
+			return nil, err
+		}
+		if buf == nil {
+			begun()
+		}
+		b, _ := r.Peek(r.Buffered())
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[:i+1]
+		}
+		buf = append(buf, b...)
+		r.Discard(len(b))
+		if len(buf) > MaxRequestBytes+1 { // +1: the "\n"
 			return nil, errTooLong
 		}
-		if err == nil {
+		if buf[len(buf)-1] == '\n' {
 			return buf, nil
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			return nil, err
 		}
 	}
 }

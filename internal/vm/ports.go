@@ -22,6 +22,10 @@ const AgentPort = 1024
 // AgentTimeout bounds one agent query.
 const AgentTimeout = 5 * time.Second
 
+// portsTimeout bounds everything 'vm ports' does for one VM: dialing, the
+// agent's answers and turning them into the result (a variable for tests).
+var portsTimeout = AgentTimeout
+
 // Ports asks the guest agents of the named VMs (every running VM when none
 // is named) for their listening sockets, all VMs at once. A VM whose agent
 // does not answer gets an Error, not a failed call.
@@ -55,17 +59,43 @@ func (s *Service) Ports(ctx context.Context, names []string) ([]api.VMPorts, err
 		wg.Add(1)
 		go func(i int, r store.VMRecord) {
 			defer wg.Done()
-			out[i] = s.portsOf(ctx, r)
+			out[i] = s.portsBounded(ctx, r)
 		}(i, r)
 	}
 	wg.Wait()
 	return out, nil
 }
 
+// portsBounded is portsOf under portsTimeout. The guest is untrusted: the
+// agent client caps what it reads (1 MiB a line, agent.MaxListeners
+// listeners), and this caps the time, reads and processing together. When
+// the time is up the VM gets an Error and portsOf's late result is dropped
+// (it ends soon after: its I/O has the same deadline).
+func (s *Service) portsBounded(parent context.Context, r store.VMRecord) api.VMPorts {
+	ctx, cancel := context.WithTimeout(parent, portsTimeout)
+	defer cancel()
+	done := make(chan api.VMPorts, 1)
+	go func() { done <- s.portsOf(ctx, r) }()
+	select {
+	case res := <-done:
+		return res
+	case <-ctx.Done():
+	}
+	select {
+	case res := <-done:
+		return res
+	default:
+	}
+	res := api.VMPorts{Name: r.Name, IP: r.GuestIP, Listeners: []api.PortListener{},
+		Error: fmt.Sprintf("guest agent: no complete answer within %v", portsTimeout)}
+	if err := parent.Err(); err != nil {
+		res.Error = "guest agent: " + err.Error()
+	}
+	return res
+}
+
 func (s *Service) portsOf(ctx context.Context, r store.VMRecord) api.VMPorts {
 	res := api.VMPorts{Name: r.Name, IP: r.GuestIP, Listeners: []api.PortListener{}}
-	ctx, cancel := context.WithTimeout(ctx, AgentTimeout)
-	defer cancel()
 	c, err := agent.DialUDS(ctx, vmdir.Dir(r.Runtime.Dir).AgentSock(), AgentPort)
 	if err != nil {
 		res.Error = fmt.Sprintf("guest agent not reachable: %v", err)

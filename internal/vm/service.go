@@ -884,6 +884,7 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 		if err != nil {
 			continue
 		}
+		s.CapSerialLogs(ctx, recs)
 		for _, r := range recs {
 			if (r.State != api.StateRunning && r.State != api.StateError) || r.Runtime.PID == 0 || vmm.Alive(r.Runtime.PID) {
 				continue
