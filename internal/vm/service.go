@@ -345,8 +345,8 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	if err != nil {
 		return failed(fmt.Errorf("launch VMM: %w", err))
 	}
-	crashPoint("launched")
-	rec.State = api.StateRunning
+	// Still "starting" until the host keys are pinned: reconcile stops a
+	// VM it finds starting (its keys may never have been pinned).
 	rec.Runtime.PID = lr.PID
 	rec.Runtime.VMM = lr.Binary
 	rec.Runtime.VMMKind = lr.Kind
@@ -358,7 +358,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		return rec, err
 	}
 	log.Info("vmm launched", "pid", lr.PID, "vmm", lr.Kind)
-	crashPoint("running")
+	crashPoint("launched")
 
 	rpcserver.SetStage(ctx, "waiting for ssh")
 	wctx, cancel := context.WithTimeout(ctx, SSHReadyTimeout)
@@ -375,6 +375,12 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		}
 		return rec, &notReadyError{name: rec.Name, err: err}
 	}
+	rec.State = api.StateRunning
+	rec.UpdatedAt = now()
+	if err := s.Store.UpdateVM(ctx, rec); err != nil {
+		return rec, err
+	}
+	crashPoint("running")
 	c, err := guestssh.WaitReady(wctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions(), 250*time.Millisecond)
 	if err != nil {
 		rec.State = api.StateError
@@ -791,6 +797,19 @@ func (s *Service) Reconcile(ctx context.Context) {
 		}
 		known[rec.ID] = true
 		st, err := s.Ops.StatusVMM(ctx, privops.VMReq{ID: rec.ID})
+		if err == nil && st.PID > 0 && rec.State == api.StateStarting {
+			// Its start was interrupted before the guest's host keys were
+			// pinned: stop it cleanly rather than adopt a VM banger
+			// cannot trust.
+			log.Warn("reconcile: stopping a VM whose start was interrupted", "vm", rec.Name, "pid", st.PID)
+			_ = s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"})
+			s.waitGone(ctx, st.PID, 10*time.Second)
+			if _, err := s.cleanup(ctx, rec, "the daemon stopped while the VM was starting; start it again"); err != nil {
+				log.Warn("reconcile: cleanup", "vm", rec.Name, "error", err)
+			}
+			unlock()
+			continue
+		}
 		if err == nil && st.PID > 0 {
 			taps[rec.Runtime.Tap] = true
 			// Re-pin (idempotent): a helper of an older build left the tap
