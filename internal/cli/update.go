@@ -18,6 +18,7 @@ import (
 	"github.com/banger-dev/banger/internal/buildinfo"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/securefs"
 	"github.com/banger-dev/banger/internal/sysinstall"
 	"github.com/banger-dev/banger/internal/updater"
 	"github.com/spf13/cobra"
@@ -138,10 +139,14 @@ func (a *app) runUpdate(ctx context.Context, f updateFlags, toGiven bool) error 
 	if err != nil {
 		return err
 	}
-	work := filepath.Join(paths.SystemLayout().CacheDir, "updates")
-	if err := os.MkdirAll(work, 0o700); err != nil {
+	// Download, stage, sanity-run and install only where no other uid can
+	// reach: the owner owns /var/cache/banger, so an update staged there
+	// could be swapped between the check and the install.
+	work, err := updateWorkDir(paths.SystemRootCacheDir)
+	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(work)
 	tarball := filepath.Join(work, rel.TarballName())
 	a.say("downloading %s", rel.TarballURL)
 	if err := updater.DownloadVerified(ctx, hc, rel.TarballURL, sum, tarball); err != nil {
@@ -154,6 +159,9 @@ func (a *app) runUpdate(ctx context.Context, f updateFlags, toGiven bool) error 
 		return err
 	}
 	defer os.RemoveAll(stageDir)
+	if err := securefs.CheckRootOnly(stageDir); err != nil {
+		return fmt.Errorf("staged release: %w", err)
+	}
 	if err := sanityCheck(ctx, staged, rel.Version); err != nil {
 		return err
 	}
@@ -163,6 +171,19 @@ func (a *app) runUpdate(ctx context.Context, f updateFlags, toGiven bool) error 
 	}
 	u := &updateTx{a: a, layout: sysinstall.DefaultLayout(), sd: sysinstall.ExecSystemd{}, from: current, to: rel.Version, staged: staged, meta: meta}
 	return u.apply(ctx)
+}
+
+// updateWorkDir makes a fresh directory for one update below root (root's
+// own cache), after checking that only root can change anything on the
+// way there (securefs.CheckRootOnly).
+func updateWorkDir(root string) (string, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return "", err
+	}
+	if err := securefs.CheckRootOnly(root); err != nil {
+		return "", fmt.Errorf("update work dir: %w", err)
+	}
+	return os.MkdirTemp(root, "update-")
 }
 
 // sanityCheck runs the staged binaries: banger --version must name the
