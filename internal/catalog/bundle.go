@@ -32,49 +32,53 @@ const maxWindow = 1 << 27
 // (rootfs.ext4; vmlinux, initrd.img, vmlinuz) to host paths of regular
 // files; modulesDir, for a kernel, is a host directory packed as modules/
 // ("" for none). The same rules the client enforces are applied here, so a
-// bundle WriteBundle refuses is one no client would accept.
-func WriteBundle(w io.Writer, kind Kind, manifest Manifest, files map[string]string, modulesDir string) error {
+// bundle WriteBundle refuses is one no client would accept. It returns the
+// bundle's unpacked size: the bytes of its tar stream before compression,
+// which the index signs as Entry.UnpackedSize (and the client holds the
+// bundle to).
+func WriteBundle(w io.Writer, kind Kind, manifest Manifest, files map[string]string, modulesDir string) (unpacked int64, err error) {
 	if !kind.Valid() {
-		return fmt.Errorf("bundle kind %q is not %q or %q", kind, KindImage, KindKernel)
+		return 0, fmt.Errorf("bundle kind %q is not %q or %q", kind, KindImage, KindKernel)
 	}
 	if err := manifest.validate(kind); err != nil {
-		return err
+		return 0, err
 	}
 	if _, ok := files[ManifestFile]; ok {
-		return fmt.Errorf("%s is generated from the manifest; do not pass it as a file", ManifestFile)
+		return 0, fmt.Errorf("%s is generated from the manifest; do not pass it as a file", ManifestFile)
 	}
 	if modulesDir != "" && kind != KindKernel {
-		return fmt.Errorf("only a kernel bundle has a %s/ tree", ModulesDir)
+		return 0, fmt.Errorf("only a kernel bundle has a %s/ tree", ModulesDir)
 	}
 	have := map[string]bool{ManifestFile: true}
 	for name := range files {
 		if err := checkEntry(kind, name, typeFile, ""); err != nil {
-			return err
+			return 0, err
 		}
 		have[name] = true
 	}
 	for _, r := range requiredEntries(kind) {
 		if !have[r] {
-			return fmt.Errorf("%s bundle needs %s", aKind(kind), r)
+			return 0, fmt.Errorf("%s bundle needs %s", aKind(kind), r)
 		}
 	}
 	man, err := json.MarshalIndent(manifest, "", "  ")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	man = append(man, '\n')
 
 	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedBetterCompression),
 		zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<23))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	tw := tar.NewWriter(zw)
+	cw := &countWriter{w: zw}
+	tw := tar.NewWriter(cw)
 	if err := tw.WriteHeader(header(ManifestFile, tar.TypeReg, int64(len(man)), "")); err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := tw.Write(man); err != nil {
-		return err
+		return 0, err
 	}
 	names := make([]string, 0, len(files))
 	for n := range files {
@@ -83,18 +87,33 @@ func WriteBundle(w io.Writer, kind Kind, manifest Manifest, files map[string]str
 	slices.Sort(names)
 	for _, n := range names {
 		if err := addRegular(tw, n, files[n]); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if modulesDir != "" {
 		if err := addTree(tw, kind, modulesDir); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return err
+		return 0, err
 	}
-	return zw.Close()
+	if err := zw.Close(); err != nil {
+		return 0, err
+	}
+	return cw.n, nil
+}
+
+// countWriter counts what passes through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func header(name string, typ byte, size int64, linkname string) *tar.Header {
@@ -185,39 +204,77 @@ func addTree(tw *tar.Writer, kind Kind, root string) error {
 
 // extractLimits bound what one bundle may unpack to.
 type extractLimits struct {
-	maxUnpacked int64 // bytes of regular files
-	maxEntries  int
+	// maxUnpacked caps both the bytes the zstd stream decompresses to and
+	// the regular-file bytes written (a tar's sparse entries could make the
+	// second larger than the first).
+	maxUnpacked int64
+	// capDesc says where maxUnpacked comes from, for the refusal.
+	capDesc    string
+	maxEntries int
+}
+
+// cappedReader counts the bytes read through it (the decompressed stream)
+// and refuses, while streaming, to go past max.
+type cappedReader struct {
+	r    io.Reader
+	n    int64
+	max  int64
+	desc string
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.n > c.max {
+		return 0, c.overflow() // sticky: nothing more is read once over
+	}
+	if rem := c.max - c.n; rem < int64(len(p))-1 {
+		p = p[:rem+1] // read at most one byte past the cap
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n > c.max {
+		return n, c.overflow()
+	}
+	return n, err
+}
+
+func (c *cappedReader) overflow() error {
+	return refuse(ErrTooLarge, "unpacks to more than %d bytes, %s", c.max, c.desc)
 }
 
 // extractBundle reads a zstd-compressed bundle tar of kind from r and writes
 // its entries into dir (an existing, empty directory). It refuses an entry
 // the kind does not allow, a duplicate, an entry whose parent directory did
 // not come first, and a bundle missing a required entry or whose manifest
-// is invalid for kind. It returns the parsed manifest. The caller must read
-// r to its end (and check its hash) before trusting the result, and must
-// remove dir on error.
-func extractBundle(r io.Reader, kind Kind, dir string, lim extractLimits) (*Manifest, error) {
+// is invalid for kind. The decompressed stream may not exceed
+// lim.maxUnpacked bytes: ErrTooLarge as soon as it does, and before a
+// regular file whose header takes it past is created. It returns the parsed
+// manifest and the decompressed size. The caller must read r to its end
+// (and check its hash) before trusting the result, and must remove dir on
+// error.
+func extractBundle(r io.Reader, kind Kind, dir string, lim extractLimits) (*Manifest, int64, error) {
 	zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderConcurrency(1))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer zr.Close()
-	x := &extractor{kind: kind, dir: dir, lim: lim, seen: map[string]bool{}, dirs: map[string]bool{}}
-	if err := x.run(tar.NewReader(zr)); err != nil {
-		return nil, err
+	cr := &cappedReader{r: zr, max: lim.maxUnpacked, desc: lim.capDesc}
+	x := &extractor{kind: kind, dir: dir, lim: lim, stream: cr, seen: map[string]bool{}, dirs: map[string]bool{}}
+	if err := x.run(tar.NewReader(cr)); err != nil {
+		return nil, cr.n, err
 	}
-	// Whatever follows the tar's end inside the zstd stream is read (and
-	// so hashed by the caller) but not kept.
-	if _, err := io.Copy(io.Discard, io.LimitReader(zr, lim.maxUnpacked)); err != nil {
-		return nil, refuseWrap(ErrBadBundle, err, "corrupt zstd stream after the tar: %v", err)
+	// Whatever follows the tar's end inside the zstd stream is read (and so
+	// hashed by the caller, and counted against the cap) but not kept.
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return nil, cr.n, streamErr(err)
 	}
-	return x.manifest, nil
+	return x.manifest, cr.n, nil
 }
 
 type extractor struct {
 	kind     Kind
 	dir      string
 	lim      extractLimits
+	stream   *cappedReader // the decompressed stream the tar is read from
 	seen     map[string]bool
 	dirs     map[string]bool
 	entries  int
@@ -299,8 +356,13 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 	case typeSymlink:
 		return os.Symlink(hdr.Linkname, dst)
 	}
-	if hdr.Size < 0 || hdr.Size > x.lim.maxUnpacked-x.unpacked {
-		return refuse(ErrBadBundle, "entry %q (%d bytes) takes the bundle past %d unpacked bytes", name, hdr.Size, x.lim.maxUnpacked)
+	if hdr.Size < 0 {
+		return refuse(ErrBadBundle, "entry %q has a negative size", name)
+	}
+	// Refused before the file exists: its header says it takes the bundle
+	// past the cap, counted in stream bytes or in (sparse-expanded) file bytes.
+	if hdr.Size > x.lim.maxUnpacked-x.unpacked || hdr.Size > x.lim.maxUnpacked-x.stream.n {
+		return refuse(ErrTooLarge, "entry %q (%d bytes) unpacks to more than %d bytes, %s", name, hdr.Size, x.lim.maxUnpacked, x.lim.capDesc)
 	}
 	x.unpacked += hdr.Size
 	if name == ManifestFile {

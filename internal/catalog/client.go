@@ -28,7 +28,7 @@ import (
 // Defaults for the Client's zero values.
 const (
 	DefaultMaxIndexBytes    = 4 << 20
-	DefaultMaxUnpackedBytes = 64 << 30
+	DefaultMaxUnpackedBytes = 32 << 30
 	DefaultMaxEntries       = 1 << 17
 	DefaultStallTimeout     = 2 * time.Minute
 	maxSignatureBytes       = 4 << 10
@@ -52,8 +52,11 @@ type Client struct {
 	KeyName string
 	// MaxIndexBytes caps index.json; 0 means DefaultMaxIndexBytes.
 	MaxIndexBytes int64
-	// MaxUnpackedBytes caps the regular-file bytes one bundle unpacks to;
-	// 0 means DefaultMaxUnpackedBytes.
+	// MaxUnpackedBytes caps what one bundle unpacks to (its decompressed
+	// tar stream, and its regular-file bytes); 0 means
+	// DefaultMaxUnpackedBytes (config: catalog.max_unpacked_size). An entry
+	// whose signed unpacked_size is larger is refused before any download;
+	// one with an unpacked_size is held to exactly that.
 	MaxUnpackedBytes int64
 	// MaxEntries caps the tar entries in one bundle; 0 means DefaultMaxEntries.
 	MaxEntries int
@@ -341,6 +344,20 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 	defer timer.Stop()
 
 	what := fmt.Sprintf("bundle %s (%s)", bundleURL, e.Name)
+	// The unpack cap: the size the signed index gives, else the client's
+	// cap. Either is enforced while streaming (extractBundle), never after.
+	lim := extractLimits{
+		maxUnpacked: orDefault(c.MaxUnpackedBytes, DefaultMaxUnpackedBytes),
+		maxEntries:  orDefault(c.MaxEntries, DefaultMaxEntries),
+	}
+	lim.capDesc = "the cap for a bundle whose index gives no unpacked_size (catalog.max_unpacked_size)"
+	if e.UnpackedSize > 0 {
+		if e.UnpackedSize > lim.maxUnpacked {
+			return refuse(ErrTooLarge, "%s unpacks to %d bytes, more than the cap of %d (catalog.max_unpacked_size); refusing", what, e.UnpackedSize, lim.maxUnpacked)
+		}
+		lim.maxUnpacked = e.UnpackedSize
+		lim.capDesc = "the size the signed index gives (a mirror may have altered the bundle)"
+	}
 	resp, err := c.get(ctx, bundleURL)
 	switch {
 	case err == nil:
@@ -360,11 +377,7 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 	if progress != nil {
 		progress(0, e.Size)
 	}
-	lim := extractLimits{
-		maxUnpacked: orDefault(c.MaxUnpackedBytes, DefaultMaxUnpackedBytes),
-		maxEntries:  orDefault(c.MaxEntries, DefaultMaxEntries),
-	}
-	man, xerr := extractBundle(body, kind, staging, lim)
+	man, unpacked, xerr := extractBundle(body, kind, staging, lim)
 	if xerr == nil {
 		// Whatever follows the zstd stream counts towards the hash too.
 		_, xerr = io.Copy(io.Discard, body)
@@ -398,6 +411,10 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 			}
 			return refuseWrap(ErrBadBundle, xerr, "%s: %v; refusing", what, xerr)
 		}
+		if errors.Is(xerr, ErrTooLarge) {
+			// Refused mid-stream: nothing more is read (or written).
+			return refuseWrap(ErrTooLarge, xerr, "%s: %v; refusing", what, xerr)
+		}
 		return fmt.Errorf("%s: unpack: %w", what, xerr)
 	}
 	if body.n != e.Size {
@@ -405,6 +422,9 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 	}
 	if got := body.sum(); got != e.SHA256 {
 		return refuse(ErrHashMismatch, "%s: sha256 %s, the signed index says %s (a mirror may have altered it); refusing", what, got, e.SHA256)
+	}
+	if e.UnpackedSize > 0 && unpacked != e.UnpackedSize {
+		return refuse(ErrBadBundle, "%s: unpacks to %d bytes, the signed index says %d; the catalog is inconsistent, tell its publisher; refusing", what, unpacked, e.UnpackedSize)
 	}
 	if err := man.matches(kind, e); err != nil {
 		return refuse(ErrBadBundle, "%s: %v; the catalog is inconsistent, tell its publisher; refusing", what, err)

@@ -13,7 +13,10 @@
 // bundle by SHA-256 and size. A bundle is streamed from the network through
 // a hasher and a byte counter into a zstd decoder and a tar reader, and its
 // entries are written into a fresh staging directory under
-// <destRoot>/.staging/. Only when the stream has ended with the signed hash
+// <destRoot>/.staging/. What the zstd stream decompresses to is counted and
+// capped while it streams, at the entry's signed unpacked_size (or, for an
+// entry without one, Client.MaxUnpackedBytes), so a bomb served in place of
+// a bundle is refused long before its hash could be. Only when the stream has ended with the signed hash
 // and size, the bundle held exactly the entries its kind allows, and its
 // manifest.json names the same kind and entry, is the staging directory
 // renamed to <destRoot>/<name>-<sha256[:12]>. Any failure removes the

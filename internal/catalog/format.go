@@ -75,6 +75,11 @@ type Entry struct {
 	Bundle        string `json:"bundle"`         // URL, relative to the index URL or absolute http(s)
 	SHA256        string `json:"sha256"`         // hex of the whole .tar.zst
 	Size          int64  `json:"size"`           // bytes of the .tar.zst
+	// UnpackedSize is the bytes of the bundle's tar stream once zstd is
+	// undone: the client refuses as soon as a bundle unpacks past it. 0
+	// means the index does not say (an older publisher); the client's own
+	// cap applies then.
+	UnpackedSize int64 `json:"unpacked_size,omitempty"`
 }
 
 // Manifest is manifest.json inside a bundle.
@@ -113,7 +118,8 @@ var (
 	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
-// maxBundleSize caps an entry's declared size (a sanity bound, not a quota).
+// maxBundleSize caps an entry's declared size and unpacked size (a sanity
+// bound, not a quota).
 const maxBundleSize = 1 << 40
 
 // maxDescription caps an entry's description, in bytes.
@@ -217,6 +223,9 @@ func ValidateEntry(kind Kind, e Entry) error {
 	}
 	if e.Size <= 0 || e.Size > maxBundleSize {
 		return bad("size %d is out of range", e.Size)
+	}
+	if e.UnpackedSize < 0 || e.UnpackedSize > maxBundleSize {
+		return bad("unpacked_size %d is out of range", e.UnpackedSize)
 	}
 	ref, err := parseBundleRef(e.Bundle)
 	if err != nil {

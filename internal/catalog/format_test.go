@@ -2,10 +2,13 @@ package catalog_test
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/banger-dev/banger/internal/catalog"
 )
@@ -64,14 +67,26 @@ func TestWriteBundle(t *testing.T) {
 	man := catalog.Manifest{Schema: 1, Kind: catalog.KindKernel, Name: "k", Version: "1", CreatedAt: "2026-01-02T03:04:05Z"}
 	files := map[string]string{"vmlinux": filepath.Join(from, "vmlinux")}
 	var a, b bytes.Buffer
-	if err := catalog.WriteBundle(&a, catalog.KindKernel, man, files, filepath.Join(from, "modules")); err != nil {
+	na, err := catalog.WriteBundle(&a, catalog.KindKernel, man, files, filepath.Join(from, "modules"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := catalog.WriteBundle(&b, catalog.KindKernel, man, files, filepath.Join(from, "modules")); err != nil {
+	nb, err := catalog.WriteBundle(&b, catalog.KindKernel, man, files, filepath.Join(from, "modules"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+	if !bytes.Equal(a.Bytes(), b.Bytes()) || na != nb {
 		t.Fatal("WriteBundle is not deterministic")
+	}
+	// The unpacked size it returns is the tar stream's: what zstd gives back.
+	zr, err := zstd.NewReader(bytes.NewReader(a.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(zr)
+	zr.Close()
+	if err != nil || int64(len(raw)) != na || na%512 != 0 {
+		t.Fatalf("unpacked size %d, the stream decompresses to %d bytes (%v)", na, len(raw), err)
 	}
 
 	imgMan := man
@@ -98,7 +113,7 @@ func TestWriteBundle(t *testing.T) {
 		{"bad name", catalog.KindKernel, func() catalog.Manifest { m := man; m.Name = "K"; return m }(), files, "", "not a safe entry name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := catalog.WriteBundle(&bytes.Buffer{}, tc.kind, tc.man, tc.files, tc.modules)
+			_, err := catalog.WriteBundle(&bytes.Buffer{}, tc.kind, tc.man, tc.files, tc.modules)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
 			}

@@ -37,11 +37,13 @@ func (a *app) updateCmd() *cobra.Command {
 		Short: "Update banger from a signed release; running VMs keep running",
 		Long: `Update banger from a signed release.
 
-The manifest names each release's tarball, SHA256SUMS and its signature. The
-signature (ECDSA P-256 over SHA256SUMS, cosign sign-blob format) is checked
-against banger's release key before any hash is trusted; the tarball is
-checked while it streams, staged, and its binaries are run before anything is
-swapped. Then the binaries are swapped (the old ones kept as .previous), the
+The release manifest is signed with banger's release key (verified before it
+is parsed), expires, and may not be older than the newest one this host
+accepted (so a mirror cannot freeze it on an old release). It names each
+release's tarball, SHA256SUMS and its signature. The signature (ECDSA P-256
+over SHA256SUMS, cosign sign-blob format) is checked before any hash is
+trusted; the tarball is checked while it streams and staged in a root-only
+directory, and its binaries are run before anything is swapped. Then the binaries are swapped (the old ones kept as .previous), the
 root helper and the daemon restarted, and the new 'banger system status'
 must report both healthy. Any failure puts the old binaries back and
 restarts them. Running VMs are never stopped.`,
@@ -69,12 +71,19 @@ func (a *app) say(format string, args ...any) { fmt.Fprintf(a.stdout, format+"\n
 
 func (a *app) runUpdate(ctx context.Context, f updateFlags, toGiven bool) error {
 	hc := &http.Client{Timeout: 10 * time.Minute}
+	// The manifest is signed: verified, checked for expiry and against the
+	// newest one this host accepted (recorded by root only, never by --check).
+	mkey, err := updater.PublicKey(f.pubKey)
+	if err != nil {
+		return err
+	}
+	mc := updater.ManifestCheck{PublicKeyPEM: mkey, StatePath: updater.StatePathFor(paths.InstallMetaPath()),
+		Record: !f.check && os.Geteuid() == 0 && paths.Installed()}
 	var m *updater.Manifest
-	var err error
 	if f.manifestURL != "" {
-		m, err = updater.FetchManifestFrom(ctx, hc, f.manifestURL)
+		m, err = updater.FetchManifestFrom(ctx, hc, f.manifestURL, mc)
 	} else {
-		m, err = updater.FetchManifest(ctx, hc)
+		m, err = updater.FetchManifest(ctx, hc, mc)
 	}
 	if err != nil {
 		return fmt.Errorf("release manifest: %w", err)
@@ -123,15 +132,7 @@ func (a *app) runUpdate(ctx context.Context, f updateFlags, toGiven bool) error 
 		}
 		return fmt.Errorf("%d daemon operation(s) in flight (%s); retry when they finish, or use --force", len(ops), strings.Join(names, ", "))
 	}
-	key := updater.ReleasePublicKey()
-	if f.pubKey != "" {
-		if key, err = os.ReadFile(f.pubKey); err != nil {
-			return fmt.Errorf("--pubkey-file: %w", err)
-		}
-	} else if err := updater.CheckReleaseKey(); err != nil {
-		return err
-	}
-	sums, err := updater.FetchAndVerifySignatureWithKey(ctx, hc, rel, key)
+	sums, err := updater.FetchAndVerifySignatureWithKey(ctx, hc, rel, mkey)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,8 @@ type Config struct {
 	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
 	// Catalog is where images and kernels are pulled from by name.
 	Catalog Catalog `toml:"catalog" json:"catalog"`
+	// OCI caps what an image pulled from an OCI registry unpacks to.
+	OCI OCI `toml:"oci" json:"oci"`
 }
 
 // Catalog is the [catalog] table: signed image and kernel indexes
@@ -55,7 +57,29 @@ type Catalog struct {
 	KernelURL string `toml:"kernel_url" json:"kernel_url"`
 	// PublicKeyFile verifies the indexes instead of the release key built into banger.
 	PublicKeyFile string `toml:"public_key_file" json:"public_key_file"`
+	// MaxUnpackedSize caps what one bundle unpacks to: a bundle whose
+	// index entry signs a larger unpacked_size is refused, and one whose
+	// entry gives none is stopped past this while it streams.
+	MaxUnpackedSize string `toml:"max_unpacked_size" json:"max_unpacked_size"`
 }
+
+// MaxUnpackedBytes is MaxUnpackedSize in bytes (validated by Load).
+func (c Catalog) MaxUnpackedBytes() int64 { n, _ := ParseSize(c.MaxUnpackedSize); return n }
+
+// OCI is the [oci] table: caps on what an image pulled from a registry
+// unpacks to, counted while its layers stream (docs/oci-import.md).
+type OCI struct {
+	// MaxLayerSize caps one layer (its decompressed tar, and its files).
+	MaxLayerSize string `toml:"max_layer_size" json:"max_layer_size"`
+	// MaxImageSize caps all of an image's layers together.
+	MaxImageSize string `toml:"max_image_size" json:"max_image_size"`
+}
+
+// MaxLayerBytes is MaxLayerSize in bytes (validated by Load).
+func (o OCI) MaxLayerBytes() int64 { n, _ := ParseSize(o.MaxLayerSize); return n }
+
+// MaxImageBytes is MaxImageSize in bytes (validated by Load).
+func (o OCI) MaxImageBytes() int64 { n, _ := ParseSize(o.MaxImageSize); return n }
 
 // VMDefaults is the [vm_defaults] table.
 type VMDefaults struct {
@@ -73,6 +97,8 @@ func Default() Config {
 		DefaultImage: "debian-bookworm",
 		DNSListen:    "127.0.0.1:42069",
 		VMDefaults:   VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "1G"},
+		Catalog:      Catalog{MaxUnpackedSize: "32G"},
+		OCI:          OCI{MaxLayerSize: "16G", MaxImageSize: "32G"},
 	}
 }
 
@@ -227,6 +253,12 @@ func (c *Config) validate() error {
 	}
 	if c.Catalog.PublicKeyFile != "" && !filepath.IsAbs(c.Catalog.PublicKeyFile) {
 		return bad("catalog.public_key_file", "%q must be an absolute path", c.Catalog.PublicKeyFile)
+	}
+	for _, ks := range [][2]string{{"catalog.max_unpacked_size", c.Catalog.MaxUnpackedSize},
+		{"oci.max_layer_size", c.OCI.MaxLayerSize}, {"oci.max_image_size", c.OCI.MaxImageSize}} {
+		if _, err := ParseSize(ks[1]); err != nil {
+			return bad(ks[0], "%v", err)
+		}
 	}
 	return nil
 }

@@ -164,7 +164,7 @@ func (d *Daemon) wire() error {
 	ctx := logging.With(context.Background(), d.log)
 	d.vmm, d.vmmError = chooseVMM(d.cfg.Config)
 	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout, d.vmm)
-	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log, Catalog: d.cfg.Catalog}
+	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log, Catalog: d.cfg.Catalog, OCI: d.cfg.OCI}
 	keyPath := d.cfg.SSHKeyPath
 	if keyPath == "" {
 		keyPath = filepath.Join(d.layout.SSHDir(), "id_ed25519")

@@ -17,7 +17,7 @@ import (
 // catalogClient is shared so concurrent pulls of one bundle coalesce.
 func (s *Service) catalogClient() *catalog.Client {
 	s.catOnce.Do(func() {
-		s.cat = &catalog.Client{HTTP: s.HTTP, PublicKeyPEM: s.catalogKey}
+		s.cat = &catalog.Client{HTTP: s.HTTP, PublicKeyPEM: s.catalogKey, MaxUnpackedBytes: s.Catalog.MaxUnpackedBytes()}
 		if s.Catalog.PublicKeyFile != "" {
 			s.cat.KeyName = "the key in " + s.Catalog.PublicKeyFile
 		}

@@ -48,6 +48,7 @@ type Service struct {
 	Layout  paths.Layout
 	Log     *slog.Logger
 	Catalog config.Catalog // where `image pull NAME` / `kernel pull NAME` look
+	OCI     config.OCI     // caps on what an OCI image unpacks to
 	HTTP    *http.Client   // nil: the catalog client's default
 
 	mu    sync.Mutex

@@ -156,7 +156,8 @@ func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress i
 		return store.ImageRecord{}, err
 	}
 	w := orDiscard(progress)
-	puller := &oci.Puller{CacheDir: s.Layout.CacheDir, Progress: func(msg string) { fmt.Fprintln(w, msg) }}
+	lim := oci.Limits{MaxLayerBytes: s.OCI.MaxLayerBytes(), MaxImageBytes: s.OCI.MaxImageBytes()}
+	puller := &oci.Puller{CacheDir: s.Layout.CacheDir, Limits: lim, Progress: func(msg string) { fmt.Fprintln(w, msg) }}
 	f, err := puller.Fetch(ctx, p.Ref)
 	if err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
@@ -167,7 +168,7 @@ func (s *Service) pullOCI(ctx context.Context, p api.ImagePullParams, progress i
 	}
 	defer os.RemoveAll(staging)
 	fmt.Fprintf(w, "flattening %d layer(s)\n", len(f.Layers))
-	tree, err := oci.Flatten(ctx, f.Layers, filepath.Join(staging, "tree"))
+	tree, err := oci.FlattenWithLimits(ctx, f.Layers, filepath.Join(staging, "tree"), lim)
 	if err != nil {
 		return store.ImageRecord{}, fmt.Errorf("pull %s: %w", p.Ref, err)
 	}

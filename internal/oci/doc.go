@@ -11,7 +11,10 @@
 //     directory as an unprivileged-looking copy: whiteouts and opaque
 //     directories are applied, paths are resolved without ever leaving the
 //     tree, and the owner and mode each tar header asked for are recorded in
-//     [Tree.Owners] instead of being applied to the host.
+//     [Tree.Owners] instead of being applied to the host. What each layer,
+//     and the image, unpack to is capped while the layers stream
+//     ([Limits], [FlattenWithLimits]; [Puller.Limits] refuses layers declared
+//     over the caps before downloading them).
 //   - [BuildExt4] runs mkfs.ext4 -d on that directory and then a single
 //     batched debugfs pass that writes the recorded owners and modes
 //     (setuid/setgid/sticky included) into the new filesystem's inodes.

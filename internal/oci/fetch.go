@@ -31,6 +31,9 @@ const (
 // parallelBlobs bounds concurrent blob downloads within one Fetch.
 const parallelBlobs = 3
 
+// maxConfigBytes caps an image config blob (real ones are kilobytes).
+const maxConfigBytes = 8 << 20
+
 // Puller fetches images (linux/amd64 only) with go-containerregistry and
 // caches their blobs. The zero value needs only CacheDir. A Puller must not
 // be copied after first use; concurrent Fetch calls on one Puller share
@@ -51,6 +54,11 @@ type Puller struct {
 	// Insecure allows plain-http registries (name.Insecure). Loopback and
 	// private addresses are already reached over http by go-containerregistry.
 	Insecure bool
+	// Limits caps the layers a manifest may declare: a layer whose
+	// (compressed) size is over MaxLayerBytes, or layers summing to more
+	// than MaxImageBytes, are refused before anything is downloaded. Pass
+	// the same Limits to FlattenWithLimits, which caps what they unpack to.
+	Limits Limits
 
 	flight     singleflight.Group
 	progressMu sync.Mutex
@@ -139,6 +147,21 @@ func (p *Puller) Fetch(ctx context.Context, ref string) (*Fetched, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, registryError(r, err)
+	}
+
+	if m.Config.Size > maxConfigBytes {
+		return nil, fmt.Errorf("image %s: its config is %d bytes, more than the %d a config may be; refusing", r.Name(), m.Config.Size, maxConfigBytes)
+	}
+	var declared int64
+	for i, l := range m.Layers {
+		if l.Size < 0 || l.Size > p.Limits.layerCap() {
+			return nil, &tooLarge{fmt.Sprintf("image %s: layer %d/%d is %s, more than the cap for one layer (%s, oci.max_layer_size); refusing",
+				r.Name(), i+1, len(m.Layers), humanBytes(l.Size), humanBytes(p.Limits.layerCap()))}
+		}
+		if declared += l.Size; declared > p.Limits.imageCap() {
+			return nil, &tooLarge{fmt.Sprintf("image %s: its layers are more than the cap for one image (%s, oci.max_image_size); refusing",
+				r.Name(), humanBytes(p.Limits.imageCap()))}
+		}
 	}
 
 	cfg, err := p.config(ctx, img, m)
@@ -344,7 +367,11 @@ func download(ctx context.Context, dir, hexDigest string, size int64, open func(
 	}
 	defer rc.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, rc})
+	var src io.Reader = ctxReader{ctx, rc}
+	if size >= 0 {
+		src = io.LimitReader(src, size+1) // never more than the manifest declared
+	}
+	n, err := io.Copy(io.MultiWriter(tmp, h), src)
 	if err != nil {
 		return err
 	}

@@ -67,8 +67,7 @@ func PublishCatalog(ctx context.Context, o CatalogOptions) (*CatalogResult, erro
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	ro := Options{OpenSSL: o.OpenSSL, KeyPath: o.KeyPath}
-	pubPEM, err := ro.publicKey(ctx)
+	pubPEM, err := signingPublicKey(ctx, o.OpenSSL, o.KeyPath)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +117,7 @@ func PublishCatalog(ctx context.Context, o CatalogOptions) (*CatalogResult, erro
 		KernelVersion: o.KernelVersion,
 		CreatedAt:     o.CreatedAt.Format(time.RFC3339),
 	}
-	bundlePath, sum, size, fresh, err := o.writeBundle(man, files, modulesDir)
+	bundlePath, sum, size, unpacked, fresh, err := o.writeBundle(man, files, modulesDir)
 	if err != nil {
 		return nil, err
 	}
@@ -139,6 +138,7 @@ func PublishCatalog(ctx context.Context, o CatalogOptions) (*CatalogResult, erro
 		Bundle:        catalog.BundleFileName(sum),
 		SHA256:        sum,
 		Size:          size,
+		UnpackedSize:  unpacked,
 	}
 	if err := catalog.ValidateEntry(o.Kind, e); err != nil {
 		return nil, err
@@ -294,18 +294,19 @@ func (o *CatalogOptions) loadIndex(indexPath, sigPath string, pubPEM []byte) (*c
 	return ix, nil
 }
 
-// writeBundle packs the bundle into OutDir/<sha256>.tar.zst; fresh is
-// whether no file of that name was there before.
-func (o *CatalogOptions) writeBundle(man catalog.Manifest, files map[string]string, modulesDir string) (path, sum string, size int64, fresh bool, err error) {
+// writeBundle packs the bundle into OutDir/<sha256>.tar.zst and returns
+// its size and its unpacked size (the tar stream's bytes, which the index
+// signs); fresh is whether no file of that name was there before.
+func (o *CatalogOptions) writeBundle(man catalog.Manifest, files map[string]string, modulesDir string) (path, sum string, size, unpacked int64, fresh bool, err error) {
 	tmp, err := os.CreateTemp(o.OutDir, ".bundle-*.tmp")
 	if err != nil {
-		return "", "", 0, false, err
+		return "", "", 0, 0, false, err
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
 	cw := &countWriter{}
 	bw := bufio.NewWriterSize(io.MultiWriter(tmp, h, cw), 1<<20)
-	err = catalog.WriteBundle(bw, o.Kind, man, files, modulesDir)
+	unpacked, err = catalog.WriteBundle(bw, o.Kind, man, files, modulesDir)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -319,7 +320,7 @@ func (o *CatalogOptions) writeBundle(man catalog.Manifest, files map[string]stri
 		err = cerr
 	}
 	if err != nil {
-		return "", "", 0, false, fmt.Errorf("write bundle: %w", err)
+		return "", "", 0, 0, false, fmt.Errorf("write bundle: %w", err)
 	}
 	sum = hex.EncodeToString(h.Sum(nil))
 	path = filepath.Join(o.OutDir, catalog.BundleFileName(sum))
@@ -328,9 +329,9 @@ func (o *CatalogOptions) writeBundle(man catalog.Manifest, files map[string]stri
 	// Content addressed: a file already there has the same bytes (or is
 	// damaged), so replacing it is always right.
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", "", 0, false, err
+		return "", "", 0, 0, false, err
 	}
-	return path, sum, cw.n, fresh, nil
+	return path, sum, cw.n, unpacked, fresh, nil
 }
 
 type countWriter struct{ n int64 }

@@ -61,6 +61,11 @@ type Options struct {
 	// BuiltAt stamps buildinfo.BuiltAt, published_at and the tar mtimes.
 	// Zero: SOURCE_DATE_EPOCH if set, else now.
 	BuiltAt time.Time
+	// ManifestExpiresIn is how long the signed manifest stays valid; 0 means
+	// DefaultManifestExpiry. ManifestIssued stamps it; zero means now (not
+	// SOURCE_DATE_EPOCH: expiry is about when it is published).
+	ManifestExpiresIn time.Duration
+	ManifestIssued    time.Time
 	// GoCmd and OpenSSL are the tools run; defaults "go" and "openssl".
 	GoCmd   string
 	OpenSSL string
@@ -77,6 +82,8 @@ type Result struct {
 	SumsPath      string
 	SignaturePath string
 	ManifestPath  string
+	// ManifestSigPath is manifest.json.sig, the manifest's signature.
+	ManifestSigPath string
 }
 
 // Build builds, packages, signs and publishes (into OutDir) one release.
@@ -87,7 +94,12 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, err
 	}
-	man, err := o.loadManifest()
+	signer, err := newManifestSigner(ctx, o.OpenSSL, o.KeyPath, o.VerifyPub, o.ManifestIssued, o.ManifestExpiresIn)
+	if err != nil {
+		return nil, err
+	}
+	pubPEM := signer.pubPEM
+	man, err := o.loadManifest(pubPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -97,10 +109,6 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	verDir := filepath.Join(o.OutDir, o.Version)
 	if _, err := os.Lstat(verDir); err == nil {
 		return nil, fmt.Errorf("%s already exists; versions are never reused", verDir)
-	}
-	pubPEM, err := o.publicKey(ctx)
-	if err != nil {
-		return nil, err
 	}
 
 	work, err := os.MkdirTemp(o.OutDir, "."+o.Version+".tmp-")
@@ -131,13 +139,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := os.WriteFile(sumsPath, sums, 0o644); err != nil {
 		return nil, err
 	}
-	var verifyPEM []byte
-	if o.VerifyPub != "" {
-		if verifyPEM, err = os.ReadFile(o.VerifyPub); err != nil {
-			return nil, err
-		}
-	}
-	sig, err := signFile(ctx, o.OpenSSL, o.KeyPath, SumsFile, sumsPath, sums, pubPEM, verifyPEM, o.VerifyPub)
+	sig, err := signFile(ctx, o.OpenSSL, o.KeyPath, SumsFile, sumsPath, sums, pubPEM, signer.verifyPEM, o.VerifyPub)
 	if err != nil {
 		return nil, err
 	}
@@ -157,32 +159,29 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Latest {
 		man.LatestStable = o.Version
 	}
-	manBytes, err := json.MarshalIndent(man, "", "  ")
+	manBytes, manSig, err := signer.sign(ctx, work, man)
 	if err != nil {
-		return nil, err
-	}
-	manBytes = append(manBytes, '\n')
-	if _, err := updater.ParseManifest(manBytes); err != nil {
-		return nil, fmt.Errorf("the merged manifest would not parse: %w", err)
+		return nil, fmt.Errorf("the merged manifest: %w", err)
 	}
 
 	if err := os.Rename(stage, verDir); err != nil {
 		return nil, err
 	}
-	manPath := filepath.Join(o.OutDir, ManifestFile)
-	if err := writeFileAtomic(manPath, manBytes, 0o644); err != nil {
+	manPath, manSigPath, err := placeManifest(o.OutDir, manBytes, manSig)
+	if err != nil {
 		return nil, err
 	}
 	o.logf("release %s: %s (sha256 %s)", o.Version, filepath.Join(verDir, tarName), sum)
-	o.logf("manifest: %s (latest_stable %q, %d releases)", manPath, man.LatestStable, len(man.Releases))
+	o.logf("manifest: %s (latest_stable %q, %d releases, expires %s)", manPath, man.LatestStable, len(man.Releases), man.Expires)
 	return &Result{
-		Release:       rel,
-		Dir:           verDir,
-		TarballPath:   filepath.Join(verDir, tarName),
-		TarballSHA256: sum,
-		SumsPath:      filepath.Join(verDir, SumsFile),
-		SignaturePath: filepath.Join(verDir, SignatureFile),
-		ManifestPath:  manPath,
+		Release:         rel,
+		Dir:             verDir,
+		TarballPath:     filepath.Join(verDir, tarName),
+		TarballSHA256:   sum,
+		SumsPath:        filepath.Join(verDir, SumsFile),
+		SignaturePath:   filepath.Join(verDir, SignatureFile),
+		ManifestPath:    manPath,
+		ManifestSigPath: manSigPath,
 	}, nil
 }
 
@@ -329,7 +328,9 @@ func (o *Options) logf(format string, args ...any) {
 	}
 }
 
-func (o *Options) loadManifest() (*updater.Manifest, error) {
+// loadManifest reads the manifest to merge into (ManifestIn, else OutDir's,
+// else a new one); a signature beside it must verify with pubPEM.
+func (o *Options) loadManifest(pubPEM []byte) (*updater.Manifest, error) {
 	path := o.ManifestIn
 	if path == "" {
 		path = filepath.Join(o.OutDir, ManifestFile)
@@ -337,32 +338,23 @@ func (o *Options) loadManifest() (*updater.Manifest, error) {
 			return &updater.Manifest{SchemaVersion: updater.ManifestSchemaVersion, Releases: []updater.Release{}}, nil
 		}
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
-	}
-	m, err := updater.ParseManifest(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if m.Releases == nil {
-		m.Releases = []updater.Release{}
-	}
-	return m, nil
+	return loadManifestAt(path, path+updater.ManifestSignatureSuffix, pubPEM)
 }
 
-// publicKey derives the signing key's public half and checks it is a P-256
-// key the updater accepts.
-func (o *Options) publicKey(ctx context.Context) ([]byte, error) {
-	pub, err := run(ctx, "", nil, o.OpenSSL, "ec", "-in", o.KeyPath, "-pubout")
+// signingPublicKey derives the signing key's public half and checks it is
+// a P-256 key the updater accepts.
+func signingPublicKey(ctx context.Context, openssl, keyPath string) ([]byte, error) {
+	pub, err := run(ctx, "", nil, openssl, "ec", "-in", keyPath, "-pubout")
 	if err != nil {
-		return nil, fmt.Errorf("--key %s: %w", o.KeyPath, err)
+		return nil, fmt.Errorf("--key %s: %w", keyPath, err)
 	}
 	if _, err := updater.KeyFingerprint(pub); err != nil {
-		return nil, fmt.Errorf("--key %s: %w", o.KeyPath, err)
+		return nil, fmt.Errorf("--key %s: %w", keyPath, err)
 	}
 	return pub, nil
 }
+
+func jsonIndent(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }
 
 // binaries returns name → path of each binary to package, building them into
 // work/bin unless Prebuilt is set.

@@ -85,7 +85,7 @@ func TestReleaseEndToEnd(t *testing.T) {
 	mainOK(t, "--version", "v1.3.0-rc.1", "--out", tree, "--key", key, "--base-url", base,
 		"--prebuilt", fakeBinaries(t, "v1.3.0-rc.1"))
 
-	for _, p := range []string{"manifest.json", "v1.2.3/banger-v1.2.3-linux-amd64.tar.gz", "v1.2.3/SHA256SUMS", "v1.2.3/SHA256SUMS.sig"} {
+	for _, p := range []string{"manifest.json", "manifest.json.sig", "v1.2.3/banger-v1.2.3-linux-amd64.tar.gz", "v1.2.3/SHA256SUMS", "v1.2.3/SHA256SUMS.sig"} {
 		if _, err := os.Stat(filepath.Join(tree, p)); err != nil {
 			t.Errorf("release tree: %v", err)
 		}
@@ -97,7 +97,8 @@ func TestReleaseEndToEnd(t *testing.T) {
 
 	ctx := context.Background()
 	hc := srv.Client()
-	m, err := updater.FetchManifestFrom(ctx, hc, srv.URL+"/manifest.json")
+	m, err := updater.FetchManifestFrom(ctx, hc, srv.URL+"/manifest.json",
+		updater.ManifestCheck{PublicKeyPEM: pub, StatePath: filepath.Join(t.TempDir(), updater.StateFileName), Record: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,11 +51,7 @@ func OpenNoFollow(p string, flags int, mode uint32) (*os.File, error) {
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 		return nil, unsafef("%q is not an absolute, clean path", p)
 	}
-	fd, err := unix.Openat2(unix.AT_FDCWD, p, &unix.OpenHow{
-		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
-		Mode:    uint64(mode),
-		Resolve: resolveStrict,
-	})
+	fd, err := openat2(unix.AT_FDCWD, p, flags, mode, resolveStrict)
 	if err != nil {
 		return nil, pathErr("open", p, err)
 	}
@@ -69,15 +65,80 @@ func OpenBeneath(dir *os.File, rel string, flags int, mode uint32) (*os.File, er
 	if rel == "" || filepath.IsAbs(rel) || filepath.Clean(rel) != rel || rel == ".." || strings.HasPrefix(rel, "../") {
 		return nil, unsafef("%q is not a clean relative path", rel)
 	}
-	fd, err := unix.Openat2(int(dir.Fd()), rel, &unix.OpenHow{
-		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
-		Mode:    uint64(mode),
-		Resolve: resolveStrict | unix.RESOLVE_BENEATH,
-	})
+	fd, err := openat2(int(dir.Fd()), rel, flags, mode, resolveStrict|unix.RESOLVE_BENEATH)
 	if err != nil {
 		return nil, pathErr("open", filepath.Join(dir.Name(), rel), err)
 	}
 	return os.NewFile(uintptr(fd), filepath.Join(dir.Name(), rel)), nil
+}
+
+// openat2 is openat2(2) with O_CLOEXEC|O_NOFOLLOW added. Where the kernel
+// or a seccomp filter refuses openat2 with ENOSYS (systemd's
+// RestrictSUIDSGID= does, since it cannot inspect open_how), it walks the
+// path one component at a time instead: each opened relative to the last
+// with O_NOFOLLOW, so no link is followed; the path is clean and has no
+// "..", so it cannot leave its start either.
+func openat2(dirfd int, p string, flags int, mode uint32, resolve uint64) (int, error) {
+	flags |= unix.O_CLOEXEC | unix.O_NOFOLLOW
+	if !forceWalk {
+		fd, err := unix.Openat2(dirfd, p, &unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: resolve})
+		if !errors.Is(err, unix.ENOSYS) {
+			return fd, err
+		}
+	}
+	return walkOpen(dirfd, p, flags, mode)
+}
+
+// forceWalk makes tests take the no-openat2 path.
+var forceWalk bool
+
+func walkOpen(dirfd int, p string, flags int, mode uint32) (int, error) {
+	cur := dirfd
+	rel := p
+	if strings.HasPrefix(p, "/") {
+		root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, err
+		}
+		cur = root
+		rel = strings.TrimLeft(p, "/")
+	}
+	closeCur := func() {
+		if cur != dirfd {
+			unix.Close(cur)
+		}
+	}
+	if rel == "" {
+		defer closeCur()
+		return unix.Openat(cur, ".", flags, mode)
+	}
+	parts := strings.Split(rel, "/")
+	for i, part := range parts {
+		if part == "" || part == "." || part == ".." {
+			closeCur()
+			return -1, unix.EXDEV
+		}
+		if i == len(parts)-1 {
+			fd, err := unix.Openat(cur, part, flags, mode)
+			closeCur()
+			return fd, err
+		}
+		next, err := unix.Openat(cur, part, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if errors.Is(err, unix.ENOTDIR) {
+				// A symlink opened with O_NOFOLLOW|O_DIRECTORY fails ENOTDIR.
+				var st unix.Stat_t
+				if unix.Fstatat(cur, part, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+					err = unix.ELOOP
+				}
+			}
+			closeCur()
+			return -1, err
+		}
+		closeCur()
+		cur = next
+	}
+	return -1, unix.EINVAL
 }
 
 func pathErr(op, p string, err error) error {

@@ -1,6 +1,7 @@
 package securefs
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,17 @@ import (
 )
 
 func TestOpenRefusesSymlinksAndEscapes(t *testing.T) {
+	t.Run("openat2", testOpenRefuses)
+	// Where seccomp refuses openat2 (systemd's RestrictSUIDSGID=), the
+	// component walk must refuse the same.
+	t.Run("walk", func(t *testing.T) {
+		forceWalk = true
+		defer func() { forceWalk = false }()
+		testOpenRefuses(t)
+	})
+}
+
+func testOpenRefuses(t *testing.T) {
 	d := t.TempDir()
 	victim := t.TempDir()
 	os.WriteFile(filepath.Join(victim, "secret"), []byte("s"), 0o600)
@@ -30,6 +42,22 @@ func TestOpenRefusesSymlinksAndEscapes(t *testing.T) {
 		if _, err := OpenBeneath(dir, rel, unix.O_RDONLY, 0); err == nil {
 			t.Errorf("OpenBeneath(%s) escaped", rel)
 		}
+	}
+	// Real files and directories open.
+	os.MkdirAll(filepath.Join(d, "a", "b"), 0o755)
+	os.WriteFile(filepath.Join(d, "a", "b", "f"), []byte("ok"), 0o644)
+	if f, err := OpenNoFollow(filepath.Join(d, "a", "b", "f"), unix.O_RDONLY, 0); err != nil {
+		t.Fatal(err)
+	} else {
+		f.Close()
+	}
+	if f, err := OpenBeneath(dir, "a/b/f", unix.O_RDONLY, 0); err != nil {
+		t.Fatal(err)
+	} else {
+		f.Close()
+	}
+	if _, err := OpenBeneath(dir, "a/b/missing", unix.O_RDONLY, 0); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
 	}
 	// Removing a link removes the link, never what it points to.
 	if err := RemoveBeneath(dir, "link"); err != nil {

@@ -12,15 +12,21 @@
 // order:
 //
 //  1. The manifest (DefaultManifestURL, a constant so a config file cannot
-//     redirect updates) is not signed. It is only a directory: which versions
-//     exist, which one is latest_stable, and where each release's files are.
-//     It carries no hashes. It is read through a 1 MiB cap, an unknown
-//     schema_version is refused, and every URL in it must be absolute http(s)
-//     (https only when the manifest itself came over https). A hostile
-//     manifest can at worst point at another genuinely signed release, which
-//     the caller catches: the hash is looked up in the signed SHA256SUMS under
-//     the versioned tarball name (TarballName), and the staged `banger
-//     --version` must name the target version.
+//     redirect updates) is a directory: which versions exist, which one is
+//     latest_stable, and where each release's files are. It carries no
+//     hashes. It is read through a 1 MiB cap together with manifest.json.sig
+//     (4 KiB cap, the SHA256SUMS.sig format), and the signature is verified
+//     with the release key before a byte of it is parsed (VerifyManifest); a
+//     missing signature is refused. The signed manifest carries issued and
+//     expires times: an expired one is refused, and so is one older than
+//     the newest this host accepted (an earlier issued time or a lower
+//     highest version), recorded per key by root in a root-owned state file
+//     beside the install metadata (StatePathFor), so a mirror can neither
+//     freeze a host on an old release nor roll its view back. An unknown
+//     schema_version is refused, and every URL in it must be absolute
+//     http(s) (https only when the manifest itself came over https). The
+//     versions it names are still checked against the signed SHA256SUMS
+//     (TarballName) and the staged `banger --version`.
 //  2. SHA256SUMS and its signature are downloaded (64 KiB and 4 KiB caps) and
 //     the signature is verified against the release key before a single line
 //     of SHA256SUMS is parsed. A release without a signature URL, or a binary
@@ -39,8 +45,8 @@
 //     bounded uncompressed size — and writes each one 0755 into a fresh stage
 //     directory with O_EXCL|O_NOFOLLOW. A refusal removes the stage directory.
 //
-// Integrity therefore rests on the signature alone; TLS only adds
-// confidentiality and makes freeze or rollback games with the manifest harder.
+// Integrity therefore rests on the signatures alone; TLS only adds
+// confidentiality.
 // Size caps come first everywhere so a hostile server cannot exhaust memory
 // or disk before verification has a chance to refuse.
 //

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // ManifestSchemaVersion is the only manifest schema this binary reads.
@@ -36,10 +38,16 @@ var (
 	MaxStagedBytes int64 = 1 << 30 // 1 GiB
 )
 
-// Manifest is manifest.json: a directory of releases. It carries URLs only;
-// hashes come from each release's signed SHA256SUMS.
+// Manifest is manifest.json: a directory of releases, signed with the
+// release key (manifest.json.sig beside it, the SHA256SUMS.sig format). It
+// carries URLs only; hashes come from each release's signed SHA256SUMS.
+// Issued and Expires (RFC 3339) date the signature: an expired manifest, or
+// one older than a manifest this host already accepted, is refused
+// (VerifyManifest), so a mirror cannot freeze a host on an old release.
 type Manifest struct {
 	SchemaVersion int       `json:"schema_version"`
+	Issued        string    `json:"issued,omitempty"`
+	Expires       string    `json:"expires,omitempty"`
 	LatestStable  string    `json:"latest_stable"`
 	Releases      []Release `json:"releases"`
 }
@@ -73,24 +81,45 @@ func (r Release) TarballSHA256(sums map[string]string) (string, error) {
 	return h, nil
 }
 
-// FetchManifest fetches and parses the manifest at DefaultManifestURL.
-func FetchManifest(ctx context.Context, hc *http.Client) (*Manifest, error) {
-	return FetchManifestFrom(ctx, hc, DefaultManifestURL)
+// ManifestSignatureSuffix is appended to a manifest URL's path to get its
+// signature's URL: …/manifest.json → …/manifest.json.sig.
+const ManifestSignatureSuffix = ".sig"
+
+// FetchManifest is FetchManifestFrom at DefaultManifestURL.
+func FetchManifest(ctx context.Context, hc *http.Client, c ManifestCheck) (*Manifest, error) {
+	return FetchManifestFrom(ctx, hc, DefaultManifestURL, c)
 }
 
-// FetchManifestFrom fetches the manifest at rawURL through MaxManifestBytes
-// and parses it with ParseManifest. A manifest fetched over https must name
-// only https URLs.
-func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string) (*Manifest, error) {
+// FetchManifestFrom fetches the manifest at rawURL (MaxManifestBytes cap)
+// and its signature at the same URL with ".sig" added to its path
+// (MaxSignatureBytes cap), and hands both
+// to VerifyManifest, which checks the signature before a byte of the
+// manifest is parsed, then its expiry and that it is not older than one
+// already accepted. A manifest fetched over https must name only https URLs.
+// There is no unsigned path: a missing signature is refused.
+func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string, c ManifestCheck) (*Manifest, error) {
 	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
 		return nil, refuse(ErrBadManifest, "manifest URL %q is not an absolute http(s) URL", rawURL)
+	}
+	if _, err := parsePublicKey(c.key()); err != nil {
+		return nil, err
 	}
 	body, err := fetchCapped(ctx, hc, rawURL, MaxManifestBytes, "manifest")
 	if err != nil {
 		return nil, err
 	}
-	m, err := ParseManifest(body)
+	su := *u
+	su.Path, su.RawPath, su.Fragment = su.Path+ManifestSignatureSuffix, "", ""
+	sigURL := su.String()
+	sig, err := fetchCapped(ctx, hc, sigURL, MaxSignatureBytes, "manifest signature")
+	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return nil, err
+		}
+		return nil, refuse(ErrSignatureRequired, "release manifest %s: no signature at %s (%v); refusing an unsigned manifest", rawURL, sigURL, err)
+	}
+	m, err := VerifyManifest(body, sig, c)
 	if err != nil {
 		return nil, err
 	}
@@ -107,11 +136,14 @@ func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string) (*Ma
 }
 
 // ParseManifest decodes and validates manifest.json: schema_version must be
-// ManifestSchemaVersion; versions must be non-empty, unique and path-safe;
+// ManifestSchemaVersion; issued and expires, when present, RFC 3339 with
+// expires after issued; versions must be non-empty, unique and path-safe;
 // latest_stable, if set, must name a release; tarball and SHA256SUMS URLs must
 // be absolute http(s) URLs, and so must the signature URL when present (an
 // absent one is refused later, by FetchAndVerifySignature). Unknown fields are
-// ignored so a later, additive schema-1 manifest still reads.
+// ignored so a later, additive schema-1 manifest still reads. It checks no
+// signature: only call it on bytes VerifyManifest authenticated (or, in the
+// release builder, on the publisher's own manifest).
 func ParseManifest(data []byte) (*Manifest, error) {
 	var probe struct {
 		SchemaVersion *int `json:"schema_version"`
@@ -133,6 +165,23 @@ func ParseManifest(data []byte) (*Manifest, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, refuse(ErrBadManifest, "manifest has trailing data after the JSON object")
+	}
+	var issued, expires time.Time
+	for _, f := range []struct {
+		name, val string
+		t         *time.Time
+	}{{"issued", m.Issued, &issued}, {"expires", m.Expires, &expires}} {
+		if f.val == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, f.val)
+		if err != nil {
+			return nil, refuse(ErrBadManifest, "manifest %s %.40q is not an RFC 3339 time", f.name, f.val)
+		}
+		*f.t = t
+	}
+	if m.Issued != "" && m.Expires != "" && !expires.After(issued) {
+		return nil, refuse(ErrBadManifest, "manifest expires (%s) is not after issued (%s)", m.Expires, m.Issued)
 	}
 	seen := map[string]bool{}
 	for i, r := range m.Releases {
@@ -167,6 +216,22 @@ func (m *Manifest) Versions() []string {
 		out = append(out, r.Version)
 	}
 	return out
+}
+
+// HighestVersion is the highest semver version the manifest lists (pre-
+// releases included), or "" when it lists none: test versions such as
+// v0.smoke.0 are not ordered.
+func (m *Manifest) HighestVersion() string {
+	best := ""
+	for _, r := range m.Releases {
+		if !IsSemver(r.Version) {
+			continue
+		}
+		if c, err := CompareVersions(r.Version, best); best == "" || (err == nil && c > 0) {
+			best = r.Version
+		}
+	}
+	return best
 }
 
 // Resolve picks the release to install: latest_stable for "", else the

@@ -10,29 +10,50 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/banger-dev/banger/internal/testutil"
 )
 
-func serveBytes(t *testing.T, body string) *httptest.Server {
+// serveSigned serves body at every path and k's signature of it at every
+// path ending in ".sig" (manifest.json and manifest.json.sig).
+func serveSigned(t *testing.T, k testutil.OpenSSLKey, body string) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, body)
-	}))
+	sig := k.Sign(t, []byte(body))
+	srv := httptest.NewServer(signedHandler(body, sig))
 	t.Cleanup(srv.Close)
 	return srv
 }
 
+func signedHandler(body string, sig []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ManifestSignatureSuffix) {
+			w.Write(sig)
+			return
+		}
+		fmt.Fprint(w, body)
+	})
+}
+
+// manifestJSON is a manifest issued an hour ago that expires in a day.
 func manifestJSON(base string, schema int, latest string, versions ...string) string {
+	now := time.Now().UTC()
+	return manifestAt(now.Add(-time.Hour), now.Add(24*time.Hour), base, schema, latest, versions...)
+}
+
+func manifestAt(issued, expires time.Time, base string, schema int, latest string, versions ...string) string {
 	var rels []string
 	for _, v := range versions {
 		rels = append(rels, fmt.Sprintf(`{"version":%q,"tarball_url":"%s/%s/t.tar.gz","sha256sums_url":"%s/%s/SHA256SUMS","signature_url":"%s/%s/SHA256SUMS.sig","published_at":"2026-01-01T00:00:00Z"}`,
 			v, base, v, base, v, base, v))
 	}
-	return fmt.Sprintf(`{"schema_version":%d,"latest_stable":%q,"releases":[%s]}`, schema, latest, strings.Join(rels, ","))
+	return fmt.Sprintf(`{"schema_version":%d,"issued":%q,"expires":%q,"latest_stable":%q,"releases":[%s]}`, schema,
+		issued.UTC().Format(time.RFC3339), expires.UTC().Format(time.RFC3339), latest, strings.Join(rels, ","))
 }
 
 func TestFetchManifestGood(t *testing.T) {
-	srv := serveBytes(t, manifestJSON("http://127.0.0.1:1", 1, "v1.1.0", "v1.0.0", "v1.1.0", "v1.2.0-rc.1"))
-	m, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json")
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	srv := serveSigned(t, k, manifestJSON("http://127.0.0.1:1", 1, "v1.1.0", "v1.0.0", "v1.1.0", "v1.2.0-rc.1"))
+	m, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json", ManifestCheck{PublicKeyPEM: k.PubPEM})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +94,10 @@ func TestResolveUnknownVersion(t *testing.T) {
 }
 
 func TestUnknownSchemaVersionRefused(t *testing.T) {
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	for _, schema := range []int{0, 2, 99} {
-		srv := serveBytes(t, manifestJSON("http://h", schema, "v1.0.0", "v1.0.0"))
-		_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL)
+		srv := serveSigned(t, k, manifestJSON("http://h", schema, "v1.0.0", "v1.0.0"))
+		_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL, ManifestCheck{PublicKeyPEM: k.PubPEM})
 		if !errors.Is(err, ErrUnknownSchema) {
 			t.Fatalf("schema %d: err = %v, want ErrUnknownSchema", schema, err)
 		}
@@ -117,15 +139,20 @@ func TestBadManifestRefused(t *testing.T) {
 }
 
 func TestHTTPSManifestWithHTTPURLsRefused(t *testing.T) {
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	body := manifestJSON("http://127.0.0.1:1", 1, "v1.0.0", "v1.0.0")
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) }))
+	var h atomic.Value
+	h.Store(signedHandler(body, k.Sign(t, []byte(body))))
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.Load().(http.Handler).ServeHTTP(w, r) }))
 	defer srv.Close()
-	_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json")
+	mc := ManifestCheck{PublicKeyPEM: k.PubPEM}
+	_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json", mc)
 	if !errors.Is(err, ErrBadManifest) || !strings.Contains(err.Error(), "non-https") {
 		t.Fatalf("err = %v", err)
 	}
 	body = manifestJSON("https://127.0.0.1:1", 1, "v1.0.0", "v1.0.0")
-	if _, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json"); err != nil {
+	h.Store(signedHandler(body, k.Sign(t, []byte(body))))
+	if _, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json", mc); err != nil {
 		t.Fatalf("https manifest with https URLs: %v", err)
 	}
 }
@@ -135,6 +162,7 @@ func TestHTTPSManifestWithHTTPURLsRefused(t *testing.T) {
 // after cap+1 bytes). In both cases the server must not get to write it all.
 func TestOversizeManifestRefused(t *testing.T) {
 	const total = 256 << 20 // far beyond what socket buffers can absorb
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	for _, withLength := range []bool{true, false} {
 		t.Run(fmt.Sprintf("content-length=%v", withLength), func(t *testing.T) {
 			var written atomic.Int64
@@ -155,7 +183,7 @@ func TestOversizeManifestRefused(t *testing.T) {
 				}
 			}))
 			defer srv.Close()
-			_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL)
+			_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL, ManifestCheck{PublicKeyPEM: k.PubPEM})
 			if !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("err = %v, want ErrTooLarge", err)
 			}
@@ -173,13 +201,15 @@ func TestOversizeManifestRefused(t *testing.T) {
 }
 
 func TestFetchManifestHTTPErrors(t *testing.T) {
+	k := testutil.NewOpenSSLKey(t, "prime256v1")
+	mc := ManifestCheck{PublicKeyPEM: k.PubPEM}
 	srv := httptest.NewServer(http.NotFoundHandler())
 	defer srv.Close()
-	_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json")
+	_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL+"/manifest.json", mc)
 	if err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err := FetchManifestFrom(context.Background(), nil, "ftp://example.com/m.json"); !errors.Is(err, ErrBadManifest) {
+	if _, err := FetchManifestFrom(context.Background(), nil, "ftp://example.com/m.json", mc); !errors.Is(err, ErrBadManifest) {
 		t.Fatalf("ftp URL: err = %v", err)
 	}
 }

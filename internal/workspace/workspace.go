@@ -151,9 +151,17 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 		return nil, err
 	}
 	// A tracked file deleted in the working tree is not copied (the guest's
-	// git status then shows it deleted, as the host's does).
+	// git status then shows it deleted, as the host's does). So is one below
+	// a directory since replaced by a symlink: it is not in the working
+	// tree either (git sees it deleted too), and nothing is read through
+	// the link.
+	root, err := openBeneath(w.Root)
+	if err != nil {
+		return nil, fmt.Errorf("workspace %s: %w", w.Root, err)
+	}
+	defer root.Close()
 	for _, f := range splitZ(tracked) {
-		if _, err := os.Lstat(filepath.Join(w.Root, f)); err == nil {
+		if _, err := root.lstat(f); err == nil {
 			w.Files = append(w.Files, f)
 		}
 	}
@@ -224,6 +232,15 @@ func (w *Workspace) WriteTar(ctx context.Context, out io.Writer, o WriteOptions)
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	// Every path is opened below its root without following a symlink on
+	// the way (beneath): the working tree's files below w.Root, .git below
+	// w.Root (full copy) or below the fresh clone.
+	root, err := openBeneath(w.Root)
+	if err != nil {
+		return fmt.Errorf("workspace %s: %w", w.Root, err)
+	}
+	defer root.Close()
+	gitRoot := root
 	gitDir := filepath.Join(w.Root, ".git")
 	files := w.Files
 	if !w.Opts.FullCopy {
@@ -231,6 +248,10 @@ func (w *Workspace) WriteTar(ctx context.Context, out io.Writer, o WriteOptions)
 		if err := w.shallowRepo(ctx, clone); err != nil {
 			return err
 		}
+		if gitRoot, err = openBeneath(clone); err != nil {
+			return err
+		}
+		defer gitRoot.Close()
 		gitDir = filepath.Join(clone, ".git")
 		if o.GuestCheckout {
 			files = w.Changed
@@ -254,7 +275,7 @@ func (w *Workspace) WriteTar(ctx context.Context, out io.Writer, o WriteOptions)
 		return nil
 	})
 	for _, rel := range files {
-		if fi, err := os.Lstat(filepath.Join(w.Root, rel)); err == nil && fi.Mode().IsRegular() {
+		if fi, err := root.lstat(rel); err == nil && fi.Mode().IsRegular() {
 			total += fi.Size()
 		}
 	}
@@ -262,13 +283,13 @@ func (w *Workspace) WriteTar(ctx context.Context, out io.Writer, o WriteOptions)
 		out = &countingWriter{w: out, total: total, report: o.Progress}
 	}
 	tw := tar.NewWriter(out)
-	if err := addTree(tw, gitDir, ".git"); err != nil {
+	if err := addTree(tw, gitRoot, ".git"); err != nil {
 		return err
 	}
 	for _, rel := range files {
-		if err := addPath(tw, filepath.Join(w.Root, rel), rel); err != nil {
+		if err := addPath(tw, root, rel); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				continue // deleted in the working tree
+				continue // deleted in the working tree, or below a symlink now
 			}
 			return err
 		}
@@ -365,36 +386,44 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func addTree(tw *tar.Writer, dir, prefix string) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+// addTree adds the tree at rel (a directory below root, e.g. ".git") and
+// everything in it, each entry opened below root (addPath). The walk only
+// lists names; an entry it lists through a symlink swapped in meanwhile is
+// not there for addPath and is skipped.
+func addTree(tw *tar.Writer, root *beneath, rel string) error {
+	return filepath.WalkDir(filepath.Join(root.root, rel), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
-		name := filepath.ToSlash(filepath.Join(prefix, rel))
-		return addPath(tw, p, name)
+		r, err := filepath.Rel(root.root, p)
+		if err != nil {
+			return err
+		}
+		if err := addPath(tw, root, filepath.ToSlash(r)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
 	})
 }
 
-// addPath adds one file, directory or symlink (never following links).
-func addPath(tw *tar.Writer, p, name string) error {
-	fi, err := os.Lstat(p)
+// addPath adds rel, a file, directory or symlink below root, as rel. It is
+// opened without following any symlink (beneath): a symlink is sent as a
+// symlink, and a path reached through one is not there (fs.ErrNotExist).
+func addPath(tw *tar.Writer, root *beneath, rel string) error {
+	e, err := root.openEntry(rel)
 	if err != nil {
 		return err
 	}
-	link := ""
-	if fi.Mode()&os.ModeSymlink != 0 {
-		if link, err = os.Readlink(p); err != nil {
-			return err
-		}
-	} else if !fi.Mode().IsRegular() && !fi.IsDir() {
+	defer e.close()
+	fi := e.fi
+	if fi.Mode()&os.ModeSymlink == 0 && !fi.Mode().IsRegular() && !fi.IsDir() {
 		return nil // sockets, fifos, devices: not workspace content
 	}
-	hdr, err := tar.FileInfoHeader(fi, link)
+	hdr, err := tar.FileInfoHeader(fi, e.link)
 	if err != nil {
 		return err
 	}
-	hdr.Name = name
+	hdr.Name = rel
 	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "root", "root"
 	if fi.IsDir() {
 		hdr.Name += "/"
@@ -402,14 +431,10 @@ func addPath(tw *tar.Writer, p, name string) error {
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
 	}
-	if !fi.Mode().IsRegular() {
+	if e.file == nil {
 		return nil
 	}
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(tw, f)
+	// Exactly the size the header gives, even if the file grows meanwhile.
+	_, err = io.CopyN(tw, e.file, hdr.Size)
 	return err
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Refused update variants: each is a release tree under
@@ -24,6 +25,7 @@ import (
 var variantNames = []string{
 	"tampered-sums", "wrong-key", "malformed-signature", "missing-signature-url",
 	"unknown-schema", "oversize-manifest",
+	"unsigned-manifest", "tampered-manifest", "expired-manifest", "replayed-manifest",
 	"tarball-extra-entry", "tarball-missing-entry", "tarball-traversal", "tarball-symlink",
 }
 
@@ -53,7 +55,9 @@ func makeVariants(key string) error {
 		tarball, sums, sig := goodTar, goodSums, goodSig
 		base := "http://127.0.0.1:8080/variants/" + name + "/"
 		rel := map[string]any{"version": goodVersion, "tarball_url": base + tarName, "sha256sums_url": base + "SHA256SUMS", "signature_url": base + "SHA256SUMS.sig"}
-		man := map[string]any{"schema_version": 1, "latest_stable": goodVersion, "releases": []any{rel}}
+		// Signed like the real manifest and dated the same, so the update
+		// state the variants leave behind never refuses the real one.
+		man := map[string]any{"schema_version": 1, "issued": m["issued"], "expires": m["expires"], "latest_stable": goodVersion, "releases": []any{rel}}
 		resign := func(k string) {
 			sum := sha256.Sum256(tarball)
 			sums = []byte(hex.EncodeToString(sum[:]) + "  " + tarName + "\n")
@@ -75,6 +79,12 @@ func makeVariants(key string) error {
 			rel["signature_url"] = ""
 		case "unknown-schema":
 			man["schema_version"] = 2
+		case "expired-manifest":
+			man["issued"] = time.Now().UTC().Add(-31 * 24 * time.Hour).Format(time.RFC3339)
+			man["expires"] = time.Now().UTC().Add(-24 * time.Hour).Format(time.RFC3339)
+		case "replayed-manifest": // signed, valid, but issued before the one already accepted
+			issued, _ := time.Parse(time.RFC3339, m["issued"].(string))
+			man["issued"] = issued.Add(-time.Hour).Format(time.RFC3339)
 		case "tarball-extra-entry", "tarball-missing-entry", "tarball-traversal", "tarball-symlink":
 			tarball, err = mutateTar(goodTar, name)
 			if err != nil {
@@ -86,7 +96,14 @@ func makeVariants(key string) error {
 		if name == "oversize-manifest" {
 			mb = append(mb, bytes.Repeat([]byte(" "), 2<<20)...)
 		}
-		for f, data := range map[string][]byte{"manifest.json": mb, tarName: tarball, "SHA256SUMS": sums, "SHA256SUMS.sig": sig} {
+		files := map[string][]byte{"manifest.json": mb, "manifest.json.sig": sign(key, mb), tarName: tarball, "SHA256SUMS": sums, "SHA256SUMS.sig": sig}
+		switch name {
+		case "unsigned-manifest":
+			delete(files, "manifest.json.sig")
+		case "tampered-manifest":
+			files["manifest.json"] = bytes.Replace(mb, []byte(goodVersion), []byte(goodVersion+"x"), 1)
+		}
+		for f, data := range files {
 			if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
 				return err
 			}
@@ -158,6 +175,10 @@ func scUpdateRefusals(t *testing.T) {
 		"missing-signature-url": "signature",
 		"unknown-schema":        "schema",
 		"oversize-manifest":     "",
+		"unsigned-manifest":     "signature",
+		"tampered-manifest":     "signature",
+		"expired-manifest":      "expired",
+		"replayed-manifest":     "older",
 		"tarball-extra-entry":   "extra",
 		"tarball-missing-entry": "banger-vmm",
 		"tarball-traversal":     "",
