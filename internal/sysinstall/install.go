@@ -187,6 +187,17 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 			return err
 		}
 	}
+	// Root's VM tree (the helper's StateDirectory too): root-only, so the
+	// VMM may open the disks in it by name (docs/security.md).
+	if err := os.MkdirAll(sl.VMsDir(), 0o755); err != nil {
+		return err
+	}
+	if err := os.Chown(sl.VMsDir(), 0, 0); err != nil {
+		return err
+	}
+	if err := os.Chmod(sl.VMsDir(), 0o755); err != nil {
+		return err
+	}
 	for _, args := range [][]string{{"daemon-reload"}, {"enable", HelperUnit, DaemonUnit}, {"restart", HelperUnit}, {"restart", DaemonUnit}} {
 		if err := in.Systemd.Systemctl(ctx, args...); err != nil {
 			return err

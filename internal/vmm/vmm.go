@@ -299,7 +299,12 @@ func writePIDFile(path string, pid int) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	// Readable by the owner's daemon whatever the umask (the helper's is
+	// 077): it checks which VMM runs before it asks for anything.
+	err = f.Chmod(0o644)
+	if err == nil {
+		_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -67,7 +67,7 @@ func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 			b.Fatal(err)
 		}
 		cmd := exec.Command("ip", "netns", "exec", ns, "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
-			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
+			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "file:"+filepath.Join(dir, fmt.Sprintf("serial%d.log", i)), "-no-reboot",
 			"-kernel", art.Vmlinux, "-initrd", art.Initrd,
 			"-append", "console=ttyS0 reboot=k panic=1 net.ifnames=0 quiet root=/dev/vda rw banger.ip=172.31.77.2/24 banger.gw=172.31.77.1 banger.hostname=bench tsc_early_khz="+tsc,
 			"-drive", "file="+root+",if=none,id=d0,format=raw,cache=unsafe", "-device", "virtio-blk-device,drive=d0",
@@ -77,7 +77,7 @@ func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		code, err := sshTrueInNS(ns, filepath.Join(dir, "key"), filepath.Join(dir, fmt.Sprintf("kh%d", i)))
+		code, err := sshTrueInNS(ns, filepath.Join(dir, "key"), filepath.Join(dir, fmt.Sprintf("kh%d", i)), filepath.Join(dir, fmt.Sprintf("serial%d.log", i)))
 		cmd.Process.Kill()
 		cmd.Wait()
 		if err != nil || code != 0 {
@@ -86,11 +86,29 @@ func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 	}
 }
 
-// sshTrueInNS waits (inside the namespace) until the guest's SSH server
-// sends its banner, then runs `true` with the system ssh client, retrying a
-// failed connection as banger's own readiness wait does.
-func sshTrueInNS(ns, keyPath, knownHosts string) (int, error) {
+// sshTrueInNS pins the guest's host keys from its console (as banger does),
+// waits (inside the namespace) until its SSH server sends its banner, then
+// runs `true` with the system ssh client, retrying a failed connection as
+// banger's own readiness wait does.
+func sshTrueInNS(ns, keyPath, knownHosts, serialLog string) (int, error) {
 	deadline := time.Now().Add(90 * time.Second)
+	for {
+		b, _ := os.ReadFile(serialLog)
+		keys, ready, err := guestssh.ConsoleHostKeys(b)
+		if ready {
+			if err != nil {
+				return -1, err
+			}
+			if err := guestssh.OpenKnownHosts(knownHosts).Pin("172.31.77.2", keys...); err != nil {
+				return -1, err
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			return -1, fmt.Errorf("no ready line on the console")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	for time.Now().Before(deadline) {
 		out, err := exec.Command("ip", "netns", "exec", ns, "bash", "-c",
 			"exec 3<>/dev/tcp/172.31.77.2/22 && head -c4 <&3").Output()

@@ -137,6 +137,47 @@ func scSystemInstall(t *testing.T) {
 		t.Errorf("the owner's guest cache holds files it does not own:\n%s", others)
 	}
 	h.mustBanger("vm", "run", "--rm", "--", "true")
+
+	// [P7] items 3 and 7: the VM tree is root's; the owner reads its
+	// console and reaches its agent, but can neither write in the VM dir nor
+	// reach the VMM's API socket (after boot Firecracker would let it
+	// re-point a drive at any host file).
+	h.mustBanger("vm", "create", "--name", "guarded")
+	dir := strings.TrimSpace(h.sh("ls -d /var/lib/banger-vms/*/"))
+	want := map[string]string{
+		"/var/lib/banger-vms": "root 755",
+		dir:                   "root 711",
+		dir + "api.sock":      "root 600",
+		dir + "serial.log":    owner + " 600",
+		dir + "agent.sock":    owner,
+		dir + "rootfs.ext4":   "root 600",
+		dir + "kernel":        "root 600",
+	}
+	for p, w := range want {
+		got := strings.TrimSpace(h.sh("stat -c '%U %a' " + p))
+		if !strings.HasPrefix(got, w) {
+			t.Errorf("%s: %q, want %q", p, got, w)
+		}
+	}
+	asOwner := func(cmd string) res {
+		return h.exec(time.Minute, "setpriv", "--reuid="+owner, "--regid="+owner, "--init-groups", "sh", "-c", cmd)
+	}
+	// connect(2) on a Unix socket needs write permission on it: the same
+	// check access(2) makes.
+	if r := asOwner("test -w " + dir + "api.sock"); r.code == 0 {
+		t.Errorf("the owner may connect to the VMM's API socket")
+	}
+	if r := asOwner("test -w " + dir + "agent.sock"); r.code != 0 {
+		t.Errorf("the owner may not connect to its guest's agent socket")
+	}
+	if r := asOwner("touch " + dir + "planted || ln -s /etc/shadow " + dir + "seed-x"); r.code == 0 {
+		t.Errorf("the owner wrote into the VM dir")
+	}
+	if r := asOwner("head -c 1 " + dir + "serial.log"); r.code != 0 {
+		t.Errorf("the owner cannot read its console: %q", r.err)
+	}
+	h.mustBanger("vm", "ports", "guarded")
+	h.mustBanger("vm", "delete", "guarded")
 }
 
 func scUpdateCheck(t *testing.T) {
