@@ -431,7 +431,7 @@ func (h *host) dumpDiagnostics() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	h.t.Logf("==== journal (bangerd, bangerd-root)\n%s", tail(h.sys.Journal(ctx, "bangerd.service", "bangerd-root.service"), 6000))
-	so, _, _, _ := h.sys.Exec(ctx, "sh", "-c", "for f in /var/lib/banger/vms/*/serial.log; do echo \"== $f\"; tail -c 3000 \"$f\"; done")
+	so, _, _, _ := h.sys.Exec(ctx, "sh", "-c", "for f in /var/lib/banger-vms/*/serial.log; do echo \"== $f\"; tail -c 3000 \"$f\"; done")
 	h.t.Logf("==== guest serial logs\n%s", so)
 }
 

@@ -475,7 +475,7 @@ func scVMLifecycle(t *testing.T) {
 	if r.code != 42 {
 		t.Fatalf("vm run exit %d: %s", r.code, r.err)
 	}
-	if out := h.sh("ls /var/lib/banger/vms | wc -l; ip -o link show | grep -c bgtap || true"); strings.Fields(out)[0] != "1" || strings.Fields(out)[1] != "1" {
+	if out := h.sh("ls /var/lib/banger-vms | wc -l; ip -o link show | grep -c bgtap || true"); strings.Fields(out)[0] != "1" || strings.Fields(out)[1] != "1" {
 		t.Fatalf("after --rm: vm dirs / taps: %q", out)
 	}
 	h.mustBanger("vm", "create", "--name", "victim")
