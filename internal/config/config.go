@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"net/url"
 	"os"
@@ -299,6 +300,9 @@ func ParseSize(s string) (int64, error) {
 	var v int64
 	if _, err := fmt.Sscanf(t, "%d", &v); err != nil || fmt.Sprint(v) != t || v <= 0 {
 		return 0, fmt.Errorf("%q is not a size like 512M or 2G", s)
+	}
+	if v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return v * mult, nil
 }
