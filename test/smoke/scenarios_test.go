@@ -147,7 +147,7 @@ func scSystemInstall(t *testing.T) {
 	want := map[string]string{
 		"/var/lib/banger-vms": "root 755",
 		dir:                   "root 711",
-		dir + "api.sock":      "root 600",
+		dir + "api.sock":      "root 700", // a socket: 0777 &^ the helper's umask 077
 		dir + "serial.log":    owner + " 600",
 		dir + "agent.sock":    owner,
 		dir + "rootfs.ext4":   "root 600",
