@@ -31,8 +31,9 @@ build: ## build every binary into build/bin with build info stamped
 run: deps build ## the main job: set up, start the daemon, show it
 	@scripts/run.sh
 
-test: deps ## every test: unit, e2e with real guests, then the systemd smoke suite (root parts skip without root)
+test: deps ## every test: unit, e2e with real guests, a short run of every fuzz target, then the systemd smoke suite (root parts skip without root)
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz-short
 	$(MAKE) smoke
 
 SCENARIO ?=
@@ -53,6 +54,15 @@ lint: ## gofmt, go vet, staticcheck
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')
+
+FUZZTIME      ?= 60s
+FUZZSHORTTIME ?= 8s
+.PHONY: fuzz fuzz-short
+fuzz: ## fuzz every parser of untrusted bytes, FUZZTIME (60s) per target (scripts/fuzz.sh lists them)
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+fuzz-short: ## fuzz every target for a short fixed time (FUZZSHORTTIME, 8s each; what make test runs)
+	GO=$(GO) FUZZTIME=$(FUZZSHORTTIME) scripts/fuzz.sh
 
 bench: ## benchmarks (speed goals live here, not in timed tests)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...

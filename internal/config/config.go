@@ -154,6 +154,22 @@ func Load(path string) (*Loaded, error) {
 			return nil, decodeError(path, data, err)
 		}
 		flatten("", raw, present)
+		// The decoder matches keys ignoring case; banger's keys are spelt
+		// one way only (so provenance and errors can name the line).
+		known := map[string]bool{}
+		for _, kv := range fields(reflect.ValueOf(cfg), "") {
+			known[kv.Key] = true
+		}
+		keys := make([]string, 0, len(present))
+		for k := range present {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !known[k] {
+				return nil, &Error{File: path, Line: lineOfFold(data, k), Key: k, Msg: fmt.Sprintf("unknown key; keys are lower case (%q)", strings.ToLower(k))}
+			}
+		}
 	}
 	if err := cfg.validate(); err != nil {
 		var ce *Error
@@ -349,6 +365,12 @@ var (
 	tableRE = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]`)
 	keyRE   = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
 )
+
+// lineOfFold is lineOf for a key whose spelling may differ in case.
+func lineOfFold(data []byte, key string) int {
+	lower := bytes.ToLower(data)
+	return lineOf(lower, strings.ToLower(key))
+}
 
 // lineOf finds the 1-based line that sets a dotted key ("vm_defaults.vcpu").
 func lineOf(data []byte, dotted string) int {

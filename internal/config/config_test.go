@@ -67,6 +67,10 @@ func TestRefusals(t *testing.T) {
 		{"loopback guest dns", "guest_dns = [\"127.0.0.53\"]\n", `:1: key "guest_dns": "127.0.0.53" must be a non-loopback`},
 		{"catalog url not http", "[catalog]\nimage_url = \"ftp://x/index.json\"\n", `:2: key "catalog.image_url"`},
 		{"relative catalog key", "[catalog]\npublic_key_file = \"key.pub\"\n", `:2: key "catalog.public_key_file"`},
+		// Found by FuzzLoad: the decoder matched keys ignoring case, so a
+		// mixed-case key was applied but reported as a default.
+		{"mixed-case key", "[vm_defAults]\ndisk_size = \"2G\"\n", `:2: key "vm_defAults.disk_size": unknown key; keys are lower case`},
+		{"size overflow", "[vm_defaults]\ndisk_size = \"16777217T\"\n", `:2: key "vm_defaults.disk_size"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
