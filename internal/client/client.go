@@ -1,6 +1,7 @@
 // Package client is the CLI's typed door to the owner daemon: it frames
 // requests, maps wire error codes back to errdefs classes (keeping the op id)
-// and, in user mode, starts or replaces the daemon when needed.
+// and, in user mode, starts or replaces the daemon when needed — one CLI at
+// a time, under a lock file beside the socket (bangerd.autostart.lock).
 package client
 
 import (

@@ -14,7 +14,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Store is an open database.
@@ -34,18 +35,53 @@ func OpenWith(path string, list []Migration) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	// _txlock=immediate: every transaction takes the write lock when it
+	// begins, so two processes never both read "not applied" and then both
+	// apply a migration. busy_timeout makes the later one wait for the lock
+	// instead of failing. journal_mode is set below, not here: see setWAL.
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, err
 	}
 	db.SetMaxOpenConns(1)
+	if err := setWAL(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
 	s := &Store{DB: db, path: path}
 	if err := s.migrate(list); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// setWAL switches the database to WAL (persistent in the file). Two
+// connections switching a fresh file at once can get SQLITE_BUSY without the
+// busy handler being called (SQLite refuses to wait where waiting could
+// deadlock), so a busy answer is retried here for as long as busy_timeout.
+func setWAL(db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var mode string
+		err := db.QueryRow(`PRAGMA journal_mode=WAL`).Scan(&mode)
+		if err == nil {
+			if !strings.EqualFold(mode, "wal") {
+				return fmt.Errorf("journal mode is %q, not wal", mode)
+			}
+			return nil
+		}
+		if !isBusy(err) || time.Now().After(deadline) {
+			return fmt.Errorf("set WAL journal mode: %w", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // Close closes the database.
@@ -60,37 +96,69 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 	applied_at TEXT NOT NULL
 )`
 
+// migrate applies the pending migrations of list. Several daemons may open
+// one fresh database at once, so each migration runs in its own IMMEDIATE
+// transaction (the write lock is held from BEGIN) and what is applied is
+// re-read inside it: the first to get the lock applies the migration, the
+// others wait on the busy timeout, then see it applied and skip it.
 func (s *Store) migrate(list []Migration) error {
 	if _, err := s.DB.Exec(createMigrationsTable); err != nil {
 		return fmt.Errorf("store %s: %w", s.path, err)
 	}
+	// A first read without the write lock: an up-to-date database (every
+	// open but the first) is opened without writing.
 	applied, err := appliedIDs(s.DB)
 	if err != nil {
-		return err
+		return fmt.Errorf("store %s: %w", s.path, err)
 	}
-	if unknown := unknownIDs(applied, list); len(unknown) > 0 {
-		return fmt.Errorf("database %s has migration(s) %s unknown to this binary; it was written by a newer banger", s.path, joinInts(unknown))
+	if err := s.checkKnown(applied, list); err != nil {
+		return err
 	}
 	for _, m := range list {
 		if applied[m.ID] {
 			continue
 		}
-		tx, err := s.DB.Begin()
-		if err != nil {
+		if err := s.applyOne(m, list); err != nil {
 			return err
 		}
-		if err := m.Up(tx); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
-		}
-		if _, err := tx.Exec(`INSERT INTO schema_migrations(id, name, applied_at) VALUES(?, ?, ?)`,
-			m.ID, m.Name, time.Now().UTC().Format(time.RFC3339)); err != nil {
-			tx.Rollback()
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
-		}
+	}
+	return nil
+}
+
+func (s *Store) checkKnown(applied map[int]bool, list []Migration) error {
+	if unknown := unknownIDs(applied, list); len(unknown) > 0 {
+		return fmt.Errorf("database %s has migration(s) %s unknown to this binary; it was written by a newer banger", s.path, joinInts(unknown))
+	}
+	return nil
+}
+
+// applyOne applies m unless, under the write lock, it turns out another
+// process already has.
+func (s *Store) applyOne(m Migration, list []Migration) error {
+	tx, err := s.DB.Begin() // BEGIN IMMEDIATE (_txlock=immediate)
+	if err != nil {
+		return fmt.Errorf("migration %d (%s): begin: %w", m.ID, m.Name, err)
+	}
+	defer tx.Rollback()
+	applied, err := appliedIDs(tx)
+	if err != nil {
+		return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
+	}
+	if err := s.checkKnown(applied, list); err != nil {
+		return err
+	}
+	if applied[m.ID] {
+		return nil
+	}
+	if err := m.Up(tx); err != nil {
+		return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
+	}
+	if _, err := tx.Exec(`INSERT INTO schema_migrations(id, name, applied_at) VALUES(?, ?, ?)`,
+		m.ID, m.Name, time.Now().UTC().Format(time.RFC3339)); err != nil {
+		return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migration %d (%s): %w", m.ID, m.Name, err)
 	}
 	return nil
 }

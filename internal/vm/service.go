@@ -153,7 +153,8 @@ func (st *steps) unwind() {
 // guest booted but never answered SSH: it is kept so 'vm logs' can say why.
 func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.Writer) (api.VM, error) {
 	log := logging.From(ctx)
-	if p.Name == "" {
+	generated := p.Name == ""
+	if generated {
 		p.Name = GenerateName()
 	}
 	if err := ValidateName(p.Name); err != nil {
@@ -187,7 +188,7 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.
 	if err := s.Images.Known(ctx, imgName); err != nil {
 		return api.VM{}, err
 	}
-	if _, err := s.Store.GetVM(ctx, p.Name); err == nil {
+	if _, err := s.Store.GetVM(ctx, p.Name); err == nil && !generated {
 		return api.VM{}, errdefs.AlreadyExistsf("a VM named %q already exists", p.Name)
 	}
 	rpcserver.SetStage(ctx, "resolving image "+imgName)
@@ -209,6 +210,11 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.
 	if err != nil {
 		s.createMu.Unlock()
 		return api.VM{}, err
+	}
+	if generated {
+		// A generated name is ours to change: pick a free one under the
+		// create lock (a user's name is refused above instead).
+		p.Name = s.freeName(ctx, p.Name)
 	}
 	id := newID()
 	dir := vmdir.New(s.Layout.VMsDir(), id)
@@ -925,6 +931,21 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 			}
 		}
 	}
+}
+
+// freeName returns name, or another generated name when name is taken
+// (after a few tries, with a random suffix). The caller holds createMu.
+func (s *Service) freeName(ctx context.Context, name string) string {
+	for i := 0; i < 32; i++ {
+		if _, err := s.Store.GetVM(ctx, name); err != nil {
+			return name
+		}
+		name = GenerateName()
+		if i >= 16 {
+			name += "-" + newID()[:4]
+		}
+	}
+	return name + "-" + newID()[:8]
 }
 
 // tapReq creates (or re-pins) rec's tap: it may send only as rec's guest.
