@@ -143,8 +143,15 @@ func (l *Local) vms() (*os.File, error) {
 	if dir == "" || !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
 		return nil, errdefs.New(errdefs.OperationFailed, "the helper's vms dir %q is not an absolute, clean path", dir)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		// 0755 whatever the umask (the helper's is 077): the owner's
+		// daemon lists it and reaches the files handed to it.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	if err := securefs.CheckRootOnly(dir); err != nil {
 		return nil, errdefs.New(errdefs.OperationFailed, "vms dir %s is not root-only (%v): VM disks must live where only root can write; fix the ownership or use another state dir", dir, err)

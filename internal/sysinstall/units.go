@@ -33,7 +33,7 @@ type UnitOptions struct {
 
 // HelperCapabilities is the root helper's capability bounding set; each one
 // is justified in docs/privileges.md.
-var HelperCapabilities = []string{"CAP_NET_ADMIN", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"}
+var HelperCapabilities = []string{"CAP_NET_ADMIN", "CAP_CHOWN", "CAP_DAC_READ_SEARCH"}
 
 // RenderUnits returns the unit files' text by name.
 func RenderUnits(l Layout, m Meta, o UnitOptions) map[string]string {
