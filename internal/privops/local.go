@@ -372,6 +372,14 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	} else if err := securefs.RemoveBeneath(d, vmdir.InitrdName); err != nil {
 		return LaunchResp{}, err
 	}
+	// The log is the owner's (it reads and trims it) and 0600; the helper
+	// has no CAP_DAC_OVERRIDE, so it takes the file back while it opens it
+	// (the directory is root-only: nobody can swap the file meanwhile).
+	if os.Geteuid() == 0 {
+		if err := securefs.ChownBeneath(d, vmdir.SerialLogName, 0, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return LaunchResp{}, err
+		}
+	}
 	serial, err := securefs.OpenBeneath(d, vmdir.SerialLogName, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND, 0o600)
 	if err != nil {
 		return LaunchResp{}, err
