@@ -137,6 +137,10 @@ func setup() (int, error) {
 		}
 		art.faults[f] = d
 	}
+	// The owner's attack on the update's staging ([P7] item 2).
+	if err := run(repoRoot(), []string{"CGO_ENABLED=0"}, "go", "build", "-o", filepath.Join(root, "attacker"), "./test/smoke/attacker"); err != nil {
+		return 0, err
+	}
 	// Releases, signed with a fresh key made by openssl.
 	rel := filepath.Join(root, "release-tool")
 	if err := run(repoRoot(), nil, "go", "build", "-o", rel, "./cmd/banger-release"); err != nil {

@@ -26,6 +26,7 @@ var scenarios = []scenario{
 	{"update_dry_run", scUpdateDryRun},
 	{"update_refusals", scUpdateRefusals},
 	{"update_keeps_vm_alive", scUpdateKeepsVMAlive},
+	{"update_staging_race", scUpdateStagingRace},
 	{"update_rollback_keeps_vm_alive", scUpdateRollbackKeepsVMAlive},
 	{"daemon_admin", scDaemonAdmin},
 	{"helper_restart_keeps_vm_alive", scHelperRestartKeepsVMAlive},
@@ -243,6 +244,30 @@ func scUpdateDryRun(t *testing.T) {
 	h.assertUnchanged(before)
 	if v := h.mustBanger("--version"); !strings.Contains(v, baseVersion) {
 		t.Fatalf("version after dry run: %s", v)
+	}
+}
+
+// scUpdateStagingRace is [P7] item 2: while root updates, an owner process
+// swaps any staged release it can reach for its own programs. None of them
+// may ever run as root, and the installed binaries are the release's.
+func scUpdateStagingRace(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	h.sh("systemd-run --quiet --unit=attacker --uid=" + owner + " --gid=" + owner + " /mnt/smoke/attacker /var/cache/banger /var/cache/banger/pwned 90s")
+	time.Sleep(300 * time.Millisecond)
+	r := h.banger(h.updateArgs("--to", goodVersion)...)
+	h.sh("systemctl kill --signal=SIGTERM attacker || true")
+	t.Logf("update: exit %d; %s", r.code, strings.TrimSpace(h.sh("journalctl -q -u attacker -o cat || true")))
+	if uid := strings.TrimSpace(h.sh("cat /var/cache/banger/pwned 2>/dev/null || true")); uid != "" {
+		t.Fatalf("the owner's program ran during the update as uid %s", uid)
+	}
+	if r.code != 0 {
+		t.Fatalf("update: %d %s", r.code, r.err)
+	}
+	for _, b := range []string{"bangerd", "banger"} {
+		if out := h.sh("cmp /usr/local/bin/" + b + " /mnt/smoke/good/" + b + " && echo same || echo differs"); !strings.Contains(out, "same") {
+			t.Errorf("installed %s is not the release's: %s", b, out)
+		}
 	}
 }
 
