@@ -31,6 +31,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,17 +81,36 @@ func OpenBeneath(dir *os.File, rel string, flags int, mode uint32) (*os.File, er
 // "..", so it cannot leave its start either.
 func openat2(dirfd int, p string, flags int, mode uint32, resolve uint64) (int, error) {
 	flags |= unix.O_CLOEXEC | unix.O_NOFOLLOW
-	if !forceWalk {
-		fd, err := unix.Openat2(dirfd, p, &unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: resolve})
+	if !walkOnly.Load() {
+		how := unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: resolve}
+		var fd int
+		var err error
+		// EAGAIN: a rename elsewhere raced the lookup (RESOLVE_BENEATH
+		// refuses to guess); try again a few times.
+		for range 8 {
+			if fd, err = unix.Openat2(dirfd, p, &how); err != unix.EAGAIN && err != unix.EINTR {
+				break
+			}
+		}
 		if !errors.Is(err, unix.ENOSYS) {
 			return fd, err
 		}
+		walkOnly.Store(true) // no openat2 here: don't ask again
 	}
 	return walkOpen(dirfd, p, flags, mode)
 }
 
-// forceWalk makes tests take the no-openat2 path.
-var forceWalk bool
+// walkOnly is set once openat2 turned out to be refused (ENOSYS), or by
+// ForceComponentWalk.
+var walkOnly atomic.Bool
+
+// ForceComponentWalk makes every open take the component walk used where
+// openat2 is refused, until restore is called. For tests, which must show
+// that both resolvers refuse the same paths.
+func ForceComponentWalk() (restore func()) {
+	prev := walkOnly.Swap(true)
+	return func() { walkOnly.Store(prev) }
+}
 
 func walkOpen(dirfd int, p string, flags int, mode uint32) (int, error) {
 	cur := dirfd
@@ -108,7 +128,7 @@ func walkOpen(dirfd int, p string, flags int, mode uint32) (int, error) {
 			unix.Close(cur)
 		}
 	}
-	if rel == "" {
+	if rel == "" || rel == "." {
 		defer closeCur()
 		return unix.Openat(cur, ".", flags, mode)
 	}

@@ -15,8 +15,7 @@ func TestOpenRefusesSymlinksAndEscapes(t *testing.T) {
 	// Where seccomp refuses openat2 (systemd's RestrictSUIDSGID=), the
 	// component walk must refuse the same.
 	t.Run("walk", func(t *testing.T) {
-		forceWalk = true
-		defer func() { forceWalk = false }()
+		defer ForceComponentWalk()()
 		testOpenRefuses(t)
 	})
 }

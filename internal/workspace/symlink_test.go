@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/securefs"
 )
 
 // tarEntries reads a workspace tar: name → type and content (regular
@@ -54,9 +56,9 @@ func resolvers(t *testing.T, f func(t *testing.T)) {
 			name = "component-walk"
 		}
 		t.Run(name, func(t *testing.T) {
-			prev := noOpenat2.Load()
-			noOpenat2.Store(walk)
-			defer noOpenat2.Store(prev)
+			if walk {
+				defer securefs.ForceComponentWalk()()
+			}
 			f(t)
 		})
 	}

@@ -391,11 +391,11 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // lists names; an entry it lists through a symlink swapped in meanwhile is
 // not there for addPath and is skipped.
 func addTree(tw *tar.Writer, root *beneath, rel string) error {
-	return filepath.WalkDir(filepath.Join(root.root, rel), func(p string, d fs.DirEntry, err error) error {
+	return filepath.WalkDir(filepath.Join(root.root.Name(), rel), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		r, err := filepath.Rel(root.root, p)
+		r, err := filepath.Rel(root.root.Name(), p)
 		if err != nil {
 			return err
 		}
