@@ -323,13 +323,7 @@ func (l *Local) vmmBinary() (string, error) {
 }
 
 // running reports whether the VM's pidfile names its live VMM.
-func running(dir vmdir.Dir) (int, bool) {
-	pid, err := vmm.ReadPID(dir.PIDFile())
-	if err != nil {
-		return 0, false
-	}
-	return pid, vmm.Identify(pid, dir.APISock()) == nil
-}
+func running(dir vmdir.Dir) (int, bool) { return vmm.Running(dir.PIDFile(), dir.APISock()) }
 
 // LaunchVMM implements Ops.
 func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) {

@@ -371,11 +371,16 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	defer cancel()
 	// Pin the guest's SSH host keys from this boot's console, never from
 	// the network.
-	if err := console.pinHostKeys(wctx, s.KnownHosts, rec.GuestIP, res.Image); err != nil {
+	// A guest that boots but cannot be reached is kept, in state error,
+	// so 'vm logs' can say why.
+	keep := func(why string) {
 		rec.State = api.StateError
-		rec.Runtime.LastError = err.Error()
+		rec.Runtime.LastError = why
 		rec.UpdatedAt = now()
 		_ = s.Store.UpdateVM(context.Background(), rec)
+	}
+	if err := console.pinHostKeys(wctx, s.KnownHosts, rec.GuestIP, res.Image); err != nil {
+		keep(err.Error())
 		if errors.Is(err, guestssh.ErrNoConsoleHostKeys) {
 			return rec, fmt.Errorf("VM %s: %w", rec.Name, err)
 		}
@@ -389,10 +394,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	crashPoint("running")
 	c, err := guestssh.WaitReady(wctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions(), 250*time.Millisecond)
 	if err != nil {
-		rec.State = api.StateError
-		rec.Runtime.LastError = "guest did not answer SSH: " + err.Error()
-		rec.UpdatedAt = now()
-		_ = s.Store.UpdateVM(context.Background(), rec)
+		keep("guest did not answer SSH: " + err.Error())
 		return rec, &notReadyError{name: rec.Name, err: err}
 	}
 	c.Close()
@@ -453,11 +455,8 @@ func (s *Service) live(ctx context.Context, rec store.VMRecord) bool {
 		return false
 	}
 	d := vmdir.Dir(rec.Runtime.Dir)
-	pid, err := vmm.ReadPID(d.PIDFile())
-	if err != nil {
-		return false
-	}
-	return vmm.Identify(pid, d.APISock()) == nil
+	_, ok := vmm.Running(d.PIDFile(), d.APISock())
+	return ok
 }
 
 // Stop shuts the guest down cleanly: sync and reboot over SSH (which ends
@@ -476,8 +475,7 @@ func (s *Service) Stop(ctx context.Context, name string) (api.VM, error) {
 func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
 	d := vmdir.Dir(rec.Runtime.Dir)
-	pid, perr := vmm.ReadPID(d.PIDFile())
-	if perr == nil && vmm.Identify(pid, d.APISock()) == nil {
+	if pid, ok := vmm.Running(d.PIDFile(), d.APISock()); ok {
 		rpcserver.SetStage(ctx, "shutting down the guest")
 		rec.State = api.StateStopping
 		_ = s.Store.UpdateVM(ctx, rec)
@@ -613,7 +611,7 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 func (s *Service) delete(ctx context.Context, rec store.VMRecord) error {
 	// The disks are about to go: no clean shutdown is owed to them.
 	d := vmdir.Dir(rec.Runtime.Dir)
-	if pid, err := vmm.ReadPID(d.PIDFile()); err == nil && vmm.Identify(pid, d.APISock()) == nil {
+	if pid, ok := vmm.Running(d.PIDFile(), d.APISock()); ok {
 		_ = s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"})
 		s.waitGone(ctx, pid, 10*time.Second)
 	}

@@ -187,6 +187,16 @@ func Find(ctx context.Context, pidfile, apiSock string) (int, error) {
 	return pid, nil
 }
 
+// Running reports the pid recorded in pidfile when it is the live VMM
+// serving apiSock (ReadPID, then Identify).
+func Running(pidfile, apiSock string) (int, bool) {
+	pid, err := ReadPID(pidfile)
+	if err != nil {
+		return 0, false
+	}
+	return pid, Identify(pid, apiSock) == nil
+}
+
 // Identify checks that pid is a VMM serving apiSock (guards against PID reuse).
 func Identify(pid int, apiSock string) error {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
