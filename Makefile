@@ -32,7 +32,7 @@ run: deps build ## the main job: set up, start the daemon, show it
 	@scripts/run.sh
 
 test: deps ## every test: unit, e2e with real guests, a short run of every fuzz target, then the systemd smoke suite (root parts skip without root)
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -timeout 55m ./...
 	$(MAKE) fuzz-short
 	$(MAKE) smoke
 

@@ -36,6 +36,7 @@ TARGETS=(
 	"./internal/vm FuzzValidateName"
 	"./internal/config FuzzLoad"
 	"./internal/config FuzzParseSize"
+	"./internal/imagespec FuzzParse"
 )
 
 FUZZTIME=${FUZZTIME:-8s}

@@ -11,9 +11,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "run.sh: VMs need root here (bridge, taps); showing the daemon instead" >&2
   exec "$BIN/banger" daemon status
 fi
-# The guest kernel and the default image (debian-bookworm) come from the
-# Debian archive: build them outside the namespace (which has no uplink),
-# once (~1 min); later runs reuse the cache.
+# The guest kernel and the default image (the debian-bookworm dev box) come
+# from the Debian archive (and mise from the npm registry): build them outside
+# the namespace (which has no uplink), once (~2 min); later runs reuse the cache.
 "$BIN/banger" internal build-guest
 # A daemon started outside the namespace would put the bridge on the host.
 "$BIN/banger" daemon stop >/dev/null
@@ -25,5 +25,17 @@ cleanup() {
 }
 trap cleanup EXIT
 ip -n "$NS" link set lo up
-ip netns exec "$NS" "$BIN/banger" vm run --rm -- sh -c 'uname -a; cat /etc/os-release'
+# The dev box: its OS and the toolchains a `vm run ./repo -- make test` finds.
+start=$(date +%s)
+ip netns exec "$NS" "$BIN/banger" vm run --rm -- sh -c '
+  . /etc/os-release; echo "os:      $PRETTY_NAME, kernel $(uname -r)"
+  echo "gcc:     $(gcc --version | head -n1)"
+  echo "make:    $(make --version | head -n1)"
+  echo "python3: $(python3 --version 2>&1), $(python3 -m pytest --version 2>&1 | head -n1)"
+  echo "node:    $(node --version), npm $(npm --version)"
+  echo "go:      $(go version)"
+  echo "docker:  $(docker --version); daemon $(docker info --format "{{.ServerVersion}} ({{.Driver}})" 2>&1)"
+  echo "mise:    $(mise --version)"
+  echo "guest:   $(nproc) vCPU, $(free -m | awk "/^Mem:/ {print \$2}") MiB, /root $(df -h /root | awk "NR==2 {print \$2}")"'
+echo "vm run (create, boot, command, delete): $(( $(date +%s) - start )) s"
 ip netns exec "$NS" "$BIN/banger" daemon status

@@ -14,9 +14,27 @@ const (
 	MethodKernelImport    = "kernel.import"
 	MethodKernelCatalog   = "kernel.catalog"
 	MethodImageCatalog    = "image.catalog"
+	MethodImageDerive     = "image.derive"
 )
 
-// ImageBuildParams builds a built-in image (tiny, debian-bookworm) locally.
+// ImageDeriveParams builds (or finds, by content key) a repository's
+// derived image from its .banger/image.toml.
+type ImageDeriveParams struct {
+	Path string `json:"path"` // the repository's root or its .banger/image.toml
+}
+
+// ImageDeriveResult is the derived image and how it was had.
+type ImageDeriveResult struct {
+	Image   Image   `json:"image"`
+	Key     string  `json:"key"`
+	File    string  `json:"file"`
+	Built   bool    `json:"built"` // false: an image of this key existed
+	Seconds float64 `json:"seconds,omitempty"`
+	Log     string  `json:"log,omitempty"` // the build's log on the host
+}
+
+// ImageBuildParams builds a built-in image (debian-bookworm,
+// debian-bookworm-minimal, tiny) locally.
 type ImageBuildParams struct {
 	Name string `json:"name"`
 }
@@ -42,7 +60,7 @@ type ImageRegisterParams struct {
 	Init    string `json:"init,omitempty"` // init= for the kernel command line (default: the image's /sbin/init)
 }
 
-// CachePruneParams prunes the OCI layer cache.
+// CachePruneParams prunes the OCI layer cache and unused derived images.
 type CachePruneParams struct {
 	DryRun bool `json:"dry_run"`
 }
@@ -52,7 +70,9 @@ type CachePruneResult struct {
 	Dir        string `json:"dir"`
 	FreedBytes int64  `json:"freed_bytes"`
 	Blobs      int    `json:"blobs"`
-	DryRun     bool   `json:"dry_run"`
+	// Images are the derived images removed (or that would be).
+	Images []string `json:"images,omitempty"`
+	DryRun bool     `json:"dry_run"`
 }
 
 // Kernel is a registered kernel.

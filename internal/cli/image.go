@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/spf13/cobra"
 )
 
@@ -52,6 +54,18 @@ func (a *app) longCall(ctx context.Context, label, method string, params, out an
 }
 
 func mib(n int64) string { return fmt.Sprintf("%dM", n>>20) }
+
+// deriveImage builds (or finds) the derived image of a repository, showing
+// the build's stages.
+func (a *app) deriveImage(ctx context.Context, path string) (api.ImageDeriveResult, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return api.ImageDeriveResult{}, err
+	}
+	var r api.ImageDeriveResult
+	err = a.longCall(ctx, "derived image", api.MethodImageDerive, api.ImageDeriveParams{Path: abs}, &r)
+	return r, err
+}
 
 func (a *app) printCatalog(cat api.Catalog, asJSON bool, withKernel bool) error {
 	if asJSON {
@@ -158,17 +172,41 @@ func (a *app) imageCmd() *cobra.Command {
 		return nil
 	}
 	var buildJSON bool
+	var buildFrom string
 	build := &cobra.Command{
-		Use:   "build [NAME]",
-		Short: "Build a built-in image from Debian packages (default debian-bookworm)",
-		Long: `Build banger's own image locally: debian-bookworm (systemd, OpenSSH, git,
-curl, ca-certificates; mmdebstrap, no root needed) or tiny (busybox and
-dropbear). Only the Debian archive is contacted. The result is cached: a
-second build is instant unless the recipe or the packages changed.`,
-		Example: "  banger image build\n  banger image build tiny",
+		Use:   "build [NAME] | build --from FILE",
+		Short: "Build a built-in image from Debian packages, or a repository's derived image",
+		Long: `Build banger's own images locally from Debian packages: debian-bookworm
+(the dev box and default: build tools, Python, Node, Go, Docker, mise),
+debian-bookworm-minimal (systemd, OpenSSH, git, curl) or tiny (busybox and
+dropbear). Only the Debian archive (and, for mise, the npm registry) is
+contacted. The result is cached: a second build is instant unless the recipe
+changed.
+
+--from builds a repository's derived image from its .banger/image.toml
+(FILE, or the repository holding it): the base image plus extra Debian
+packages, files and shell steps, built in a throwaway VM of the base (with
+NAT, for apt), never on the host. It is named <repo>-<key> and reused while
+the file, the files it copies and the base are unchanged; 'vm run PATH' does
+this by itself. See docs/devbox.md.`,
+		Example: "  banger image build\n  banger image build tiny\n  banger image build --from ./repo/.banger/image.toml",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := "debian-bookworm"
+			if buildFrom != "" {
+				if len(args) > 0 {
+					return usageError{errors.New("image build takes a NAME or --from FILE, not both")}
+				}
+				r, err := a.deriveImage(cmd.Context(), buildFrom)
+				if err != nil {
+					return err
+				}
+				verb := "built"
+				if !r.Built {
+					verb = "up to date"
+				}
+				return printImage(r.Image, verb, buildJSON)
+			}
+			name := guestbuild.DevImage
 			if len(args) == 1 {
 				name = args[0]
 			}
@@ -179,6 +217,7 @@ second build is instant unless the recipe or the packages changed.`,
 			return printImage(im, "built", buildJSON)
 		},
 	}
+	build.Flags().StringVar(&buildFrom, "from", "", "build the derived image of this .banger/image.toml (or repository)")
 	build.Flags().BoolVar(&buildJSON, "json", false, "print the image as JSON")
 	var pp api.ImagePullParams
 	var pullJSON bool
@@ -261,14 +300,17 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 			return printImage(im, "promoted", false)
 		},
 	}
-	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache"}
+	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache and derived images"}
 	var dryRun, pruneJSON bool
 	prune := &cobra.Command{
 		Use:   "prune",
-		Short: "Delete the cached OCI layers (registered images are not affected)",
-		Long: `Empty the OCI layer cache. The cache directory is renamed aside and
-recreated empty before the old copy is deleted, so a pull in progress is not
-corrupted. --dry-run only reports what would be freed.`,
+		Short: "Delete the cached OCI layers and unused derived images",
+		Long: `Empty the OCI layer cache, and delete the derived images (built from a
+repository's .banger/image.toml) that no VM uses, except the newest of each
+repository. The cache directory is renamed aside and recreated empty before
+the old copy is deleted, so a pull in progress is not corrupted. Other
+registered images are not affected. --dry-run only reports what would be
+freed.`,
 		Example: "  banger image cache prune --dry-run\n  banger image cache prune",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -283,7 +325,10 @@ corrupted. --dry-run only reports what would be freed.`,
 			if r.DryRun {
 				verb = "would free"
 			}
-			fmt.Fprintf(a.stdout, "%s %s across %d blob(s) in %s\n", verb, config.FormatSize(r.FreedBytes), r.Blobs, r.Dir)
+			fmt.Fprintf(a.stdout, "%s %s across %d blob(s) in %s and %d derived image(s)\n", verb, config.FormatSize(r.FreedBytes), r.Blobs, r.Dir, len(r.Images))
+			for _, n := range r.Images {
+				fmt.Fprintf(a.stdout, "  %s\n", n)
+			}
 			return nil
 		},
 	}

@@ -67,13 +67,9 @@ func (a *app) internalCmd() *cobra.Command {
 				}
 				image = cfg.DefaultImage
 			}
-			build := guestbuild.Ensure
-			switch image {
-			case "tiny":
-			case "debian-bookworm":
-				build = guestbuild.EnsureDebian
-			default:
-				return usageError{fmt.Errorf("--image %q is not a built-in image (tiny, debian-bookworm)", image)}
+			build := guestbuild.Builtins[image]
+			if build == nil {
+				return usageError{fmt.Errorf("--image %q is not a built-in image (%s)", image, strings.Join(guestbuild.BuiltinNames(), ", "))}
 			}
 			art, err := buildGuestAsRoot(cmd.Context(), l, build, a.stderr)
 			if err != nil {

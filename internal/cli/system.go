@@ -235,13 +235,11 @@ func (a *app) buildSystemImage(ctx context.Context) {
 	if cfg, err := a.loadConfig(l); err == nil {
 		name = cfg.DefaultImage
 	}
-	build := map[string]func(context.Context, guestbuild.Options) (guestbuild.Artifacts, error){
-		"tiny": guestbuild.Ensure, "debian-bookworm": guestbuild.EnsureDebian,
-	}[name]
+	build := guestbuild.Builtins[name]
 	if build == nil {
 		return // not a built-in image: pulled or registered by the owner
 	}
-	fmt.Fprintf(a.stdout, "building the default image %s (Debian archive; about a minute, once) ...\n", name)
+	fmt.Fprintf(a.stdout, "building the default image %s (Debian archive and npm registry; a few minutes, once) ...\n", name)
 	art, err := buildGuestAsRoot(ctx, l, build, a.stderr)
 	if err != nil {
 		a.printError(fmt.Errorf("warning: the default image %s was not built (%v); build it later with 'sudo banger internal build-guest --image %s', or use --image tiny", name, err, name))

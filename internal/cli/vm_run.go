@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,13 +17,14 @@ import (
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/imagespec"
 	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
 )
 
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
-	var rm, detach bool
+	var rm, detach, noBootstrap bool
 	var wf wsFlags
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [-- CMD [ARG...]]",
@@ -32,6 +34,10 @@ func (a *app) vmRunCmd() *cobra.Command {
     when you leave; 'banger vm stop NAME' stops it);
   - with '-- CMD': run CMD in the guest and exit with its exit code
     (128+N when it is killed by signal N).
+
+With PATH (inside a git repository) holding .banger/image.toml and no
+--image, the repository's derived image is built first (or reused while the
+file and what it copies are unchanged; docs/devbox.md).
 
 With PATH (inside a git repository), the repository is copied to
 /root/<repo name> (--guest-path to change) with its real history — a shallow
@@ -43,10 +49,16 @@ Submodules need --full-copy (the repository's own .git, all history).
 --branch creates a guest-only branch (at --from, when given). Without a
 command, the shell opens in the repository.
 
+A repository that pins toolchains for mise (.mise.toml, mise.toml or
+.tool-versions) gets them installed first ('mise trust', 'mise install';
+output in /root/.banger/bootstrap.log) and the command runs under 'mise
+exec --'. That downloads the tools, so it needs --nat; --no-bootstrap skips it.
+
 --rm deletes the VM afterwards whatever the exit code, except when the guest
 never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 		Example: `  banger vm run
   banger vm run ./repo -- make test                 # exit code of make
+  banger vm run --nat ./repo -- npm test            # installs the repo's .mise.toml tools first
   banger vm run --rm --include-untracked . -- git status
   banger vm run --dry-run .                         # list what would be copied
   banger vm run . --branch experiment               # shell in the repo, on a guest-only branch
@@ -70,10 +82,16 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			}
 			var ws *workspace.Workspace
 			var guestPath string
+			var bootstrap bool
+			p := f.params(cmd)
 			if path != "" {
 				var done bool
 				var err error
 				if ws, guestPath, done, err = a.planWorkspace(cmd.Context(), path, wf); err != nil || done {
+					return err
+				}
+				// Refused here, before any VM exists.
+				if bootstrap, err = checkBootstrap(ws, p.NAT, noBootstrap); err != nil {
 					return err
 				}
 			} else if wf.dryRun {
@@ -83,7 +101,19 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			if err != nil {
 				return err
 			}
-			p := f.params(cmd)
+			if ws != nil && p.Image == "" {
+				// The repository's own image, built (or reused) first.
+				if _, err := os.Lstat(filepath.Join(ws.Root, imagespec.File)); err == nil {
+					r, err := a.deriveImage(cmd.Context(), ws.Root)
+					if err != nil {
+						return err
+					}
+					if r.Built {
+						fmt.Fprintf(a.stderr, "%s\n", output.Dim(a.stderr, fmt.Sprintf("built image %s from %s in %.0fs", r.Image.Name, r.File, r.Seconds)))
+					}
+					p.Image = r.Image.Name
+				}
+			}
 			var v api.VM
 			err = a.withProgress(cmd.Context(), c, "creating VM", func(ctx context.Context) error {
 				return c.Call(ctx, api.MethodVMCreate, p, &v)
@@ -106,6 +136,14 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 					return err
 				}
 			}
+			if bootstrap {
+				if err := a.bootstrapToolchains(cmd.Context(), c, v.Name, guestPath); err != nil {
+					return err
+				}
+				if len(args) > 0 {
+					args = underMise(args)
+				}
+			}
 			if detach {
 				fmt.Fprintf(a.stdout, "%s running (%s); 'banger vm ssh %s' to connect\n", v.Name, v.IP, v.Name)
 				return nil
@@ -122,6 +160,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 	f.add(cmd)
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the shell or command ends")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "create and boot the VM, then return")
+	cmd.Flags().BoolVar(&noBootstrap, "no-bootstrap", false, "with PATH: do not install the repository's mise toolchains")
 	wf.add(cmd, "with PATH: ")
 	return cmd
 }

@@ -47,6 +47,17 @@ type Config struct {
 	Catalog Catalog `toml:"catalog" json:"catalog"`
 	// OCI caps what an image pulled from an OCI registry unpacks to.
 	OCI OCI `toml:"oci" json:"oci"`
+	// Derive configures builds of derived images (.banger/image.toml).
+	Derive Derive `toml:"derive" json:"derive"`
+}
+
+// Derive is the [derive] table: how a repository's derived image is built
+// (in a throwaway VM of its base image, with NAT; docs/devbox.md).
+type Derive struct {
+	// AptSources replace the base image's apt sources during the build
+	// ("deb URL SUITE COMPONENT..." lines: a local or company mirror);
+	// empty keeps the image's own.
+	AptSources []string `toml:"apt_sources" json:"apt_sources"`
 }
 
 // Catalog is the [catalog] table: signed image and kernel indexes
@@ -97,9 +108,12 @@ func Default() Config {
 		CIDR:         "172.30.0.0/24",
 		DefaultImage: "debian-bookworm",
 		DNSListen:    "127.0.0.1:42069",
-		VMDefaults:   VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "1G"},
-		Catalog:      Catalog{MaxUnpackedSize: "32G"},
-		OCI:          OCI{MaxLayerSize: "16G", MaxImageSize: "32G"},
+		// A dev box: `go build`, `npm install` or a small `docker build`
+		// fit (docs/devbox.md). Memory is taken by the guest only as it is
+		// touched; the work disk is sparse.
+		VMDefaults: VMDefaults{VCPU: 2, MemoryMiB: 2048, DiskSize: "8G"},
+		Catalog:    Catalog{MaxUnpackedSize: "32G"},
+		OCI:        OCI{MaxLayerSize: "16G", MaxImageSize: "32G"},
 	}
 }
 
@@ -249,6 +263,11 @@ func (c *Config) validate() error {
 	}
 	if c.SSHKeyPath != "" && !filepath.IsAbs(c.SSHKeyPath) && !strings.HasPrefix(c.SSHKeyPath, "~/") {
 		return bad("ssh_key_path", "%q must be absolute or start with ~/", c.SSHKeyPath)
+	}
+	for i, l := range c.Derive.AptSources {
+		if f := strings.Fields(l); len(f) < 3 || (f[0] != "deb" && f[0] != "deb-src") || strings.ContainsAny(l, "\n\r\x00'") {
+			return bad("derive.apt_sources", "entry %d (%q) is not a sources.list line like \"deb http://mirror/debian bookworm main\"", i+1, l)
+		}
 	}
 	if c.VMDefaults.VCPU < 1 || c.VMDefaults.VCPU > 32 {
 		return bad("vm_defaults.vcpu", "%d is out of range (1-32)", c.VMDefaults.VCPU)

@@ -143,10 +143,11 @@ func fzCheckConfig(t *testing.T, c Config) {
 // fzSameConfig compares two configs, an absent list and an empty one being
 // the same.
 func fzSameConfig(a, b Config) bool {
-	if !slices.Equal(a.GuestDNS, b.GuestDNS) {
+	if !slices.Equal(a.GuestDNS, b.GuestDNS) || !slices.Equal(a.Derive.AptSources, b.Derive.AptSources) {
 		return false
 	}
 	a.GuestDNS, b.GuestDNS = nil, nil
+	a.Derive.AptSources, b.Derive.AptSources = nil, nil
 	return reflect.DeepEqual(a, b)
 }
 

@@ -33,12 +33,12 @@ func TestMissingFileGivesDefaults(t *testing.T) {
 }
 
 func TestFileOverridesWithSource(t *testing.T) {
-	p := write(t, "log_level = \"debug\"\n\n[vm_defaults]\nvcpu = 2\n")
+	p := write(t, "log_level = \"debug\"\n\n[vm_defaults]\nvcpu = 3\n")
 	l, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.LogLevel != "debug" || l.VMDefaults.VCPU != 2 || l.VMDefaults.MemoryMiB != 512 {
+	if l.LogLevel != "debug" || l.VMDefaults.VCPU != 3 || l.VMDefaults.MemoryMiB != 2048 {
 		t.Fatalf("got %+v", l.Config)
 	}
 	src := map[string]string{}

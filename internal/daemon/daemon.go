@@ -22,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/buildinfo"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/derive"
 	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
@@ -117,6 +118,7 @@ type Daemon struct {
 	helper   *privops.Client
 	images   *image.Service
 	vms      *vm.Service
+	derive   *derive.Service
 	vmm      vm.VMMChoice
 	vmmError error
 	dnsErr   error // why the .vm DNS server is not serving
@@ -180,6 +182,7 @@ func (d *Daemon) wire() error {
 	if len(d.vms.GuestDNS) == 0 {
 		d.vms.GuestDNS = vmdns.HostResolvers()
 	}
+	d.derive = &derive.Service{VMs: d.vms, Images: d.images, Layout: d.layout, Config: d.cfg.Config, Log: d.log}
 	return d.vms.Init()
 }
 

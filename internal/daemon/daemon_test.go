@@ -23,6 +23,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodImageCachePrune,
 		api.MethodImageCatalog,
 		api.MethodImageDelete,
+		api.MethodImageDerive,
 		api.MethodImageList,
 		api.MethodImagePromote,
 		api.MethodImagePull,

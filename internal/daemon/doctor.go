@@ -16,6 +16,7 @@ import (
 	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/updater"
 )
 
@@ -66,7 +67,7 @@ func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
 		{"mkfs.ext4", "e2fsprogs", "VM work disks and images", api.DoctorFail},
 		{"debugfs", "e2fsprogs", "images (modules, work seeds, OCI ownership)", api.DoctorFail},
 		{"git", "git", "workspaces ('vm run PATH')", api.DoctorWarn},
-		{"mmdebstrap", "mmdebstrap", "building the debian-bookworm image", api.DoctorWarn},
+		{"mmdebstrap", "mmdebstrap", "building the debian-bookworm images", api.DoctorWarn},
 	} {
 		if p, err := exec.LookPath(t.bin); err != nil {
 			add("tool "+t.bin, t.status, t.bin+" not found: needed for "+t.why, "apt-get install "+t.pkg)
@@ -81,10 +82,10 @@ func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
 		add("default image", api.DoctorFail, err.Error(), "set default_image to an image 'banger image list' shows, or pull/build it")
 	} else if _, err := d.store.GetImage(ctx, name); errors.Is(err, errdefs.ErrNotFound) {
 		fix := ""
-		if name == "debian-bookworm" && os.Geteuid() != 0 {
-			fix = "sudo banger internal build-guest --image debian-bookworm (the daemon cannot run mmdebstrap without root)"
+		if guestbuild.Builtins[name] != nil && name != guestbuild.TinyImage && os.Geteuid() != 0 {
+			fix = "sudo banger internal build-guest --image " + name + " (the daemon cannot run mmdebstrap without root)"
 		}
-		add("default image", api.DoctorWarn, name+" is not built or pulled yet: the first 'vm run' does it (about a minute)", fix)
+		add("default image", api.DoctorWarn, name+" is not built or pulled yet: the first 'vm run' does it (a few minutes)", fix)
 	} else {
 		add("default image", api.DoctorOK, name, "")
 	}

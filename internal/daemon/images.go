@@ -34,6 +34,13 @@ func (d *Daemon) registerImages() {
 		}
 		return s.BuildImage(ctx, p.Name, logWriter{ctx})
 	})
+	h(api.MethodImageDerive, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := decode[api.ImageDeriveParams](raw)
+		if err != nil {
+			return nil, err
+		}
+		return d.derive.Ensure(ctx, p, logWriter{ctx})
+	})
 	h(api.MethodImagePull, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		p, err := decode[api.ImagePullParams](raw)
 		if err != nil {

@@ -21,15 +21,17 @@ import (
 	"time"
 )
 
-// The Debian guest: a Debian bookworm root filesystem built with mmdebstrap
-// (systemd, openssh-server, git, curl, ...) that boots with the same kernel
-// and initramfs as the tiny guest and keeps its contract (docs/guest.md):
-// banger.* command line keys, /dev/vdb on /root, sshd on :22 with root by key
-// only, one BANGER-READY line on ttyS0.
+// The Debian guests: Debian bookworm root filesystems built with one
+// mmdebstrap each, that boot with the same kernel and initramfs as the tiny
+// guest and keep its contract (docs/guest.md): banger.* command line keys,
+// /dev/vdb on /root, sshd on :22 with root by key only, one BANGER-READY line
+// on ttyS0. Two recipes share this code: the minimal image (systemd,
+// OpenSSH, git, curl) and the dev box, banger's default (the minimal image
+// plus compilers, language toolchains, Docker and mise).
 
 // debianRecipeVersion is bumped by hand when the Debian build changes in a way
 // the embedded files and lists do not show.
-const debianRecipeVersion = "debian-1"
+const debianRecipeVersion = "debian-2"
 
 // DebianMirrorEnv overrides the Debian archive the image is built from; it
 // then replaces the default bookworm, bookworm-updates and
@@ -44,6 +46,42 @@ var debianPackages = []string{
 	"systemd-sysv", "udev", "openssh-server", "iproute2", "kmod", "procps",
 	"git", "ca-certificates", "curl", "netbase", "less", "xz-utils",
 }
+
+// devPackages are what the dev box adds: what `make test`, `go test`,
+// `python3 -m pytest`, `npm test` and `docker run` need, and the usual tools
+// around them.
+var devPackages = []string{
+	"build-essential", "make", "pkg-config", "gdb", "file", "patch",
+	"python3", "python3-pip", "python3-venv", "python3-pytest", "python3-dev",
+	"nodejs", "npm", "golang-go",
+	"jq", "unzip", "zip", "rsync", "tmux", "vim-tiny", "sudo", "openssh-client", "gnupg", "wget",
+	"docker.io", "containerd", "iptables", "apparmor", // the cloud kernel enables AppArmor: dockerd loads its profile with apparmor_parser
+}
+
+// debianRecipe is one Debian image banger builds.
+type debianRecipe struct {
+	name     string   // the image's name
+	dir      string   // cache subdirectory and key prefix
+	packages []string // on top of mmdebstrap's apt variant
+	// allModules: the kernel's whole module tree in /lib/modules (Docker
+	// loads overlay, bridge, veth and netfilter modules); otherwise only the
+	// virtio modules the initramfs loads.
+	allModules bool
+	mise       bool  // mise (from the npm registry, pinned) in /usr/local/bin
+	headroom   int64 // free space added to the content when sizing rootfs.ext4 (sparse)
+}
+
+// Image names of the built-in Debian images.
+const (
+	MinimalImage = "debian-bookworm-minimal"
+	DevImage     = "debian-bookworm"
+)
+
+var (
+	minimalRecipe = debianRecipe{name: MinimalImage, dir: "debian", packages: debianPackages, headroom: 1 << 30}
+	devRecipe     = debianRecipe{name: DevImage, dir: "devbox", packages: append(append([]string{}, debianPackages...), devPackages...),
+		allModules: true, mise: true, headroom: 2 << 30}
+)
 
 // debianMasked are units masked in the image: waits, timers and services that
 // slow a TCG boot or need what the guest does not have (dbus, a keyboard).
@@ -63,14 +101,10 @@ var debianDpkgOpts = []string{
 	"path-exclude=/usr/share/info/*",
 }
 
-// debianHeadroom is free space added to the content when sizing rootfs.ext4
-// (sparse: only the content is allocated).
-const debianHeadroom = 1 << 30
-
 //go:embed debian
 var debianFiles embed.FS
 
-//go:embed debian.go
+//go:embed debian.go devbox.go
 var debianSources embed.FS
 
 func debianFile(name string) []byte {
@@ -94,17 +128,30 @@ func debianSourcesList() []string {
 	}
 }
 
-// debianKey names a Debian build: the recipe (code, files, lists, sources)
+// key names a build of the recipe: the recipe (code, files, lists, sources)
 // and the tiny build whose kernel and initramfs it boots with. Package
 // versions are not part of it: a build is kept until the recipe or the
-// kernel changes (delete CacheDir/debian/ to rebuild with today's archive).
-func debianKey(kernelKey string) string {
+// kernel changes (delete CacheDir/<dir>/ to rebuild with today's archive).
+func (r debianRecipe) key(kernelKey string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\nkernel %s\npackages %v\nmasked %v\ndpkg %v\nsources %q\nheadroom %d\n",
-		debianRecipeVersion, kernelKey, debianPackages, debianMasked, debianDpkgOpts, debianSourcesList(), debianHeadroom)
+	fmt.Fprintf(h, "%s\nname %s\nkernel %s\npackages %v\nmasked %v\ndpkg %v\nsources %q\nheadroom %d\nmodules %v\n",
+		debianRecipeVersion, r.name, kernelKey, r.packages, debianMasked, debianDpkgOpts, debianSourcesList(), r.headroom, r.allModules)
+	if r.mise {
+		fmt.Fprintf(h, "mise %s %s\n", miseVersion, miseIntegrity)
+	}
 	hashFiles(h, debianFiles, debianSources)
-	return debianSuite + "-" + hex.EncodeToString(h.Sum(nil))[:12]
+	return r.keyPrefix() + hex.EncodeToString(h.Sum(nil))[:12]
 }
+
+func (r debianRecipe) keyPrefix() string {
+	if r.dir == "debian" {
+		return debianSuite + "-"
+	}
+	return r.dir + "-" + debianSuite + "-"
+}
+
+// debianKey is the minimal image's key.
+func debianKey(kernelKey string) string { return minimalRecipe.key(kernelKey) }
 
 // debianManifest is written last into a Debian build.
 type debianManifest struct {
@@ -121,13 +168,64 @@ type debianManifest struct {
 	RootfsAllocated int64     `json:"rootfs_allocated_bytes"`
 }
 
-// EnsureDebian returns a Debian bookworm guest: the kernel and initramfs of
-// Ensure (Vmlinux, Vmlinuz, Initrd are that build's files) and a root
-// filesystem built with mmdebstrap, cached under CacheDir/debian/<key>/ with
-// the same lock and atomic publish rules as Ensure. A cold build needs root
-// (mmdebstrap --mode=root), mmdebstrap and the Debian archive; a published
-// build is returned at once.
+// EnsureDebian returns the minimal Debian bookworm guest (systemd, OpenSSH,
+// git, curl): the kernel and initramfs of Ensure (Vmlinux, Vmlinuz, Initrd
+// are that build's files) and a root filesystem built with mmdebstrap,
+// cached under CacheDir/debian/<key>/ with the same lock and atomic publish
+// rules as Ensure. A cold build needs root (mmdebstrap --mode=root),
+// mmdebstrap and the Debian archive; a published build is returned at once.
 func EnsureDebian(ctx context.Context, opts Options) (Artifacts, error) {
+	return ensureRecipe(ctx, opts, minimalRecipe)
+}
+
+// EnsureDevbox returns the dev box, banger's default image: the minimal
+// guest plus build-essential, Python, Node, Go, Docker, mise and the usual
+// tools (devPackages), with the kernel's whole module tree. Cached under
+// CacheDir/devbox/<key>/ like EnsureDebian.
+func EnsureDevbox(ctx context.Context, opts Options) (Artifacts, error) {
+	return ensureRecipe(ctx, opts, devRecipe)
+}
+
+// Builtin is how banger makes one of its own images.
+type Builtin func(context.Context, Options) (Artifacts, error)
+
+// Builtins are the images banger builds itself, by name.
+var Builtins = map[string]Builtin{
+	TinyImage:    Ensure,
+	MinimalImage: EnsureDebian,
+	DevImage:     EnsureDevbox,
+}
+
+// TinyImage is the busybox + dropbear image of Ensure.
+const TinyImage = "tiny"
+
+// BuiltinNames lists Builtins' names, sorted.
+func BuiltinNames() []string {
+	out := make([]string, 0, len(Builtins))
+	for n := range Builtins {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// IsKeyOf reports whether a build key (Artifacts.Key) was made by the
+// recipe of the built-in image name: a registered image whose key is not
+// its name's recipe (e.g. debian-bookworm registered before it became the
+// dev box) is rebuilt.
+func IsKeyOf(name, key string) bool {
+	switch name {
+	case MinimalImage:
+		return strings.HasPrefix(key, minimalRecipe.keyPrefix())
+	case DevImage:
+		return strings.HasPrefix(key, devRecipe.keyPrefix())
+	case TinyImage:
+		return !strings.HasPrefix(key, minimalRecipe.keyPrefix()) && !strings.HasPrefix(key, devRecipe.keyPrefix())
+	}
+	return false
+}
+
+func ensureRecipe(ctx context.Context, opts Options, r debianRecipe) (Artifacts, error) {
 	k, err := Ensure(ctx, opts)
 	if err != nil {
 		return Artifacts{}, err
@@ -136,14 +234,14 @@ func EnsureDebian(ctx context.Context, opts Options) (Artifacts, error) {
 	if err != nil {
 		return Artifacts{}, err
 	}
-	root := filepath.Join(cache, "debian")
+	root := filepath.Join(cache, r.dir)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return Artifacts{}, fmt.Errorf("guestbuild: %w", err)
 	}
 	p := progress{opts.Progress}
-	key := debianKey(k.Key)
+	key := r.key(k.Key)
 	dir, err := ensurePublished(ctx, root, key, p, func(ctx context.Context, staging string) error {
-		return buildDebian(ctx, root, staging, key, k, p)
+		return buildDebian(ctx, r, root, cache, staging, key, k, p)
 	})
 	if err != nil {
 		return Artifacts{}, fmt.Errorf("guestbuild: %w", err)
@@ -212,10 +310,10 @@ func probeArchive(ctx context.Context, sources []string) error {
 // buildDebian makes rootfs.ext4 and the manifest in staging, and hard-links
 // the kernel files of k next to them (a published directory is complete on
 // its own).
-func buildDebian(ctx context.Context, root, staging, key string, k Artifacts, p progress) error {
+func buildDebian(ctx context.Context, r debianRecipe, root, cache, staging, key string, k Artifacts, p progress) error {
 	start := time.Now()
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("building the debian-%s image needs root (mmdebstrap --mode=root)", debianSuite)
+		return fmt.Errorf("building the %s image needs root (mmdebstrap --mode=root)", r.name)
 	}
 	t, err := checkDebianTools()
 	if err != nil {
@@ -224,6 +322,13 @@ func buildDebian(ctx context.Context, root, staging, key string, k Artifacts, p 
 	sources := debianSourcesList()
 	if err := probeArchive(ctx, sources); err != nil {
 		return err
+	}
+	var miseBin string
+	if r.mise {
+		p.f("mise %s (npm registry, integrity checked) ...", miseVersion)
+		if miseBin, err = fetchMise(ctx, filepath.Join(cache, "npm")); err != nil {
+			return err
+		}
 	}
 	// We hold the lock: trees left behind are from builds that died.
 	ents, _ := os.ReadDir(root)
@@ -246,10 +351,18 @@ func buildDebian(ctx context.Context, root, staging, key string, k Artifacts, p 
 		return err
 	}
 
-	p.f("mmdebstrap %s (%s) ...", debianSuite, strings.Join(debianPackages, ","))
+	p.f("mmdebstrap %s (%d packages and their dependencies) ...", debianSuite, len(r.packages))
 	args := []string{"--mount", "--propagation", "private", t.mmdebstrap,
-		"--mode=root", "--variant=apt", "--include=" + strings.Join(debianPackages, ","),
-		"--aptopt=Acquire::Retries \"3\""}
+		"--mode=root", "--variant=apt", "--include=" + strings.Join(r.packages, ","),
+		"--aptopt=Acquire::Retries \"3\"", "--aptopt=APT::Install-Recommends \"false\""}
+	// Downloaded packages are kept between builds of the recipe (hard links
+	// in and out of the tree; pruned to what the build installed).
+	debCache := filepath.Join(root, ".debs")
+	if err := os.MkdirAll(debCache, 0o755); err == nil {
+		args = append(args, "--skip=download/empty", "--skip=essential/unlink",
+			"--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/ && find "+shQuote(debCache)+" -maxdepth 1 -name '*.deb' -exec cp -l {} \"$1\"/var/cache/apt/archives/ \\; 2>/dev/null || true",
+			"--customize-hook=find \"$1\"/var/cache/apt/archives/ -maxdepth 1 -name '*.deb' -exec cp -ln {} "+shQuote(debCache)+"/ \\; 2>/dev/null; rm -f \"$1\"/var/cache/apt/archives/*.deb")
+	}
 	for _, o := range debianDpkgOpts {
 		args = append(args, "--dpkgopt="+o)
 	}
@@ -261,24 +374,30 @@ func buildDebian(ctx context.Context, root, staging, key string, k Artifacts, p 
 	}
 
 	p.f("configuring the guest (units, sshd, modules %s) ...", k.KernelVersion)
-	if err := configureDebianTree(ctx, t, tree, key, k); err != nil {
-		return fmt.Errorf("%s rootfs: %w", debianSuite, err)
+	if err := configureDebianTree(ctx, t, r, tree, key, k, cache); err != nil {
+		return fmt.Errorf("%s rootfs: %w", r.name, err)
+	}
+	if miseBin != "" {
+		if err := installMise(tree, miseBin); err != nil {
+			return fmt.Errorf("%s rootfs: %w", r.name, err)
+		}
 	}
 	pkgs, err := dpkgInstalled(tree)
 	if err != nil {
 		return err
 	}
+	pruneDebCache(debCache, pkgs)
 
 	content, err := treeBytes(tree)
 	if err != nil {
 		return err
 	}
-	size := roundUp(content+content/5+debianHeadroom, 64<<20)
+	size := roundUp(content+content/5+r.headroom, 64<<20)
 	p.f("mkfs.ext4 -d (%d MiB content, %d MiB image) ...", content>>20, size>>20)
 	img := filepath.Join(staging, fileRootfs)
 	if _, err := run(ctx, "", t.mkfs, "-q", "-F", "-L", "banger-root", "-N", strconv.FormatInt(inodeCount(tree), 10),
 		"-E", "root_owner=0:0", "-d", tree, img, strconv.FormatInt(size>>10, 10)+"k"); err != nil {
-		return fmt.Errorf("%s rootfs: %w", debianSuite, err)
+		return fmt.Errorf("%s rootfs: %w", r.name, err)
 	}
 	if err := syncFile(img); err != nil {
 		return err
@@ -291,7 +410,7 @@ func buildDebian(ctx context.Context, root, staging, key string, k Artifacts, p 
 
 	m := debianManifest{
 		Key: key, Suite: debianSuite, KernelKey: k.Key, KernelVersion: k.KernelVersion,
-		Sources: sources, Include: debianPackages, Packages: pkgs, BuiltAt: time.Now().UTC(), RootfsBytes: size,
+		Sources: sources, Include: r.packages, Packages: pkgs, BuiltAt: time.Now().UTC(), RootfsBytes: size,
 	}
 	if st, err := os.Stat(img); err == nil {
 		if s, ok := st.Sys().(*syscall.Stat_t); ok {
@@ -355,7 +474,7 @@ func mmdebstrapErrors(logPath string) string {
 // configureDebianTree turns mmdebstrap's tree into a banger guest, without
 // chroot: units and their symlinks, sshd configuration, no host keys, /run
 // symlinks, the kernel's modules, and no apt lists.
-func configureDebianTree(ctx context.Context, t debianTools, dir, key string, k Artifacts) error {
+func configureDebianTree(ctx context.Context, t debianTools, rc debianRecipe, dir, key string, k Artifacts, cache string) error {
 	r := rootfsTree{dir}
 	var steps []error
 	do := func(err error) { steps = append(steps, err) }
@@ -408,22 +527,50 @@ func configureDebianTree(ctx context.Context, t debianTools, dir, key string, k 
 		}
 	}
 
-	// The kernel's modules, as the tiny rootfs holds them (read with debugfs,
-	// no mount), with a modules.dep from depmod so modprobe works.
+	// The kernel's modules, with a modules.dep from depmod so modprobe
+	// works: all of them (the dev box), or those the tiny rootfs holds (read
+	// with debugfs, no mount).
 	if err := os.MkdirAll(filepath.Join(dir, "lib/modules"), 0o755); err != nil {
 		return err
 	}
-	tinyRoot := filepath.Join(k.Dir, fileRootfs)
-	if _, err := run(ctx, "", t.debugfs, "-R", "rdump /lib/modules/"+k.KernelVersion+" "+filepath.Join(dir, "lib/modules"), tinyRoot); err != nil {
-		return fmt.Errorf("modules from %s: %w", tinyRoot, err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib/modules", k.KernelVersion, "modules.dep")); err != nil {
-		return fmt.Errorf("modules from %s: %w", tinyRoot, err)
+	if rc.allModules {
+		if err := installAllModules(ctx, dir, k, cache); err != nil {
+			return fmt.Errorf("kernel modules: %w", err)
+		}
+	} else {
+		tinyRoot := filepath.Join(k.Dir, fileRootfs)
+		if _, err := run(ctx, "", t.debugfs, "-R", "rdump /lib/modules/"+k.KernelVersion+" "+filepath.Join(dir, "lib/modules"), tinyRoot); err != nil {
+			return fmt.Errorf("modules from %s: %w", tinyRoot, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "lib/modules", k.KernelVersion, "modules.dep")); err != nil {
+			return fmt.Errorf("modules from %s: %w", tinyRoot, err)
+		}
 	}
 	if _, err := run(ctx, "", t.depmod, "-b", dir, k.KernelVersion); err != nil {
 		return err
 	}
 	return nil
+}
+
+// shQuote quotes s for sh.
+func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// pruneDebCache removes the cached .debs of packages the build did not
+// install at that version.
+func pruneDebCache(dir string, installed []string) {
+	keep := map[string]bool{}
+	for _, nv := range installed {
+		name, ver, _ := strings.Cut(nv, "=")
+		keep[name+"_"+strings.ReplaceAll(ver, ":", "%3a")] = true
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		n := e.Name()
+		i := strings.LastIndexByte(n, '_')
+		if i < 0 || !strings.HasSuffix(n, ".deb") || !keep[n[:i]] {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
 }
 
 // dpkgInstalled lists name=version of the installed packages.

@@ -70,9 +70,14 @@ func TestMountsUnderAndRemoveTree(t *testing.T) {
 	}
 }
 
-// TestEnsureDebian builds (or reuses) the Debian image in the cache the e2e
-// tests use, then checks the published build without mounting it.
-func TestEnsureDebian(t *testing.T) {
+// TestEnsureDebian builds (or reuses) the minimal Debian image in the cache
+// the e2e tests use, then checks the published build without mounting it.
+func TestEnsureDebian(t *testing.T) { testEnsureRecipe(t, minimalRecipe, EnsureDebian) }
+
+// TestEnsureDevbox does the same for the dev box, and checks what it adds.
+func TestEnsureDevbox(t *testing.T) { testEnsureRecipe(t, devRecipe, EnsureDevbox) }
+
+func testEnsureRecipe(t *testing.T, rc debianRecipe, ensure Builtin) {
 	if testing.Short() {
 		t.Skip("builds a Debian root filesystem; skipped with -short")
 	}
@@ -91,17 +96,20 @@ func TestEnsureDebian(t *testing.T) {
 	defer cancel()
 	var prog bytes.Buffer
 	t0 := time.Now()
-	a, err := EnsureDebian(ctx, Options{CacheDir: cache, Progress: &prog})
+	a, err := ensure(ctx, Options{CacheDir: cache, Progress: &prog})
 	if err != nil {
-		t.Fatalf("EnsureDebian: %v\n%s", err, prog.String())
+		t.Fatalf("%s: %v\n%s", rc.name, err, prog.String())
 	}
-	t.Logf("EnsureDebian %s in %v\n%s", a.Key, time.Since(t0), prog.String())
+	t.Logf("%s %s in %v\n%s", rc.name, a.Key, time.Since(t0), prog.String())
 	t1 := time.Now()
-	b, err := EnsureDebian(ctx, Options{CacheDir: cache})
+	b, err := ensure(ctx, Options{CacheDir: cache})
 	if err != nil || b != a {
-		t.Fatalf("second EnsureDebian: %v %+v", err, b)
+		t.Fatalf("second %s: %v %+v", rc.name, err, b)
 	}
-	t.Logf("cached EnsureDebian in %v", time.Since(t1))
+	t.Logf("cached %s in %v", rc.name, time.Since(t1))
+	if !IsKeyOf(rc.name, a.Key) {
+		t.Fatalf("IsKeyOf(%s, %s) is false", rc.name, a.Key)
+	}
 	k, err := Ensure(ctx, Options{CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +117,7 @@ func TestEnsureDebian(t *testing.T) {
 	if a.Vmlinux != k.Vmlinux || a.Initrd != k.Initrd || a.Vmlinuz != k.Vmlinuz || a.KernelVersion != k.KernelVersion {
 		t.Fatalf("kernel files differ from Ensure's: %+v vs %+v", a, k)
 	}
-	if filepath.Dir(a.Rootfs) != a.Dir || filepath.Base(filepath.Dir(a.Dir)) != "debian" || !published(a.Dir) {
+	if filepath.Dir(a.Rootfs) != a.Dir || filepath.Base(filepath.Dir(a.Dir)) != rc.dir || !published(a.Dir) {
 		t.Fatalf("layout: %+v", a)
 	}
 	var m debianManifest
@@ -159,5 +167,27 @@ func TestEnsureDebian(t *testing.T) {
 	}
 	if c := cat("/etc/machine-id"); c != "" {
 		t.Errorf("machine-id %q", c)
+	}
+	t.Logf("%s: %d packages, rootfs %d MiB (%d MiB allocated), built in %.0fs", rc.name, len(m.Packages), m.RootfsBytes>>20, m.RootfsAllocated>>20, m.BuildSeconds)
+	if rc.name != DevImage {
+		return
+	}
+	for _, n := range []string{"build-essential", "golang-go", "nodejs", "npm", "python3-pytest", "docker.io", "containerd", "jq"} {
+		found := false
+		for _, p := range m.Packages {
+			found = found || strings.HasPrefix(p, n+"=")
+		}
+		if !found {
+			t.Errorf("package %s not installed", n)
+		}
+	}
+	if l := ls("/usr/local/bin"); !strings.Contains(l, "mise") {
+		t.Errorf("no mise in /usr/local/bin:\n%s", l)
+	}
+	if c := cat("/lib/modules/" + k.KernelVersion + "/modules.dep"); !strings.Contains(c, "overlay.ko") || !strings.Contains(c, "br_netfilter.ko") || !strings.Contains(c, "veth.ko") {
+		t.Errorf("modules.dep lacks overlay, br_netfilter or veth")
+	}
+	if l := ls("/etc/systemd/system/multi-user.target.wants"); !strings.Contains(l, "docker.service") {
+		t.Errorf("docker.service is not enabled:\n%s", l)
 	}
 }

@@ -1,6 +1,7 @@
 // Package image owns images and kernels: resolving an image name to a root
-// filesystem and a kernel, and producing banger's built-in images ("tiny",
-// "debian-bookworm") on demand from Debian packages (internal/guestbuild).
+// filesystem and a kernel, and producing banger's built-in images
+// (debian-bookworm, the dev box and default; debian-bookworm-minimal; tiny)
+// on demand from Debian packages (internal/guestbuild).
 // Builds of one name are serialised; later callers get the published result.
 package image
 
@@ -29,18 +30,8 @@ import (
 	"github.com/banger-dev/banger/internal/store"
 )
 
-// TinyImage is the built-in busybox + dropbear image.
-const TinyImage = "tiny"
-
-// DebianImage is the built-in Debian bookworm image (systemd, OpenSSH, git),
-// built locally with mmdebstrap; it boots the same kernel as tiny.
-const DebianImage = "debian-bookworm"
-
 // builtins can be produced locally when missing: name -> how.
-var builtins = map[string]func(context.Context, guestbuild.Options) (guestbuild.Artifacts, error){
-	TinyImage:   guestbuild.Ensure,
-	DebianImage: guestbuild.EnsureDebian,
-}
+var builtins = guestbuild.Builtins
 
 // Service resolves and registers images and kernels.
 type Service struct {
@@ -130,7 +121,13 @@ func (s *Service) Resolve(ctx context.Context, name string, progress io.Writer) 
 	l := s.lock(name)
 	l.Lock()
 	im, err := s.Store.GetImage(ctx, name)
-	if errors.Is(err, errdefs.ErrNotFound) {
+	if err == nil && builtins[name] != nil && im.Managed && strings.HasPrefix(im.Meta[metaSource], "guestbuild ") &&
+		!guestbuild.IsKeyOf(name, strings.TrimPrefix(im.Meta[metaSource], "guestbuild ")) {
+		// Registered by an older banger under a name whose recipe has
+		// changed (debian-bookworm was the minimal image before it became
+		// the dev box): build what the name means now.
+		im, err = s.buildBuiltin(ctx, name, progress)
+	} else if errors.Is(err, errdefs.ErrNotFound) {
 		switch {
 		case builtins[name] != nil:
 			im, err = s.buildBuiltin(ctx, name, progress)
@@ -200,14 +197,7 @@ func (s *Service) BuildImage(ctx context.Context, name string, progress io.Write
 	return s.toAPI(ctx, im), nil
 }
 
-func builtinNames() []string {
-	out := []string{}
-	for n := range builtins {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
+func builtinNames() []string { return guestbuild.BuiltinNames() }
 
 // buildBuiltin builds (or reuses the cached) guest artifacts of a built-in
 // image and publishes them into the state dir: kernels/<version>/ and

@@ -249,13 +249,18 @@ func (s *Service) CleanStaging() {
 	}
 }
 
-// CachePrune empties the OCI layer cache (or, dry, says what that frees).
+// CachePrune empties the OCI layer cache and removes the derived images no
+// VM uses but the newest of each repository (or, dry, says what that frees).
 func (s *Service) CachePrune(ctx context.Context, dryRun bool) (api.CachePruneResult, error) {
 	freed, blobs, err := oci.PruneCache(s.Layout.CacheDir, dryRun)
 	if err != nil {
 		return api.CachePruneResult{}, err
 	}
-	return api.CachePruneResult{Dir: filepath.Join(s.Layout.CacheDir, "oci"), FreedBytes: freed, Blobs: blobs, DryRun: dryRun}, nil
+	names, dfreed, err := s.pruneDerived(ctx, dryRun)
+	if err != nil {
+		return api.CachePruneResult{}, err
+	}
+	return api.CachePruneResult{Dir: filepath.Join(s.Layout.CacheDir, "oci"), FreedBytes: freed + dfreed, Blobs: blobs, Images: names, DryRun: dryRun}, nil
 }
 
 // ImageCatalog lists the image catalog with each entry's local state.

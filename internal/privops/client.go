@@ -8,19 +8,20 @@ import (
 
 // Method names served by the root helper.
 const (
-	MethodEnsureBridge = "priv.ensure_bridge"
-	MethodCreateTap    = "priv.create_tap"
-	MethodDeleteTap    = "priv.delete_tap"
-	MethodListTaps     = "priv.list_taps"
-	MethodAddNAT       = "priv.add_nat"
-	MethodRemoveNAT    = "priv.remove_nat"
-	MethodPrepareDisks = "priv.prepare_disks"
-	MethodRemoveVMDir  = "priv.remove_vm_dir"
-	MethodLaunchVMM    = "priv.launch_vmm"
-	MethodKillVMM      = "priv.kill_vmm"
-	MethodStatusVMM    = "priv.status_vmm"
-	MethodCtrlAltDel   = "priv.ctrl_alt_del"
-	MethodClearRuntime = "priv.clear_runtime"
+	MethodEnsureBridge  = "priv.ensure_bridge"
+	MethodCreateTap     = "priv.create_tap"
+	MethodDeleteTap     = "priv.delete_tap"
+	MethodListTaps      = "priv.list_taps"
+	MethodAddNAT        = "priv.add_nat"
+	MethodRemoveNAT     = "priv.remove_nat"
+	MethodPrepareDisks  = "priv.prepare_disks"
+	MethodRemoveVMDir   = "priv.remove_vm_dir"
+	MethodLaunchVMM     = "priv.launch_vmm"
+	MethodKillVMM       = "priv.kill_vmm"
+	MethodStatusVMM     = "priv.status_vmm"
+	MethodCtrlAltDel    = "priv.ctrl_alt_del"
+	MethodClearRuntime  = "priv.clear_runtime"
+	MethodReleaseRootfs = "priv.release_rootfs"
 )
 
 // Client reaches the root helper over its socket. The caller's op id (from
@@ -108,6 +109,11 @@ func (c *Client) StatusVMM(ctx context.Context, r VMReq) (VMMStatus, error) {
 // CtrlAltDel implements Ops.
 func (c *Client) CtrlAltDel(ctx context.Context, r VMReq) error {
 	return c.c.Call(ctx, MethodCtrlAltDel, r, nil)
+}
+
+// ReleaseRootfs implements Ops.
+func (c *Client) ReleaseRootfs(ctx context.Context, r VMReq) error {
+	return c.c.Call(ctx, MethodReleaseRootfs, r, nil)
 }
 
 // ClearRuntime implements Ops.

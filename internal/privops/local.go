@@ -497,6 +497,37 @@ func (l *Local) ClearRuntime(ctx context.Context, r VMReq) error {
 	return nil
 }
 
+// ReleaseRootfs implements Ops.
+func (l *Local) ReleaseRootfs(ctx context.Context, r VMReq) error {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return err
+	}
+	d, _, err := l.vmDir(r.ID, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if pid, ok := running(l.dirOf(r.ID)); ok {
+		return errdefs.New(errdefs.BadRequest, "vm %s still runs (vmm pid %d): stop it before taking its root disk", r.ID, pid)
+	}
+	f, err := securefs.OpenBeneath(d, vmdir.RootfsName, unix.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return errdefs.New(errdefs.OperationFailed, "vm %s: its root disk is not a regular file", r.ID)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if err := l.chownFile(f); err != nil {
+		return err
+	}
+	logging.From(ctx).Info("root disk handed to the owner", "vm_id", r.ID)
+	return nil
+}
+
 // extractSeed unpacks a work seed tar into dir: directories and regular
 // files only, names that stay inside dir, nothing through a symlink (there
 // are none: dir is fresh and no link is ever created).

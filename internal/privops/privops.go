@@ -65,6 +65,10 @@ type Ops interface {
 	// ClearRuntime removes a stopped VM's API socket, pidfile and agent
 	// socket (nothing while its VMM runs).
 	ClearRuntime(ctx context.Context, r VMReq) error
+	// ReleaseRootfs hands a stopped VM's root disk to the owner (its file,
+	// mode 0600, in the VM's root-only directory) so the daemon can make an
+	// image of it (a derived image's build VM); refused while the VMM runs.
+	ReleaseRootfs(ctx context.Context, r VMReq) error
 }
 
 // Policy is what the validator allows.

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/vmdir"
 )
 
 func testPolicy(t *testing.T) (Policy, string) {
@@ -175,4 +177,45 @@ func TestLaunchRefusesAVMMOthersCanChange(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Fatalf("a VMM in a world-writable dir was accepted: %v", err)
 	}
+}
+
+// TestReleaseRootfs: a stopped VM's root disk becomes the owner's file
+// (mode 0600), through the VM directory's handle: a symlink planted as the
+// root disk is never followed, and a bad id is refused before anything.
+func TestReleaseRootfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (chown to the owner)")
+	}
+	p, root := testPolicy(t)
+	p.OwnerUID, p.OwnerGID = 4242, 4243
+	l := &Local{Policy: p}
+	ctx := context.Background()
+	disk := filepath.Join(p.VMsDir, "abc", vmdir.RootfsName)
+	if err := os.WriteFile(disk, []byte("ext4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ReleaseRootfs(ctx, VMReq{ID: "abc"}); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 4242 || st.Gid != 4243 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root disk is %d:%d %v, want 4242:4243 0600", st.Uid, st.Gid, fi.Mode().Perm())
+	}
+
+	// A link where the disk should be: refused, and its target untouched.
+	secret := filepath.Join(root, "secret")
+	os.WriteFile(secret, []byte("root's"), 0o600)
+	os.MkdirAll(filepath.Join(p.VMsDir, "lnk"), 0o700)
+	os.Symlink(secret, filepath.Join(p.VMsDir, "lnk", vmdir.RootfsName))
+	if err := l.ReleaseRootfs(ctx, VMReq{ID: "lnk"}); err == nil {
+		t.Fatal("a symlinked root disk was released")
+	}
+	if fi, _ := os.Stat(secret); fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatal("the link's target was changed")
+	}
+	isBadRequest(t, l.ReleaseRootfs(ctx, VMReq{ID: "../state"}), "vm id")
 }

@@ -145,6 +145,7 @@ func (h *Helper) register() {
 	h.srv.Handle(privops.MethodStatusVMM, handleR(o.StatusVMM))
 	h.srv.Handle(privops.MethodCtrlAltDel, handle(o.CtrlAltDel))
 	h.srv.Handle(privops.MethodClearRuntime, handle(o.ClearRuntime))
+	h.srv.Handle(privops.MethodReleaseRootfs, handle(o.ReleaseRootfs))
 }
 
 // Methods lists the served methods.

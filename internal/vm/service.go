@@ -152,6 +152,17 @@ func (st *steps) unwind() {
 // (unless NoStart) starts it. On failure nothing is left, except a VM whose
 // guest booted but never answered SSH: it is kept so 'vm logs' can say why.
 func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.Writer) (api.VM, error) {
+	return s.create(ctx, p, "", progress)
+}
+
+// CreateSeeded is Create with workSeed (a tar under banger's own
+// directories) as the VM's /root instead of its image's: how a derived
+// image's build VM gets its build script and files.
+func (s *Service) CreateSeeded(ctx context.Context, p api.VMCreateParams, workSeed string, progress io.Writer) (api.VM, error) {
+	return s.create(ctx, p, workSeed, progress)
+}
+
+func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed string, progress io.Writer) (api.VM, error) {
 	log := logging.From(ctx)
 	generated := p.Name == ""
 	if generated {
@@ -242,9 +253,12 @@ func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.
 	if err != nil {
 		log.Warn("VM boots without the guest agent", "error", err)
 	}
+	if workSeed == "" {
+		workSeed = res.WorkSeed
+	}
 	dr, err := s.Ops.PrepareDisks(ctx, privops.DisksReq{
 		ID: id, BaseRootfs: res.Image.Rootfs, WorkDiskBytes: diskBytes, AuthorizedKey: s.authKey,
-		WorkSeed: res.WorkSeed, ToolsSource: tools,
+		WorkSeed: workSeed, ToolsSource: tools,
 	})
 	if err != nil {
 		st.unwind()
@@ -735,6 +749,44 @@ func (s *Service) Logs(ctx context.Context, name string) (api.VMLogs, error) {
 	b, err := io.ReadAll(f)
 	out.Text = string(b)
 	return out, err
+}
+
+// Exec runs argv in a running VM over SSH (banger's key, the pinned host
+// key) and returns its exit code.
+func (s *Service) Exec(ctx context.Context, name string, argv []string, stdout, stderr io.Writer) (int, error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if rec.State != api.StateRunning {
+		return 0, errdefs.New(errdefs.BadRequest, "VM %s is %s", rec.Name, rec.State)
+	}
+	opts := s.dialOptions()
+	opts.Timeout = 10 * time.Second
+	c, err := guestssh.Dial(ctx, net.JoinHostPort(rec.GuestIP, "22"), opts)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.Run(ctx, argv, nil, stdout, stderr)
+}
+
+// TakeRootfs hands a stopped VM's root disk to the daemon and returns its
+// path: the root helper makes it the owner's file, for an image to be made
+// of it. The VM is deleted afterwards by the caller.
+func (s *Service) TakeRootfs(ctx context.Context, name string) (string, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if s.live(ctx, rec) {
+		return "", errdefs.New(errdefs.BadRequest, "VM %s is running; stop it first", rec.Name)
+	}
+	if err := s.Ops.ReleaseRootfs(ctx, privops.VMReq{ID: rec.ID}); err != nil {
+		return "", err
+	}
+	return vmdir.Dir(rec.Runtime.Dir).Rootfs(), nil
 }
 
 // SSHInfo tells a client how to reach the guest.

@@ -152,7 +152,7 @@ func BenchmarkWorkspacePrepare200MB(b *testing.B) {
 	os.MkdirAll(repo, 0o755)
 	gitFixture(b, repo, `git init -q -b main && for i in $(seq 1 200); do head -c 1048576 /dev/urandom > f$i.bin; done &&
 		git add -A && git commit -qm big && echo changed >> f1.bin`)
-	v.must("vm", "create", "--name", "big", "--image", "debian-bookworm", "--disk-size", "2G", "--memory", "1024")
+	v.must("vm", "create", "--name", "big", "--image", "debian-bookworm-minimal", "--disk-size", "2G", "--memory", "1024")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()

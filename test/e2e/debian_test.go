@@ -14,7 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/testutil"
 )
 
-// TestDebianBookwormImage boots the built-in debian-bookworm image (systemd,
+// TestDebianBookwormImage boots the built-in debian-bookworm-minimal image (systemd,
 // OpenSSH, git; built locally with mmdebstrap) through `vm run`.
 func TestDebianBookwormImage(t *testing.T) {
 	testutil.RequiresGuest(t)
@@ -37,13 +37,13 @@ func TestDebianBookwormImage(t *testing.T) {
 
 	v := newVMEnv(t)
 	t1 := time.Now()
-	out := v.must("vm", "run", "--rm", "--image", "debian-bookworm", "--", "cat", "/etc/os-release")
+	out := v.must("vm", "run", "--rm", "--image", "debian-bookworm-minimal", "--", "cat", "/etc/os-release")
 	t.Logf("vm run (cat /etc/os-release): %v", time.Since(t1))
 	if !strings.Contains(out, "VERSION_CODENAME=bookworm") {
 		t.Fatalf("/etc/os-release does not name bookworm:\n%s", out)
 	}
 	t2 := time.Now()
-	v.must("vm", "create", "--name", "deb", "--image", "debian-bookworm")
+	v.must("vm", "create", "--name", "deb", "--image", "debian-bookworm-minimal")
 	out = v.must("vm", "exec", "deb", "--", "sh", "-c", "test -f /root/.bashrc && test -f /root/.ssh/authorized_keys && git --version")
 	t.Logf("vm create + exec (git --version): %v", time.Since(t2))
 	if !strings.HasPrefix(out, "git version ") {

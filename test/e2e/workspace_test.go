@@ -63,7 +63,7 @@ func TestWorkspaceRun(t *testing.T) {
 
 	// Default: tracked files only (the deleted one stays deleted); the
 	// command's exit code comes back.
-	r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm", repo, "--", "sh", "-c", list+"; pwd; exit 42")
+	r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm-minimal", repo, "--", "sh", "-c", list+"; pwd; exit 42")
 	if r.code != 42 {
 		t.Fatalf("exit %d, want 42: %s", r.code, r.stderr)
 	}
@@ -76,7 +76,7 @@ func TestWorkspaceRun(t *testing.T) {
 
 	// --include-untracked adds u.txt, never .env; git status matches the host's.
 	host := gitFixture(t, repo, "git status --porcelain")
-	r = v.banger("vm", "run", "--rm", "--image", "debian-bookworm", "--include-untracked", repo, "--", "sh", "-c", list+"; git status --porcelain; exit 1")
+	r = v.banger("vm", "run", "--rm", "--image", "debian-bookworm-minimal", "--include-untracked", repo, "--", "sh", "-c", list+"; git status --porcelain; exit 1")
 	if r.code != 1 {
 		t.Fatalf("exit %d, want 1: %s", r.code, r.stderr)
 	}
@@ -88,7 +88,7 @@ func TestWorkspaceRun(t *testing.T) {
 	}
 
 	// Exit 0, and a submodule repository is refused before anything is made.
-	if r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm", repo, "--", "git", "diff", "--quiet", "HEAD", "--", "sub"); r.code != 0 {
+	if r := v.banger("vm", "run", "--rm", "--image", "debian-bookworm-minimal", repo, "--", "git", "diff", "--quiet", "HEAD", "--", "sub"); r.code != 0 {
 		t.Fatalf("exit %d, want 0: %s", r.code, r.stderr)
 	}
 	sub := filepath.Join(v.home, "lib")
@@ -113,7 +113,7 @@ func TestWorkspaceExportRoundTrip(t *testing.T) {
 	os.MkdirAll(repo, 0o755)
 	gitFixture(t, repo, `git init -q -b main && printf 'one\n' > a.txt && git add -A && git commit -qm one`)
 	head := strings.TrimSpace(gitFixture(t, repo, "git rev-parse HEAD"))
-	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm")
+	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm-minimal")
 	if out := v.must("vm", "workspace", "prepare", "ws", repo); !strings.Contains(out, "prepared in ws:/root/proj") {
 		t.Fatalf("prepare: %s", out)
 	}
@@ -157,7 +157,7 @@ func TestWorkspaceModesAndShell(t *testing.T) {
 	gitFixture(t, repo, `git init -q -b main && printf 'v1\n' > a.txt && git add -A && git commit -qm one && git tag t1 &&
 		printf 'v2\n' > a.txt && git commit -qam two &&
 		git -c protocol.file.allow=always submodule --quiet add `+lib+` lib && git commit -qm sub && printf 'wip\n' > a.txt`)
-	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm")
+	v.must("vm", "create", "--name", "ws", "--image", "debian-bookworm-minimal")
 
 	// --full-copy: the submodule's files, the whole history, the same status.
 	v.must("vm", "workspace", "prepare", "ws", repo, "--full-copy")
@@ -180,7 +180,7 @@ func TestWorkspaceModesAndShell(t *testing.T) {
 	// A bare `vm run PATH` lands in the repository (commands from stdin here).
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", v.ns, filepath.Join(v.bin, "banger"), "vm", "run", "--rm", "--image", "debian-bookworm", "--full-copy", repo)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", v.ns, filepath.Join(v.bin, "banger"), "vm", "run", "--rm", "--image", "debian-bookworm-minimal", "--full-copy", repo)
 	cmd.Env = v.environ()
 	cmd.Stdin = strings.NewReader("pwd\nexit 3\n")
 	so, err := cmd.Output()
