@@ -13,6 +13,7 @@ package derive
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -141,8 +142,15 @@ func (s *Service) build(ctx context.Context, spec *imagespec.Spec, base string, 
 	out := io.MultiWriter(lf, &stageLines{w: progress})
 
 	fmt.Fprintf(progress, "building image %s from %s on %s (in a build VM; log %s) ...\n", name, spec.File, base, logPath)
-	nat := true
-	bvm, err := s.VMs.CreateSeeded(ctx, api.VMCreateParams{Name: "build-" + key[:8], Image: base, NAT: nat}, seed, progress)
+	// A build VM of this key left by a daemon that died mid-build is ours:
+	// builds of one key run one at a time.
+	vmName := "build-" + key[:8]
+	if err := s.VMs.Delete(ctx, vmName); err == nil {
+		log.Info("removed a build VM left by an interrupted build", "vm", vmName)
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
+		return api.ImageDeriveResult{}, fmt.Errorf("build VM %s left by an interrupted build: %w", vmName, err)
+	}
+	bvm, err := s.VMs.CreateSeeded(ctx, api.VMCreateParams{Name: vmName, Image: base, NAT: true}, seed, progress)
 	if err != nil {
 		return api.ImageDeriveResult{}, fmt.Errorf("build VM for %s: %w", name, err)
 	}
