@@ -64,22 +64,11 @@ func (s *Service) RegisterDerived(ctx context.Context, p DerivedParams) (api.Ima
 		return api.Image{}, errdefs.AlreadyExistsf("image %s exists and is not a derived image; rename the repository's directory or delete that image", p.Name)
 	}
 	idir := filepath.Join(s.Layout.ImagesDir(), p.Name)
-	if err := os.MkdirAll(idir, 0o755); err != nil {
-		return api.Image{}, err
-	}
 	dst := filepath.Join(idir, "rootfs.ext4")
-	tmp := dst + ".tmp-" + newID()
-	if err := cloneInto(p.Rootfs, tmp); err != nil {
-		os.Remove(tmp)
+	// A copy, never a link: the build VM's disk is root's VMM's to write
+	// should that VM ever be started again.
+	if err := publishFile(p.Rootfs, dst, false); err != nil {
 		return api.Image{}, fmt.Errorf("derived image %s: %w", p.Name, err)
-	}
-	if err := os.Chmod(tmp, 0o444); err != nil {
-		os.Remove(tmp)
-		return api.Image{}, err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
-		return api.Image{}, err
 	}
 	// The work seed is the base's /root (the build VM's /root was its own
 	// work disk): made again from this rootfs on first use.

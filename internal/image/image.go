@@ -246,13 +246,17 @@ func (s *Service) buildBuiltin(ctx context.Context, name string, progress io.Wri
 
 // publish copies src to dst (hard-linking when possible) via a temp file
 // and an atomic rename; the result is read-only.
-func publish(src, dst string) error {
+func publish(src, dst string) error { return publishFile(src, dst, true) }
+
+// publishFile is publish; link=false always copies (reflinked where the
+// filesystem can, else sparse), for a source that may still be written.
+func publishFile(src, dst string, link bool) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
 	tmp := dst + ".tmp-" + newID()
-	if err := os.Link(src, tmp); err != nil {
-		if err := copyFile(src, tmp); err != nil {
+	if !link || os.Link(src, tmp) != nil {
+		if err := cloneInto(src, tmp); err != nil {
 			os.Remove(tmp)
 			return err
 		}
@@ -266,23 +270,6 @@ func publish(src, dst string) error {
 		return err
 	}
 	return nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // Show returns one registered image.

@@ -69,6 +69,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/banger-dev/banger/internal/safepath"
 	"io"
 	"io/fs"
 	"os"
@@ -165,7 +166,7 @@ func Find(root string) (string, bool, error) {
 		case q == dir && !fi.IsDir():
 			return p, false, &Error{File: p, Msg: fmt.Sprintf("%q is not a directory: make .banger a directory holding image.toml", q)}
 		case q == p && !fi.Mode().IsRegular():
-			return p, false, &Error{File: p, Msg: fmt.Sprintf("%q is not a regular file (%s): make it a plain TOML file", q, fileType(fi.Mode()))}
+			return p, false, &Error{File: p, Msg: fmt.Sprintf("%q is not a regular file (%s): make it a plain TOML file", q, safepath.Kind(fi.Mode()))}
 		}
 	}
 	return p, true, nil

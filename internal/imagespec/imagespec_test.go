@@ -168,7 +168,7 @@ func TestRefusals(t *testing.T) {
 		{"src through symlink", cp("linkdir/f", "/x"), ":2: copy[1].src: ", `"linkdir/f": "linkdir" is a symlink`},
 		{"src symlink", cp("linkfile", "/x"), ":2: copy[1].src: ", `"linkfile" is a symlink`},
 		{"symlink inside", cp("withlink", "/x"), ":2: copy[1].src: ", `"withlink/l" is a symlink; banger copies no symlinks`},
-		{"fifo inside", cp("withfifo", "/x"), ":2: copy[1].src: ", `"withfifo/p" is a named pipe`},
+		{"fifo inside", cp("withfifo", "/x"), ":2: copy[1].src: ", `"withfifo/p" is not a regular file or directory (named pipe)`},
 		{"src file as dir", cp("a/b", "/x"), ":2: copy[1].src: ", "not a directory"},
 		{"dst missing", "[[copy]]\nsrc = \"a\"\n", ":1: copy[1].dst: ", "is missing"},
 		{"dst relative", cp("a", "etc/motd"), ":3: copy[1].dst: ", `is not absolute: give the path in the image, like "/etc/motd"`},

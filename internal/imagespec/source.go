@@ -3,6 +3,7 @@ package imagespec
 import (
 	"errors"
 	"fmt"
+	"github.com/banger-dev/banger/internal/safepath"
 	"io"
 	"io/fs"
 	"os"
@@ -113,7 +114,7 @@ func (r *reader) open(p string) (*os.File, unix.Stat_t, error) {
 	case unix.S_IFLNK:
 		return nil, st, fmt.Errorf("%q is a symlink; banger copies no symlinks: copy what it points to, or remove it", p)
 	default:
-		return nil, st, fmt.Errorf("%q is %s; only regular files and directories are copied: remove it, or copy around it", p, fileType(unixType(st.Mode)))
+		return nil, st, fmt.Errorf("%q is not a regular file or directory (%s); only those are copied: remove it, or copy around it", p, safepath.Kind(unixType(st.Mode)))
 	}
 	f, err := securefs.OpenBeneath(r.root, p, flags, 0)
 	if err != nil {
@@ -187,25 +188,4 @@ func unixType(m uint32) fs.FileMode {
 		return fs.ModeDevice
 	}
 	return 0
-}
-
-// fileType names a file's type for messages: "a named pipe".
-func fileType(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeSymlink != 0:
-		return "a symlink"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	case m.IsDir():
-		return "a directory"
-	case m.IsRegular():
-		return "a regular file"
-	}
-	return "not a regular file"
 }

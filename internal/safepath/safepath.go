@@ -80,7 +80,7 @@ func Under(p string, roots ...string) error {
 		case fi.Mode()&fs.ModeSymlink != 0:
 			return fmt.Errorf("path %q: component %s is a symlink", p, cur)
 		case !last && !fi.IsDir():
-			return fmt.Errorf("path %q: component %s is not a directory (%s)", p, cur, kind(fi.Mode()))
+			return fmt.Errorf("path %q: component %s is not a directory (%s)", p, cur, Kind(fi.Mode()))
 		}
 	}
 	return nil
@@ -100,7 +100,7 @@ func RegularFile(p string) error {
 		return fmt.Errorf("%s: %v", p, errors.Unwrap(err))
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file (%s)", p, kind(fi.Mode()))
+		return fmt.Errorf("%s is not a regular file (%s)", p, Kind(fi.Mode()))
 	}
 	return nil
 }
@@ -184,7 +184,8 @@ func strictlyUnder(p, root string) bool {
 	return strings.HasPrefix(p, root+"/")
 }
 
-func kind(m fs.FileMode) string {
+// Kind names a file type for messages: "directory", "named pipe", ...
+func Kind(m fs.FileMode) string {
 	switch {
 	case m.IsDir():
 		return "directory"

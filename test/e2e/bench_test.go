@@ -29,6 +29,29 @@ func BenchmarkVMRunRmTrue(b *testing.B) {
 	}
 }
 
+// BenchmarkVMRunRmTrueByImage times `vm run --rm -- true` on each built-in
+// image with the shipped [vm_defaults] (2 vCPUs, 2 GiB, an 8G work disk):
+// what the dev box costs over the minimal image and tiny.
+func BenchmarkVMRunRmTrueByImage(b *testing.B) {
+	v := newDevboxEnv(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if _, err := guestbuild.EnsureDebian(ctx, guestOpts()); err != nil {
+		b.Fatal(err)
+	}
+	for _, im := range []string{guestbuild.TinyImage, guestbuild.MinimalImage, guestbuild.DevImage} {
+		b.Run(im, func(b *testing.B) {
+			v.must("vm", "run", "--rm", "--image", im, "--", "true") // warm: image published, bridge up
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if r := v.banger("vm", "run", "--rm", "--image", im, "--", "true"); r.code != 0 {
+					b.Fatalf("exit %d: %s", r.code, r.stderr)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkBareQEMUBootSSHTrue is the floor banger is measured against: the
 // same kernel, initrd and image booted by plain qemu-system-x86_64 -M microvm
 // on a tap in a fresh namespace, until `true` has run over SSH.
