@@ -189,8 +189,9 @@ packages, files and shell steps, built in a throwaway VM of the base (with
 NAT, for apt), never on the host. It is named <repo>-<key> and reused while
 the file, the files it copies and the base are unchanged; 'vm run PATH' does
 this by itself. See docs/devbox.md.`,
-		Example: "  banger image build\n  banger image build tiny\n  banger image build --from ./repo/.banger/image.toml",
-		Args:    cobra.MaximumNArgs(1),
+		Example:   "  banger image build\n  banger image build tiny\n  banger image build --from ./repo/.banger/image.toml",
+		Args:      cobra.MaximumNArgs(1),
+		ValidArgs: guestbuild.BuiltinNames(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if buildFrom != "" {
 				if len(args) > 0 {
