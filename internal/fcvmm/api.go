@@ -49,6 +49,14 @@ func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Deprecation", "true")
 	}
 	v.reply(w, status, out, aerr)
+	if v.fatal {
+		// Firecracker answers a failed snapshot load, then exits.
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		v.log.errorf("fc_main", "Firecracker exiting with error. exit_code=%d", exitGeneric)
+		v.finish(exitGeneric)
+	}
 }
 
 func rustMethod(m string) string {
@@ -175,11 +183,13 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 		case "snapshot":
 			switch {
 			case nextIs("create"):
-				return v.unsupported(false, "snapshot creation")
+				return v.putSnapshotCreate(body)
 			case nextIs("load"):
-				return v.unsupported(true, "snapshot loading")
+				return v.putSnapshotLoad(body)
+			case next == nil:
+				return 0, nil, badRequest("Missing snapshot operation type.")
 			}
-			return 0, nil, badRequest("Invalid request method and/or path: PUT snapshot.")
+			return 0, nil, badRequest("Invalid request method and/or path: PUT /snapshot/%s.", *next)
 		case "hotplug":
 			if nextIs("memory") {
 				return v.unsupported(true, "memory hotplug")

@@ -44,11 +44,17 @@ func Main(argv []string) int {
 		fmt.Printf("Firecracker v%s\n\n", firecrackerVers)
 		return exitOK
 	case a.has("snapshot-version"):
-		fmt.Println("banger-vmm does not support snapshots")
+		fmt.Println(snapshotVersion(snapshotFormat, snapshotLayout))
 		return exitOK
 	case a.has("describe-snapshot"):
-		fmt.Fprintf(os.Stderr, "Error: banger-vmm does not support snapshots: cannot describe %s\n", a.value("describe-snapshot", ""))
-		return exitGeneric
+		path := a.value("describe-snapshot", "")
+		rec, err := readSnapshotHeader(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Error: cannot describe snapshot %s: %v\n", path, err)
+			return exitGeneric
+		}
+		fmt.Println(snapshotVersion(rec.Format, rec.Layout))
+		return exitOK
 	}
 
 	id := a.value("id", defaultID)

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is a minimal QEMU Machine Protocol client over the socket QEMU got as
@@ -87,6 +90,12 @@ func (q *qmp) handshake(timeout time.Duration) error {
 
 // execute runs one QMP command and returns its "return" value.
 func (q *qmp) execute(cmd string, args any, timeout time.Duration) (json.RawMessage, error) {
+	return q.executeFD(cmd, args, nil, timeout)
+}
+
+// executeFD is execute with a descriptor passed along (SCM_RIGHTS), as
+// QMP's getfd wants it.
+func (q *qmp) executeFD(cmd string, args any, fd *os.File, timeout time.Duration) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	req := map[string]any{"execute": cmd}
@@ -95,7 +104,15 @@ func (q *qmp) execute(cmd string, args any, timeout time.Duration) (json.RawMess
 	}
 	b, _ := json.Marshal(req)
 	q.conn.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	if fd != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("QMP %s: the QMP connection cannot pass descriptors", cmd)
+		}
+		if _, _, err := uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(fd.Fd())), nil); err != nil {
+			return nil, fmt.Errorf("QMP %s: %w", cmd, err)
+		}
+	} else if _, err := q.conn.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", cmd, err)
 	}
 	select {

@@ -28,7 +28,15 @@ func startError(format string, a ...any) *apiError {
 // launch QEMU on descriptors opened at PUT time, and return once QEMU has
 // built the machine (it answers QMP only then), without waiting for the
 // guest.
-func (v *vmm) startMicroVM() *apiError {
+//
+// With r (PUT /snapshot/load), the same machine is launched paused and
+// waiting for its state (-S -incoming defer), which is then loaded from r's
+// memory file (see snapshot.go); errors are then the load's.
+func (v *vmm) startMicroVM(r *restoreSpec) *apiError {
+	startError := startError
+	if r != nil {
+		startError = loadError
+	}
 	b := v.cfg.boot
 	if b == nil {
 		return startError("Cannot start microvm without kernel configuration.")
@@ -45,8 +53,14 @@ func (v *vmm) startMicroVM() *apiError {
 	if len(v.cfg.drives) > 0 && v.cfg.drives[0].root {
 		root = v.cfg.drives[0]
 	}
-	cmdline, err := guestCmdline(b.bootArgs, root, tsc)
-	if err != nil {
+	var cmdline string
+	var err error
+	if r != nil {
+		cmdline = r.cmdline
+		if kvm != r.kvm {
+			return startError("%s", r.accelMismatch(kvm))
+		}
+	} else if cmdline, err = guestCmdline(b.bootArgs, root, tsc); err != nil {
 		return startError("Invalid kernel command line: %s", err.Error())
 	}
 	out, err := v.consoleFd()
@@ -93,6 +107,9 @@ func (v *vmm) startMicroVM() *apiError {
 		return startError("Internal error while starting microVM: %v", err)
 	}
 	plan := planLaunch(&v.cfg, serQ, qmpQ, agentQ, kvm, cmdline)
+	if r != nil {
+		plan.args = append(plan.args, "-S", "-incoming", "defer")
+	}
 	v.log.debug("fc_vmm", "Starting %s %s", plan.binary, strings.Join(plan.args, " "))
 	qp, err := spawn(plan, stderrW)
 	stderrW.Close()
@@ -138,6 +155,9 @@ func (v *vmm) startMicroVM() *apiError {
 	case <-qp.done:
 		failure = errQMPClosed
 	}
+	if failure == nil && r != nil {
+		failure = v.incoming(qp, r)
+	}
 	if failure != nil {
 		qp.kill(2 * time.Second)
 		select {
@@ -152,6 +172,12 @@ func (v *vmm) startMicroVM() *apiError {
 			qp.vsock.serial.Close() // uds_path stays bound for another try
 		}
 		why := qp.stderr.String()
+		if r != nil {
+			if why != "" {
+				return startError("Failed to restore from snapshot: %v (QEMU: %s)", failure, why)
+			}
+			return startError("Failed to restore from snapshot: %v", failure)
+		}
 		if why == "" {
 			why = failure.Error()
 		}
@@ -159,8 +185,15 @@ func (v *vmm) startMicroVM() *apiError {
 	}
 
 	v.started = true
+	v.cmdline = cmdline
+	v.paused = r != nil && !r.resume
 	if qp.vsock != nil {
 		qp.vsock.start()
+		if r != nil && r.agentOpen {
+			// The guest's port was open when the snapshot was taken, and
+			// the restored guest does not open it again.
+			qp.vsock.guestPort(true)
+		}
 		v.log.info("fc_vmm", "vsock: guest port %d carried over virtio-serial port %s; host socket %s", agentVsockPort, agentPortName, v.cfg.vsock.path)
 	}
 	if isTTY, ok := stdinForwardable(); ok && v.cfg.serialOut == "" {

@@ -81,6 +81,15 @@ type vmm struct {
 	started bool
 	paused  bool
 	maxBody int64
+	// bootPath: a boot-specific resource was configured, so PUT
+	// /snapshot/load is refused (Firecracker's boot_path).
+	bootPath bool
+	// cmdline is the guest command line QEMU was launched with (recorded in
+	// a snapshot: a restore must launch the same machine).
+	cmdline string
+	// fatal: the request failed in a way Firecracker does not recover from
+	// (a failed snapshot load): answer, then exit.
+	fatal bool
 
 	// deprecation is the request's deprecation warning, if any: the response
 	// then carries "Deprecation: true", as Firecracker's does.
@@ -226,6 +235,7 @@ func (v *vmm) machineConfig(body []byte, patch bool) (int, any, *apiError) {
 	if req.HugePages != nil && *req.HugePages != "None" && *req.HugePages != "2M" {
 		return 0, nil, deserializeError(fmt.Sprintf("unknown variant `%s`, expected `None` or `2M`", *req.HugePages))
 	}
+	v.bootPath = true // a snapshot can no longer be loaded (as in Firecracker)
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -285,6 +295,7 @@ func (v *vmm) putBootSource(body []byte) (int, any, *apiError) {
 	if aerr := validateModel(&req.BootSource); aerr != nil {
 		return 0, nil, aerr
 	}
+	v.bootPath = true // a snapshot can no longer be loaded (as in Firecracker)
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -384,6 +395,7 @@ func (v *vmm) putDrive(body []byte, pathID *string) (int, any, *apiError) {
 	if id != *req.DriveID {
 		return 0, nil, errIDMismatch
 	}
+	v.bootPath = true // a snapshot can no longer be loaded (as in Firecracker)
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -506,6 +518,7 @@ func (v *vmm) putNetwork(body []byte, pathID *string) (int, any, *apiError) {
 	if id != *req.IfaceID {
 		return 0, nil, errIDMismatch
 	}
+	v.bootPath = true // a snapshot can no longer be loaded (as in Firecracker)
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -663,6 +676,7 @@ func (v *vmm) putEntropy(body []byte) (int, any, *apiError) {
 			return 0, nil, e
 		}
 	}
+	v.bootPath = true // a snapshot can no longer be loaded (as in Firecracker)
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -704,7 +718,7 @@ func (v *vmm) putActions(body []byte) (int, any, *apiError) {
 		if v.started {
 			return 0, nil, errPostBoot
 		}
-		if e := v.startMicroVM(); e != nil {
+		if e := v.startMicroVM(nil); e != nil {
 			return 0, nil, e
 		}
 	case models.InstanceActionInfoActionTypeFlushMetrics:

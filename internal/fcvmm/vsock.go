@@ -93,6 +93,7 @@ func (v *vmm) putVsock(body []byte) (int, any, *apiError) {
 	if req.VsockID != nil {
 		v.deprecation = "PUT /vsock: vsock_id field is deprecated."
 	}
+	v.bootPath = true
 	if v.started {
 		return 0, nil, errPostBoot
 	}
@@ -352,6 +353,28 @@ func (b *vsockBridge) fromGuest() {
 // guestPort records whether the guest has the port open. A guest closing it
 // ends the current host connection, as a guest closing its vsock socket
 // would.
+// isGuestOpen reports whether the guest has its port open.
+func (b *vsockBridge) isGuestOpen() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.guestOpen
+}
+
+// dropCurrent ends the connection being carried (a snapshot ends open vsock
+// connections, as Firecracker's does; listeners stay).
+func (b *vsockBridge) dropCurrent() {
+	b.mu.Lock()
+	c := b.cur
+	b.cur = nil
+	if c != nil {
+		b.serial.SetWriteDeadline(time.Now())
+	}
+	b.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
 func (b *vsockBridge) guestPort(open bool) {
 	b.mu.Lock()
 	b.guestOpen = open
