@@ -14,6 +14,13 @@ const (
 	MethodVMShow    = "vm.show"
 	MethodVMLogs    = "vm.logs"
 	MethodVMSSHInfo = "vm.ssh_info"
+	// MethodVMPause and MethodVMResume pause a running VM's vCPUs (its
+	// memory stays resident) and resume a paused or parked VM.
+	MethodVMPause  = "vm.pause"
+	MethodVMResume = "vm.resume"
+	// MethodVMPark snapshots a running VM to its directory and ends its
+	// VMM: no guest memory is held until it is resumed.
+	MethodVMPark = "vm.park"
 	// MethodVMWorkspaceRecord records the workspace last prepared in a VM.
 	MethodVMWorkspaceRecord = "vm.workspace.record"
 	MethodImageList         = "image.list"
@@ -29,6 +36,10 @@ const (
 	StateStopping = "stopping"
 	StateStopped  = "stopped"
 	StateError    = "error"
+	// StatePaused: the VMM runs with the vCPUs stopped; memory resident.
+	StatePaused = "paused"
+	// StateParked: a snapshot in the VM's directory, no VMM.
+	StateParked = "parked"
 )
 
 // VM is a VM as the daemon reports it.
@@ -66,6 +77,10 @@ type VMRuntime struct {
 	// StopReason says why a VM is not running when banger did not stop it.
 	StopReason string `json:"stop_reason,omitempty"`
 	LastError  string `json:"last_error,omitempty"`
+	// SnapshotBytes is the parked VM's snapshot on disk (memory file and
+	// record); ParkedAt when it was parked.
+	SnapshotBytes int64  `json:"snapshot_bytes,omitempty"`
+	ParkedAt      string `json:"parked_at,omitempty"`
 }
 
 // VMCreateParams creates (and by default starts) a VM. Pointers: unset

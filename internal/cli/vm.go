@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -31,6 +32,9 @@ then an SSH shell or a command.`,
 	cmd.AddCommand(a.vmCreateCmd(), a.vmRefCmd("start", "Start a stopped VM", api.MethodVMStart, "started"),
 		a.vmRefCmd("stop", "Stop a VM cleanly (sync, power off; killed after a timeout)", api.MethodVMStop, "stopped"),
 		a.vmRefCmd("restart", "Stop then start a VM (a fresh boot)", api.MethodVMRestart, "restarted"),
+		a.vmRefCmd("pause", "Pause a running VM's vCPUs (its memory stays resident)", api.MethodVMPause, "paused"),
+		a.vmRefCmd("resume", "Resume a paused VM, or wake a parked one from its snapshot", api.MethodVMResume, "running"),
+		a.vmRefCmd("park", "Snapshot a running VM to disk and end its VMM (no memory held; 'vm resume', 'vm exec' or 'vm ssh' wake it)", api.MethodVMPark, "parked"),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
 		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
 	return cmd
@@ -153,6 +157,10 @@ func (a *app) vmRefCmd(verb, short, method, done string) *cobra.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if v.State == api.StateParked && v.Runtime.SnapshotBytes > 0 {
+				fmt.Fprintf(a.stdout, "%s %s (snapshot %s)\n", v.Name, done, config.FormatSize(v.Runtime.SnapshotBytes))
+				return nil
 			}
 			fmt.Fprintf(a.stdout, "%s %s\n", v.Name, done)
 			return nil

@@ -170,7 +170,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 // so only the changed ones travel. Large copies show progress on a terminal.
 func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws *workspace.Workspace, dest string) error {
 	var info api.SSHInfo
-	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: vm}, &info); err != nil {
+	if err := a.sshInfo(ctx, c, vm, &info); err != nil {
 		return err
 	}
 	signer, _, err := guestssh.EnsureKey(info.KeyPath)
@@ -241,7 +241,7 @@ func (p *progressLine) done() {
 // guestShellIn opens an interactive shell in dir of a running VM.
 func (a *app) guestShellIn(ctx context.Context, c *client.Client, name, dir string, remind bool) (int, error) {
 	var info api.SSHInfo
-	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+	if err := a.sshInfo(ctx, c, name, &info); err != nil {
 		return 0, err
 	}
 	code, err := a.interactiveIn(ctx, info, net.JoinHostPort(info.Host, "22"), dir)
@@ -303,7 +303,7 @@ func (a *app) vmExecCmd() *cobra.Command {
 				return err
 			}
 			var info api.SSHInfo
-			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
+			if err := a.sshInfo(cmd.Context(), c, args[0], &info); err != nil {
 				return err
 			}
 			return exitStatus(a.guestSession(cmd.Context(), c, args[0], a.inWorkspace(cmd.Context(), info, args[1:]), false))
@@ -315,7 +315,7 @@ func (a *app) vmExecCmd() *cobra.Command {
 // empty) with banger's key and pinned host keys, and returns the exit code.
 func (a *app) guestSession(ctx context.Context, c *client.Client, name string, argv []string, remind bool) (int, error) {
 	var info api.SSHInfo
-	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+	if err := a.sshInfo(ctx, c, name, &info); err != nil {
 		return 0, err
 	}
 	if info.State != api.StateRunning {
@@ -351,7 +351,7 @@ func exitStatus(code int, err error) error {
 // guestSessionTo runs argv in a running VM with its output captured.
 func (a *app) guestSessionTo(ctx context.Context, c *client.Client, name string, argv []string, stdout, stderr io.Writer) (int, error) {
 	var info api.SSHInfo
-	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+	if err := a.sshInfo(ctx, c, name, &info); err != nil {
 		return 0, err
 	}
 	if info.State != api.StateRunning {
@@ -420,4 +420,23 @@ func (a *app) interactiveIn(ctx context.Context, info api.SSHInfo, addr, dir str
 		in = os.Stdin
 	}
 	return sc.ShellIn(ctx, dir, in, a.stdout, a.stderr)
+}
+
+// sshInfo asks how to reach a VM's guest, waking it first when it is
+// parked (from its snapshot) or paused: 'vm exec', 'vm ssh' and 'vm
+// workspace prepare' of a parked VM just work.
+func (a *app) sshInfo(ctx context.Context, c *client.Client, name string, info *api.SSHInfo) error {
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, info); err != nil {
+		return err
+	}
+	if info.State != api.StateParked && info.State != api.StatePaused {
+		return nil
+	}
+	var v api.VM
+	if err := a.withProgress(ctx, c, "waking "+name, func(ctx context.Context) error {
+		return c.Call(ctx, api.MethodVMResume, api.VMRef{Name: name}, &v)
+	}); err != nil {
+		return err
+	}
+	return c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, info)
 }

@@ -80,7 +80,7 @@ The guest decides what it sends: the patch is spooled to a temporary file
 				return err
 			}
 			var info api.SSHInfo
-			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: args[0]}, &info); err != nil {
+			if err := a.sshInfo(cmd.Context(), c, args[0], &info); err != nil {
 				return err
 			}
 			if info.Workspace == nil {

@@ -147,6 +147,9 @@ func (d *Daemon) registerVMs() {
 	}
 	d.srv.Handle(api.MethodVMStart, ref(s.Start))
 	d.srv.Handle(api.MethodVMStop, ref(s.Stop))
+	d.srv.Handle(api.MethodVMPause, ref(s.Pause))
+	d.srv.Handle(api.MethodVMResume, ref(s.Resume))
+	d.srv.Handle(api.MethodVMPark, ref(s.Park))
 	d.srv.Handle(api.MethodVMRestart, ref(s.Restart))
 	d.srv.Handle(api.MethodVMShow, ref(s.Show))
 	d.srv.Handle(api.MethodVMKill, func(ctx context.Context, raw json.RawMessage) (any, error) {

@@ -8,20 +8,24 @@ import (
 
 // Method names served by the root helper.
 const (
-	MethodEnsureBridge  = "priv.ensure_bridge"
-	MethodCreateTap     = "priv.create_tap"
-	MethodDeleteTap     = "priv.delete_tap"
-	MethodListTaps      = "priv.list_taps"
-	MethodAddNAT        = "priv.add_nat"
-	MethodRemoveNAT     = "priv.remove_nat"
-	MethodPrepareDisks  = "priv.prepare_disks"
-	MethodRemoveVMDir   = "priv.remove_vm_dir"
-	MethodLaunchVMM     = "priv.launch_vmm"
-	MethodKillVMM       = "priv.kill_vmm"
-	MethodStatusVMM     = "priv.status_vmm"
-	MethodCtrlAltDel    = "priv.ctrl_alt_del"
-	MethodClearRuntime  = "priv.clear_runtime"
-	MethodReleaseRootfs = "priv.release_rootfs"
+	MethodEnsureBridge    = "priv.ensure_bridge"
+	MethodCreateTap       = "priv.create_tap"
+	MethodDeleteTap       = "priv.delete_tap"
+	MethodListTaps        = "priv.list_taps"
+	MethodAddNAT          = "priv.add_nat"
+	MethodRemoveNAT       = "priv.remove_nat"
+	MethodPrepareDisks    = "priv.prepare_disks"
+	MethodRemoveVMDir     = "priv.remove_vm_dir"
+	MethodLaunchVMM       = "priv.launch_vmm"
+	MethodKillVMM         = "priv.kill_vmm"
+	MethodStatusVMM       = "priv.status_vmm"
+	MethodCtrlAltDel      = "priv.ctrl_alt_del"
+	MethodClearRuntime    = "priv.clear_runtime"
+	MethodReleaseRootfs   = "priv.release_rootfs"
+	MethodPauseVMM        = "priv.pause_vmm"
+	MethodSnapshotVMM     = "priv.snapshot_vmm"
+	MethodRestoreVMM      = "priv.restore_vmm"
+	MethodDiscardSnapshot = "priv.discard_snapshot"
 )
 
 // Client reaches the root helper over its socket. The caller's op id (from
@@ -109,6 +113,30 @@ func (c *Client) StatusVMM(ctx context.Context, r VMReq) (VMMStatus, error) {
 // CtrlAltDel implements Ops.
 func (c *Client) CtrlAltDel(ctx context.Context, r VMReq) error {
 	return c.c.Call(ctx, MethodCtrlAltDel, r, nil)
+}
+
+// PauseVMM implements Ops.
+func (c *Client) PauseVMM(ctx context.Context, r PauseReq) error {
+	return c.c.Call(ctx, MethodPauseVMM, r, nil)
+}
+
+// SnapshotVMM implements Ops.
+func (c *Client) SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error) {
+	var resp SnapshotResp
+	err := c.c.Call(ctx, MethodSnapshotVMM, r, &resp)
+	return resp, err
+}
+
+// RestoreVMM implements Ops.
+func (c *Client) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
+	var resp LaunchResp
+	err := c.c.Call(ctx, MethodRestoreVMM, r, &resp)
+	return resp, err
+}
+
+// DiscardSnapshot implements Ops.
+func (c *Client) DiscardSnapshot(ctx context.Context, r VMReq) error {
+	return c.c.Call(ctx, MethodDiscardSnapshot, r, nil)
 }
 
 // ReleaseRootfs implements Ops.

@@ -340,17 +340,8 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	}
 	defer d.Close()
 	dir := vmdir.Dir(path)
-	if pid, ok := running(dir); ok {
-		return LaunchResp{}, errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", r.ID, pid)
-	}
-	// Leftovers of a VMM that died without cleanup.
-	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
-		if err := securefs.RemoveBeneath(d, n); err != nil {
-			return LaunchResp{}, err
-		}
-	}
-	if _, err := os.Lstat(dir.Rootfs()); err != nil {
-		return LaunchResp{}, errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", r.ID)
+	if err := l.beforeVMM(r.ID, d, dir); err != nil {
+		return LaunchResp{}, err
 	}
 	// The VMM opens only root-only paths: the owner's kernel and initrd
 	// are copied in from handles opened without following links.
@@ -366,26 +357,15 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	} else if err := securefs.RemoveBeneath(d, vmdir.InitrdName); err != nil {
 		return LaunchResp{}, err
 	}
-	// The log is the owner's (it reads and trims it) and 0600; the helper
-	// has no CAP_DAC_OVERRIDE, so it takes the file back while it opens it
-	// (the directory is root-only: nobody can swap the file meanwhile).
-	if os.Geteuid() == 0 {
-		if err := securefs.ChownBeneath(d, vmdir.SerialLogName, 0, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-			return LaunchResp{}, err
-		}
+	// A boot makes any snapshot stale.
+	if err := removeSnapshot(d); err != nil {
+		return LaunchResp{}, err
 	}
-	serial, err := securefs.OpenBeneath(d, vmdir.SerialLogName, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND, 0o600)
+	serial, err := l.openSerial(d)
 	if err != nil {
 		return LaunchResp{}, err
 	}
 	defer serial.Close()
-	if st, err := securefs.Stat(serial); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return LaunchResp{}, fmt.Errorf("serial log %s is not a regular file", serial.Name())
-	}
-	// The owner reads its guest's console.
-	if err := l.chownFile(serial); err != nil {
-		return LaunchResp{}, err
-	}
 	var ro []string
 	if _, err := os.Lstat(dir.ToolsDisk()); err == nil {
 		ro = append(ro, dir.ToolsDisk())
@@ -398,14 +378,183 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	if err != nil {
 		return LaunchResp{}, err
 	}
-	// The daemon talks to its guest's agent; the API socket stays root's.
+	l.afterVMM(ctx, d)
+	logging.From(ctx).Info("vmm launched", "vm_id", r.ID, "pid", pid, "binary", bin)
+	return LaunchResp{PID: pid, Binary: bin, Kind: l.Policy.VMMKind}, nil
+}
+
+// beforeVMM checks that the VM's VMM is not running and has a root disk,
+// and removes what a VMM that died without cleanup left.
+func (l *Local) beforeVMM(id string, d *os.File, dir vmdir.Dir) error {
+	if pid, ok := running(dir); ok {
+		return errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", id, pid)
+	}
+	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
+		if err := securefs.RemoveBeneath(d, n); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Lstat(dir.Rootfs()); err != nil {
+		return errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", id)
+	}
+	return nil
+}
+
+// openSerial opens the VM's serial log for the VMM's stdout. The log is
+// the owner's (it reads and trims it) and 0600; the helper has no
+// CAP_DAC_OVERRIDE, so it takes the file back while it opens it (the
+// directory is root-only: nobody can swap the file meanwhile).
+func (l *Local) openSerial(d *os.File) (*os.File, error) {
+	if os.Geteuid() == 0 {
+		if err := securefs.ChownBeneath(d, vmdir.SerialLogName, 0, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return nil, err
+		}
+	}
+	serial, err := securefs.OpenBeneath(d, vmdir.SerialLogName, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := securefs.Stat(serial); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		serial.Close()
+		return nil, fmt.Errorf("serial log %s is not a regular file", serial.Name())
+	}
+	// The owner reads its guest's console.
+	if err := l.chownFile(serial); err != nil {
+		serial.Close()
+		return nil, err
+	}
+	return serial, nil
+}
+
+// afterVMM hands the agent socket to the owner: the daemon talks to its
+// guest's agent; the API socket stays root's.
+func (l *Local) afterVMM(ctx context.Context, d *os.File) {
 	if l.Policy.OwnerUID != 0 && os.Geteuid() == 0 {
 		if err := securefs.ChownBeneath(d, vmdir.AgentSockName, l.Policy.OwnerUID, l.Policy.OwnerGID); err != nil && !errors.Is(err, unix.ENOENT) {
 			logging.From(ctx).Warn("agent socket not handed to the owner", "error", err)
 		}
 	}
-	logging.From(ctx).Info("vmm launched", "vm_id", r.ID, "pid", pid, "binary", bin)
+}
+
+// removeSnapshot removes a VM's snapshot files, if any.
+func removeSnapshot(d *os.File) error {
+	for _, n := range []string{vmdir.SnapshotName, vmdir.SnapshotMemName} {
+		if err := securefs.RemoveBeneath(d, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PauseVMM implements Ops.
+func (l *Local) PauseVMM(ctx context.Context, r PauseReq) error {
+	if err := l.Policy.ValidateVM(VMReq{ID: r.ID}); err != nil {
+		return err
+	}
+	dir := l.dirOf(r.ID)
+	if _, ok := running(dir); !ok {
+		return errdefs.New(errdefs.BadRequest, "vm %s is not running", r.ID)
+	}
+	return vmm.SetPaused(ctx, dir.APISock(), r.Paused)
+}
+
+// SnapshotVMM implements Ops: a full snapshot of the running VM into its
+// directory (the VMM writes both files there; the VM stays paused).
+func (l *Local) SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error) {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return SnapshotResp{}, err
+	}
+	d, path, err := l.vmDir(r.ID, false)
+	if err != nil {
+		return SnapshotResp{}, err
+	}
+	defer d.Close()
+	dir := vmdir.Dir(path)
+	if _, ok := running(dir); !ok {
+		return SnapshotResp{}, errdefs.New(errdefs.BadRequest, "vm %s is not running", r.ID)
+	}
+	if err := removeSnapshot(d); err != nil {
+		return SnapshotResp{}, err
+	}
+	if err := vmm.CreateSnapshot(ctx, dir.APISock(), vmm.Snapshot{SnapshotPath: dir.Snapshot(), MemPath: dir.SnapshotMem()}); err != nil {
+		_ = removeSnapshot(d)
+		return SnapshotResp{}, errdefs.Wrap(errdefs.OperationFailed, fmt.Errorf("snapshot: %w", err))
+	}
+	var total int64
+	for _, n := range []string{vmdir.SnapshotName, vmdir.SnapshotMemName} {
+		f, err := securefs.OpenBeneath(d, n, unix.O_RDONLY, 0)
+		if err != nil {
+			return SnapshotResp{}, err
+		}
+		st, err := securefs.Stat(f)
+		f.Close()
+		if err != nil {
+			return SnapshotResp{}, err
+		}
+		total += st.Blocks * 512
+	}
+	logging.From(ctx).Info("vm snapshot written", "vm_id", r.ID, "bytes", total)
+	return SnapshotResp{Bytes: total}, nil
+}
+
+// RestoreVMM implements Ops: a new VMM that loads the VM's snapshot and
+// resumes it (the machine, disks, tap and vsock are the snapshot's, all in
+// the VM's root-only directory).
+func (l *Local) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return LaunchResp{}, err
+	}
+	bin, err := l.vmmBinary()
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	d, path, err := l.vmDir(r.ID, false)
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	defer d.Close()
+	dir := vmdir.Dir(path)
+	if err := l.beforeVMM(r.ID, d, dir); err != nil {
+		return LaunchResp{}, err
+	}
+	for _, n := range []string{vmdir.SnapshotName, vmdir.SnapshotMemName} {
+		f, err := securefs.OpenBeneath(d, n, unix.O_RDONLY, 0)
+		if err != nil {
+			return LaunchResp{}, errdefs.New(errdefs.BadRequest, "vm %s has no snapshot to restore (%s: %v)", r.ID, n, err)
+		}
+		f.Close()
+	}
+	serial, err := l.openSerial(d)
+	if err != nil {
+		return LaunchResp{}, err
+	}
+	defer serial.Close()
+	pid, err := vmm.Launch(vmm.Spec{
+		ID: r.ID, Binary: bin, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(), Serial: serial,
+		Restore: &vmm.Snapshot{SnapshotPath: dir.Snapshot(), MemPath: dir.SnapshotMem()},
+	})
+	if err != nil {
+		return LaunchResp{}, errdefs.Wrap(errdefs.OperationFailed, fmt.Errorf("restore: %w", err))
+	}
+	l.afterVMM(ctx, d)
+	logging.From(ctx).Info("vmm restored from snapshot", "vm_id", r.ID, "pid", pid, "binary", bin)
 	return LaunchResp{PID: pid, Binary: bin, Kind: l.Policy.VMMKind}, nil
+}
+
+// DiscardSnapshot implements Ops.
+func (l *Local) DiscardSnapshot(ctx context.Context, r VMReq) error {
+	if err := l.Policy.ValidateVM(r); err != nil {
+		return err
+	}
+	d, _, err := l.vmDir(r.ID, false)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return removeSnapshot(d)
 }
 
 func (l *Local) chownFile(f *os.File) error {

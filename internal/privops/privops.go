@@ -69,6 +69,26 @@ type Ops interface {
 	// mode 0600, in the VM's root-only directory) so the daemon can make an
 	// image of it (a derived image's build VM); refused while the VMM runs.
 	ReleaseRootfs(ctx context.Context, r VMReq) error
+	// PauseVMM pauses or resumes a running VM's vCPUs (PATCH /vm).
+	PauseVMM(ctx context.Context, r PauseReq) error
+	// SnapshotVMM pauses a running VM and writes a full snapshot of it
+	// into its directory (vm.snap, vm.mem); the VM stays paused.
+	SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error)
+	// RestoreVMM starts a new VMM from the VM's snapshot, resumed.
+	RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error)
+	// DiscardSnapshot removes the VM's snapshot files.
+	DiscardSnapshot(ctx context.Context, r VMReq) error
+}
+
+// PauseReq pauses (Paused) or resumes a VM's vCPUs.
+type PauseReq struct {
+	ID     string `json:"id"`
+	Paused bool   `json:"paused"`
+}
+
+// SnapshotResp is the space a snapshot takes.
+type SnapshotResp struct {
+	Bytes int64 `json:"bytes"`
 }
 
 // Policy is what the validator allows.

@@ -146,6 +146,10 @@ func (h *Helper) register() {
 	h.srv.Handle(privops.MethodCtrlAltDel, handle(o.CtrlAltDel))
 	h.srv.Handle(privops.MethodClearRuntime, handle(o.ClearRuntime))
 	h.srv.Handle(privops.MethodReleaseRootfs, handle(o.ReleaseRootfs))
+	h.srv.Handle(privops.MethodPauseVMM, handle(o.PauseVMM))
+	h.srv.Handle(privops.MethodSnapshotVMM, handleR(o.SnapshotVMM))
+	h.srv.Handle(privops.MethodRestoreVMM, handleR(o.RestoreVMM))
+	h.srv.Handle(privops.MethodDiscardSnapshot, handle(o.DiscardSnapshot))
 }
 
 // Methods lists the served methods.

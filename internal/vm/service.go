@@ -442,6 +442,11 @@ func (s *Service) Start(ctx context.Context, name string) (api.VM, error) {
 		return api.VM{}, err
 	}
 	defer unlock()
+	if rec.State == api.StateParked {
+		// Its memory is in its snapshot: wake it rather than boot it.
+		rec, err = s.wake(ctx, rec)
+		return s.ToAPI(ctx, rec), err
+	}
 	if s.live(ctx, rec) {
 		return s.ToAPI(ctx, rec), errdefs.New(errdefs.BadRequest, "VM %s is already running", rec.Name)
 	}
@@ -489,6 +494,19 @@ func (s *Service) Stop(ctx context.Context, name string) (api.VM, error) {
 func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
 	d := vmdir.Dir(rec.Runtime.Dir)
+	if rec.State == api.StateParked {
+		// Stopping a parked VM forgets its memory; its disks stay.
+		if err := s.Ops.DiscardSnapshot(ctx, privops.VMReq{ID: rec.ID}); err != nil {
+			return rec, err
+		}
+		rec.Runtime.SnapshotBytes, rec.Runtime.ParkedAt = 0, ""
+	}
+	if rec.State == api.StatePaused {
+		// A paused guest cannot shut down cleanly.
+		if err := s.Ops.PauseVMM(ctx, privops.PauseReq{ID: rec.ID, Paused: false}); err != nil {
+			log.Warn("resume before stop", "error", err)
+		}
+	}
 	if pid, ok := vmm.Running(d.PIDFile(), d.APISock()); ok {
 		rpcserver.SetStage(ctx, "shutting down the guest")
 		rec.State = api.StateStopping
@@ -660,7 +678,7 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 		if err != nil {
 			continue
 		}
-		if rec.State == api.StateRunning || rec.State == api.StateStarting || s.live(ctx, rec) {
+		if rec.State == api.StateRunning || rec.State == api.StateStarting || rec.State == api.StatePaused || rec.State == api.StateParked || s.live(ctx, rec) {
 			unlock()
 			continue
 		}
@@ -692,6 +710,9 @@ func (s *Service) Set(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 	defer unlock()
 	if s.live(ctx, rec) {
 		return api.VM{}, errdefs.BadRequestf("VM %s is running; stop it first ('banger vm stop %s')", rec.Name, rec.Name)
+	}
+	if rec.State == api.StateParked {
+		return api.VM{}, errdefs.BadRequestf("VM %s is parked: its snapshot fixes its vCPUs and memory; 'banger vm stop %s' discards the snapshot first", rec.Name, rec.Name)
 	}
 	if p.VCPU != nil {
 		rec.VCPU = *p.VCPU
@@ -853,6 +874,17 @@ func (s *Service) Reconcile(ctx context.Context) {
 		}
 		known[rec.ID] = true
 		st, err := s.Ops.StatusVMM(ctx, privops.VMReq{ID: rec.ID})
+		if rec.State == api.StateParked && (err != nil || st.PID == 0) {
+			// No VMM is expected: its snapshot and disks wait in its
+			// directory, and its tap (which the snapshot names) stays.
+			taps[rec.Runtime.Tap] = true
+			if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
+				log.Warn("reconcile: pin a parked VM's tap", "vm", rec.Name, "error", err)
+			}
+			log.Info("reconcile: parked VM kept", "vm", rec.Name)
+			unlock()
+			continue
+		}
 		if err == nil && st.PID > 0 && rec.State == api.StateStarting {
 			// Its start was interrupted before the guest's host keys were
 			// pinned: stop it cleanly rather than adopt a VM banger
@@ -873,9 +905,13 @@ func (s *Service) Reconcile(ctx context.Context) {
 			if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
 				log.Warn("reconcile: pin tap", "vm", rec.Name, "error", err)
 			}
-			if rec.Runtime.PID != st.PID || (rec.State != api.StateRunning && rec.State != api.StateError) {
+			want := api.StateRunning
+			if st.State == "Paused" {
+				want = api.StatePaused // e.g. the daemon died during a park
+			}
+			if rec.Runtime.PID != st.PID || (rec.State != want && rec.State != api.StateError) {
 				rec.Runtime.PID = st.PID
-				rec.State = api.StateRunning
+				rec.State = want
 				if rec.Runtime.StartedAt == "" {
 					rec.Runtime.StartedAt = now()
 				}
@@ -892,7 +928,7 @@ func (s *Service) Reconcile(ctx context.Context) {
 			reason += " (" + st.Reason + ")"
 		}
 		switch rec.State {
-		case api.StateRunning, api.StateStarting, api.StateStopping, api.StateError:
+		case api.StateRunning, api.StateStarting, api.StateStopping, api.StateError, api.StatePaused:
 			log.Warn("reconcile: VM marked stopped", "vm", rec.Name, "reason", reason)
 		default:
 			reason = rec.Runtime.StopReason // already stopped: keep why
@@ -961,7 +997,7 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 		}
 		s.CapSerialLogs(ctx, recs)
 		for _, r := range recs {
-			if (r.State != api.StateRunning && r.State != api.StateError) || r.Runtime.PID == 0 || vmm.Alive(r.Runtime.PID) {
+			if (r.State != api.StateRunning && r.State != api.StateError && r.State != api.StatePaused) || r.Runtime.PID == 0 || vmm.Alive(r.Runtime.PID) {
 				continue
 			}
 			s.mu.Lock()
@@ -971,7 +1007,7 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 				continue // an operation is in progress on it
 			}
 			rec, err := s.Store.GetVM(ctx, r.ID)
-			if err == nil && (rec.State == api.StateRunning || rec.State == api.StateError) && rec.Runtime.PID != 0 && !vmm.Alive(rec.Runtime.PID) {
+			if err == nil && (rec.State == api.StateRunning || rec.State == api.StateError || rec.State == api.StatePaused) && rec.Runtime.PID != 0 && !vmm.Alive(rec.Runtime.PID) {
 				reason := "the VMM exited (guest reboot or power-off, or killed outside banger)"
 				logging.From(ctx).Warn("vm stopped behind banger's back", "vm", rec.Name, "pid", rec.Runtime.PID)
 				_, _ = s.cleanup(ctx, rec, reason)

@@ -51,6 +51,12 @@ func (d Dir) SerialLog() string { return filepath.Join(string(d), "serial.log") 
 // VMMLog is the VMM's log file.
 func (d Dir) VMMLog() string { return filepath.Join(string(d), "vmm.log") }
 
+// Snapshot is the parked VM's snapshot record.
+func (d Dir) Snapshot() string { return filepath.Join(string(d), SnapshotName) }
+
+// SnapshotMem is the parked VM's memory file.
+func (d Dir) SnapshotMem() string { return filepath.Join(string(d), SnapshotMemName) }
+
 // Kernel is the VM's copy of its kernel.
 func (d Dir) Kernel() string { return filepath.Join(string(d), "kernel") }
 
@@ -59,13 +65,15 @@ func (d Dir) Initrd() string { return filepath.Join(string(d), "initrd") }
 
 // The file names, for work relative to a directory handle.
 const (
-	RootfsName    = "rootfs.ext4"
-	WorkDiskName  = "work.ext4"
-	ToolsDiskName = "tools.ext4"
-	KernelName    = "kernel"
-	InitrdName    = "initrd"
-	APISockName   = "api.sock"
-	AgentSockName = "agent.sock"
-	PIDFileName   = "vmm.pid"
-	SerialLogName = "serial.log"
+	RootfsName      = "rootfs.ext4"
+	WorkDiskName    = "work.ext4"
+	ToolsDiskName   = "tools.ext4"
+	KernelName      = "kernel"
+	InitrdName      = "initrd"
+	APISockName     = "api.sock"
+	AgentSockName   = "agent.sock"
+	PIDFileName     = "vmm.pid"
+	SerialLogName   = "serial.log"
+	SnapshotName    = "vm.snap"
+	SnapshotMemName = "vm.mem"
 )

@@ -1,0 +1,166 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/privops"
+	"github.com/banger-dev/banger/internal/rpcserver"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// Pause, resume and park (docs/snapshots.md). Paused: the VMM runs with
+// the vCPUs stopped and the guest's memory resident. Parked: a full
+// snapshot (memory and device state) in the VM's directory, written by the
+// VMM through the root helper, and no VMM at all; the tap (pinned to the
+// guest) and NAT rules stay, since the snapshot names the tap. Waking loads
+// the snapshot into a new VMM and discards it: from then on the disks move
+// on and the snapshot would be stale.
+
+// WakeTimeout bounds waiting for a woken guest's SSH server.
+var WakeTimeout = 60 * time.Second
+
+// Pause stops a running VM's vCPUs; its memory stays resident.
+func (s *Service) Pause(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if rec.State == api.StatePaused {
+		return s.ToAPI(ctx, rec), nil
+	}
+	if rec.State != api.StateRunning || !s.live(ctx, rec) {
+		return s.ToAPI(ctx, rec), errdefs.BadRequestf("VM %s is %s; only a running VM can be paused", rec.Name, rec.State)
+	}
+	if err := s.Ops.PauseVMM(ctx, privops.PauseReq{ID: rec.ID, Paused: true}); err != nil {
+		return s.ToAPI(ctx, rec), err
+	}
+	rec.State = api.StatePaused
+	rec.UpdatedAt = now()
+	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+}
+
+// Resume continues a paused VM, or wakes a parked one from its snapshot.
+// A running VM is left as it is.
+func (s *Service) Resume(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	switch rec.State {
+	case api.StateRunning:
+		return s.ToAPI(ctx, rec), nil
+	case api.StatePaused:
+		if err := s.Ops.PauseVMM(ctx, privops.PauseReq{ID: rec.ID, Paused: false}); err != nil {
+			return s.ToAPI(ctx, rec), err
+		}
+		rec.State = api.StateRunning
+		rec.UpdatedAt = now()
+		return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+	case api.StateParked:
+		rec, err = s.wake(ctx, rec)
+		return s.ToAPI(ctx, rec), err
+	}
+	return s.ToAPI(ctx, rec), errdefs.BadRequestf("VM %s is %s, not paused or parked; 'banger vm start %s' boots it", rec.Name, rec.State, rec.Name)
+}
+
+// Park snapshots a running (or paused) VM into its directory and ends its
+// VMM: no guest memory is held until 'vm resume'.
+func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if rec.State == api.StateParked {
+		return s.ToAPI(ctx, rec), nil
+	}
+	if (rec.State != api.StateRunning && rec.State != api.StatePaused) || !s.live(ctx, rec) {
+		return s.ToAPI(ctx, rec), errdefs.BadRequestf("VM %s is %s; only a running VM can be parked ('banger vm start %s' first)", rec.Name, rec.State, rec.Name)
+	}
+	log := logging.From(ctx).With("vm", rec.Name)
+	rpcserver.SetStage(ctx, "writing the guest's memory to its snapshot")
+	t0 := time.Now()
+	snap, err := s.Ops.SnapshotVMM(ctx, privops.VMReq{ID: rec.ID})
+	if err != nil {
+		// Nothing changed for the guest but a pause: undo it.
+		if rerr := s.Ops.PauseVMM(ctx, privops.PauseReq{ID: rec.ID, Paused: rec.State == api.StatePaused}); rerr != nil {
+			log.Warn("resume after a failed snapshot", "error", rerr)
+		}
+		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: %w", rec.Name, err)
+	}
+	// The snapshot is complete: the VMM (paused) can go.
+	pid := rec.Runtime.PID
+	if err := s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"}); err != nil {
+		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: end its VMM: %w", rec.Name, err)
+	}
+	s.waitGone(ctx, pid, 10*time.Second)
+	if err := s.Ops.ClearRuntime(ctx, privops.VMReq{ID: rec.ID}); err != nil {
+		log.Warn("clear runtime after park", "error", err)
+	}
+	rec.State = api.StateParked
+	rec.Runtime.PID = 0
+	rec.Runtime.SnapshotBytes = snap.Bytes
+	rec.Runtime.ParkedAt = now()
+	rec.UpdatedAt = now()
+	log.Info("vm parked", "snapshot_bytes", snap.Bytes, "seconds", time.Since(t0).Seconds())
+	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+}
+
+// wake restores a parked VM into a new VMM and waits for its SSH server.
+// On failure the VM stays parked with its snapshot and disks.
+func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
+	log := logging.From(ctx).With("vm", rec.Name)
+	rpcserver.SetStage(ctx, "restoring the guest from its snapshot")
+	t0 := time.Now()
+	// The tap outlived the park; pinning it again is idempotent (and
+	// needed after a host reboot).
+	if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
+		return rec, fmt.Errorf("wake VM %s: tap: %w", rec.Name, err)
+	}
+	if rec.NAT {
+		if err := s.Ops.AddNAT(ctx, privops.NATReq{GuestIP: rec.GuestIP, Tap: rec.Runtime.Tap}); err != nil {
+			return rec, fmt.Errorf("wake VM %s: nat: %w", rec.Name, err)
+		}
+	}
+	resp, err := s.Ops.RestoreVMM(ctx, privops.VMReq{ID: rec.ID})
+	if err != nil {
+		return rec, fmt.Errorf("VM %s could not be restored from its snapshot (%v); it stays parked with its disks: 'banger vm stop %s' discards the snapshot, then 'banger vm start %s' boots the disks", rec.Name, err, rec.Name, rec.Name)
+	}
+	rec.Runtime.PID = resp.PID
+	rec.State = api.StateRunning
+	rec.Runtime.SnapshotBytes = 0
+	rec.Runtime.ParkedAt = ""
+	rec.UpdatedAt = now()
+	if err := s.Store.UpdateVM(ctx, rec); err != nil {
+		return rec, err
+	}
+	// From now on the disks move on: the snapshot would be stale.
+	if err := s.Ops.DiscardSnapshot(ctx, privops.VMReq{ID: rec.ID}); err != nil {
+		log.Warn("discard the snapshot after wake", "error", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, WakeTimeout)
+	defer cancel()
+	for {
+		c, err := guestssh.Dial(wctx, net.JoinHostPort(rec.GuestIP, "22"), s.dialOptions())
+		if err == nil {
+			c.Close()
+			break
+		}
+		if wctx.Err() != nil {
+			log.Warn("woken guest's SSH server did not answer", "error", err)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log.Info("vm woken from its snapshot", "pid", resp.PID, "seconds", time.Since(t0).Seconds())
+	return rec, nil
+}

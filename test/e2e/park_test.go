@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+// TestVMParkWakeSurvivesDaemonKill ([P9]): a marker in /dev/shm (memory
+// only) survives `vm park` (snapshot to disk, VMM gone), a SIGKILL of the
+// daemon, and the wake that `vm exec` does by itself; boot_id is unchanged.
+// Parking a stopped VM is refused with one line.
+func TestVMParkWakeSurvivesDaemonKill(t *testing.T) {
+	v := newVMEnv(t)
+	v.must("vm", "create", "--name", "pk")
+	boot := strings.TrimSpace(v.must("vm", "exec", "pk", "--", "sh", "-c", "echo parked-marker > /dev/shm/m && cat /proc/sys/kernel/random/boot_id"))
+	vmmPID := v.show("pk").Runtime.PID
+
+	t0 := time.Now()
+	out := v.must("vm", "park", "pk")
+	parkTime := time.Since(t0)
+	if !strings.HasPrefix(out, "pk parked (snapshot ") {
+		t.Fatalf("vm park printed %q", out)
+	}
+	var vms []api.VM
+	if err := json.Unmarshal([]byte(v.must("vm", "list", "--json")), &vms); err != nil || len(vms) != 1 {
+		t.Fatalf("vm list: %v %+v", err, vms)
+	}
+	if vms[0].State != api.StateParked || vms[0].Runtime.SnapshotBytes <= 0 || vms[0].Runtime.PID != 0 {
+		t.Fatalf("after park: state %s, snapshot %d bytes, pid %d", vms[0].State, vms[0].Runtime.SnapshotBytes, vms[0].Runtime.PID)
+	}
+	if vmm.Alive(vmmPID) {
+		t.Fatalf("the VMM (pid %d) still runs after park: a parked VM holds no memory", vmmPID)
+	}
+	dir := v.show("pk").Runtime.Dir
+	for _, f := range []string{"vm.snap", "vm.mem"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("snapshot file %s: %v", f, err)
+		}
+	}
+
+	// The daemon dies; the next CLI starts another, which keeps the VM parked.
+	pid := v.daemonPID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100 && vmm.Alive(pid); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := v.state("pk"); st != api.StateParked {
+		t.Fatalf("after the daemon's restart the VM is %s, want parked", st)
+	}
+
+	// vm exec wakes it: same memory, same boot.
+	t1 := time.Now()
+	got := strings.Fields(v.must("vm", "exec", "pk", "--", "sh", "-c", "cat /dev/shm/m /proc/sys/kernel/random/boot_id"))
+	wakeTime := time.Since(t1)
+	if len(got) != 2 || got[0] != "parked-marker" || got[1] != boot {
+		t.Fatalf("after wake: %q; want the marker and boot_id %s", got, boot)
+	}
+	if st := v.state("pk"); st != api.StateRunning {
+		t.Fatalf("after wake the VM is %s", st)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vm.mem")); !os.IsNotExist(err) {
+		t.Fatalf("the snapshot outlived the wake (it is stale once the disks move on): %v", err)
+	}
+	t.Logf("park %v, wake + exec %v (tiny, TCG)", parkTime.Round(time.Millisecond), wakeTime.Round(time.Millisecond))
+
+	// Pause and resume keep the guest; a stopped VM cannot be parked.
+	v.must("vm", "pause", "pk")
+	if st := v.state("pk"); st != api.StatePaused {
+		t.Fatalf("after pause: %s", st)
+	}
+	v.must("vm", "resume", "pk")
+	v.must("vm", "stop", "pk")
+	r := v.banger("vm", "park", "pk")
+	if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "only a running VM can be parked") {
+		t.Fatalf("park of a stopped VM: exit %d %q", r.code, r.stderr)
+	}
+	if st := v.state("pk"); st != api.StateStopped {
+		t.Fatalf("a refused park changed the VM: %s", st)
+	}
+}
