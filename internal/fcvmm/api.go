@@ -21,6 +21,11 @@ func notSupported(what string) *apiError {
 // ServeHTTP answers one API request, holding the VMM lock for its whole
 // duration: Firecracker's API thread also handles requests one at a time.
 func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if v.isStopping() {
+		// A signal is ending the VMM: the connection ends unanswered, as
+		// it would with Firecracker, which dies at once.
+		panic(http.ErrAbortHandler)
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, v.maxBody+1))
 	if err != nil {
 		v.reply(w, 0, nil, badRequest("%v", err))
@@ -36,6 +41,9 @@ func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.isStopping() {
+		panic(http.ErrAbortHandler) // the signal came while this request waited
+	}
 	if len(body) > 0 {
 		v.log.info("fc_api", "The API server received a %s request on %q with body %q.", rustMethod(r.Method), r.URL.Path, string(body))
 	} else {

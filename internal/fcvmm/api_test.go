@@ -37,6 +37,7 @@ func newTestVMM(t *testing.T) *testVMM {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tv.v.apiLn = l
 	srv := &http.Server{Handler: tv.v}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })

@@ -105,9 +105,12 @@ func Main(argv []string) int {
 			log.errorf("fc_main", "Failed to open the API socket at: %s. Check that it is not already used.", path)
 			return exitGeneric
 		}
+		v.procMu.Lock()
+		v.apiLn = l
+		v.procMu.Unlock()
 		go func() {
 			srv := &http.Server{Handler: v}
-			if err := srv.Serve(l); err != nil {
+			if err := srv.Serve(l); err != nil && !v.isStopping() {
 				log.errorf("fc_api", "API server stopped: %v", err)
 			}
 		}()

@@ -2,8 +2,10 @@ package fcvmm
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -82,5 +84,22 @@ func TestSnapshotLoadFailureEndsVMM(t *testing.T) {
 	}
 	if _, err := os.Stat(mem); err != nil {
 		t.Fatal("a failed load touched the memory file")
+	}
+}
+
+// TestAPIStopsAtSignal ([P9] item 5): once a signal starts ending the VMM,
+// its API answers nothing more, neither on a kept-alive connection nor on
+// a new one: Firecracker dies at once, and banger-vmm answered PATCH /vm
+// and GET / for 13-60 ms while it took QEMU down.
+func TestAPIStopsAtSignal(t *testing.T) {
+	tv := newTestVMM(t)
+	expect(t, "GET / before", tv.do(t, "GET", "/", ""), 200, "")
+	tv.v.beginStop()
+	for _, r := range []struct{ method, path, body string }{{"GET", "/", ""}, {"PATCH", "/vm", `{"state":"Paused"}`}} {
+		req, _ := http.NewRequest(r.method, "http://localhost"+r.path, strings.NewReader(r.body))
+		if resp, err := tv.client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s %s answered %d after the signal", r.method, r.path, resp.StatusCode)
+		}
 	}
 }

@@ -361,10 +361,7 @@ func (v *vmm) restoreTerminal() {
 // onSignal handles SIGTERM, SIGINT, SIGQUIT (kill QEMU, then die by the same
 // signal) and SIGHUP (kill QEMU, exit 156).
 func (v *vmm) onSignal(sig syscall.Signal) {
-	v.procMu.Lock()
-	v.stopping = true
-	qp := v.proc
-	v.procMu.Unlock()
+	qp := v.beginStop()
 	qp.kill(2 * time.Second)
 	v.restoreTerminal()
 	if sig == syscall.SIGHUP {
@@ -373,6 +370,26 @@ func (v *vmm) onSignal(sig syscall.Signal) {
 		return
 	}
 	dieBySignal(sig)
+}
+
+// beginStop marks the VMM as ending and stops its API at once: Firecracker
+// dies on the signal, so no request may succeed after it, even while QEMU
+// is being taken down. It returns the QEMU to end.
+func (v *vmm) beginStop() *qemuProc {
+	v.procMu.Lock()
+	v.stopping = true
+	qp, ln := v.proc, v.apiLn
+	v.procMu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	return qp
+}
+
+func (v *vmm) isStopping() bool {
+	v.procMu.Lock()
+	defer v.procMu.Unlock()
+	return v.stopping
 }
 
 // ensureStdio points closed descriptors 0-2 at /dev/null, so no socket or

@@ -101,6 +101,7 @@ type vmm struct {
 	procMu     sync.Mutex   // guards proc and stopping
 	proc       *qemuProc    //
 	stopping   bool         // a signal is ending the VMM
+	apiLn      net.Listener // the API socket's listener (nil with --no-api)
 	ttyRestore func()       // undoes raw mode on a terminal stdin
 	stdoutFd   int          // where the console goes by default
 	exit       func(int)    // os.Exit; tests replace it
