@@ -375,6 +375,9 @@ func (a *app) vmShowCmd() *cobra.Command {
 			if w := v.Runtime.Workspace; w != nil {
 				pairs = append(pairs, [2]string{"workspace", fmt.Sprintf("%s → %s (HEAD %s, %s)", w.HostPath, w.GuestPath, w.HeadCommit, w.Mode)})
 			}
+			if v.State == api.StateParked {
+				pairs = append(pairs, [2]string{"snapshot", fmt.Sprintf("%s, parked %s ('banger vm resume %s' wakes it)", config.FormatSize(v.Runtime.SnapshotBytes), v.Runtime.ParkedAt, v.Name)})
+			}
 			if v.Runtime.StopReason != "" {
 				pairs = append(pairs, [2]string{"stop reason", v.Runtime.StopReason})
 			}

@@ -187,3 +187,42 @@ func BenchmarkWorkspacePrepare200MB(b *testing.B) {
 		b.Fatalf("guest workspace: %q", out)
 	}
 }
+
+// BenchmarkParkWake measures, on one VM of each image, in one run: `vm park`,
+// the wake that `vm exec` does (wake + SSH + `true`), and a cold `vm start`
+// followed by the same `vm exec` (stop first); the ratio wake ÷ cold start is
+// logged. The dev box uses the shipped defaults (2 vCPUs, 2 GiB).
+func BenchmarkParkWake(b *testing.B) {
+	v := newDevboxEnv(b)
+	for _, im := range []string{guestbuild.TinyImage, guestbuild.DevImage} {
+		b.Run(im, func(b *testing.B) {
+			name := "pw-" + strings.ReplaceAll(im, "-", "")
+			if len(name) > 20 {
+				name = name[:20]
+			}
+			v.must("vm", "create", "--name", name, "--image", im)
+			defer v.banger("vm", "delete", name)
+			var park, wake, cold time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				v.must("vm", "exec", name, "--", "true")
+				t0 := time.Now()
+				v.must("vm", "park", name)
+				park += time.Since(t0)
+				t1 := time.Now()
+				v.must("vm", "exec", name, "--", "true")
+				wake += time.Since(t1)
+				v.must("vm", "stop", name)
+				t2 := time.Now()
+				v.must("vm", "start", name)
+				v.must("vm", "exec", name, "--", "true")
+				cold += time.Since(t2)
+			}
+			n := time.Duration(b.N)
+			b.ReportMetric(float64((park/n).Milliseconds()), "park-ms")
+			b.ReportMetric(float64((wake/n).Milliseconds()), "wake-exec-ms")
+			b.ReportMetric(float64((cold/n).Milliseconds()), "cold-start-exec-ms")
+			b.Logf("%s: park %v, wake+exec %v, cold start+exec %v, wake/cold %.3f", im, park/n, wake/n, cold/n, float64(wake)/float64(cold))
+		})
+	}
+}

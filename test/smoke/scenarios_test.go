@@ -28,6 +28,7 @@ var scenarios = []scenario{
 	{"update_keeps_vm_alive", scUpdateKeepsVMAlive},
 	{"update_staging_race", scUpdateStagingRace},
 	{"update_rollback_keeps_vm_alive", scUpdateRollbackKeepsVMAlive},
+	{"parked_vm_survives_update", scParkedVMSurvivesUpdate},
 	{"daemon_admin", scDaemonAdmin},
 	{"helper_restart_keeps_vm_alive", scHelperRestartKeepsVMAlive},
 	{"daemon_sigkill_keeps_vm_alive", scDaemonSigkillKeepsVMAlive},
@@ -352,6 +353,35 @@ func scUpdateRollbackKeepsVMAlive(t *testing.T) {
 		t.Fatalf("daemon after rollback: %+v %v", st, err)
 	}
 	if err := h.keepsAlive("alive", b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scParkedVMSurvivesUpdate ([P9]): a parked VM (a snapshot in the root
+// helper's VM tree, no VMM) survives an update whose new version fails and
+// is rolled back (both units restarted twice); waking it with `vm exec`
+// brings back its memory: the /dev/shm marker, the same boot_id.
+func scParkedVMSurvivesUpdate(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.serveReleases()
+	h.mustBanger("vm", "create", "--name", "napper")
+	b := h.mustBootID("napper")
+	h.mustBanger("vm", "exec", "napper", "--", "sh", "-c", "echo survived-the-update > /dev/shm/m")
+	if out := h.mustBanger("vm", "park", "napper"); !strings.HasPrefix(out, "napper parked (snapshot ") {
+		t.Fatalf("vm park: %q", out)
+	}
+	r := h.banger(h.updateArgs("--to", brokenVersion)...)
+	if r.code == 0 || !strings.Contains(r.err, "(rolled back to "+baseVersion+")") {
+		t.Fatalf("broken update: %d\n%s\n%s", r.code, r.out, r.err)
+	}
+	if s := h.vmState("napper"); s != "parked" {
+		t.Fatalf("after the update and its rollback the VM is %s, want parked", s)
+	}
+	out := strings.Fields(h.mustBanger("vm", "exec", "napper", "--", "sh", "-c", "cat /dev/shm/m /proc/sys/kernel/random/boot_id"))
+	if len(out) != 2 || out[0] != "survived-the-update" || out[1] != b {
+		t.Fatalf("woken guest says %q; want the marker and boot_id %s", out, b)
+	}
+	if err := h.keepsAlive("napper", b); err != nil {
 		t.Fatal(err)
 	}
 }
