@@ -168,7 +168,7 @@ func FuzzAgentClient(f *testing.F) {
 				break
 			}
 		}
-		if resp == nil || resp.V != ProtocolVersion || !resp.OK {
+		if resp == nil || resp.V != minProtocol || !resp.OK { // health and ports are asked at version 1
 			t.Fatalf("succeeded, yet the first reply with id %q is %+v", id, resp)
 		}
 
@@ -282,8 +282,12 @@ func FuzzAgentServe(f *testing.F) {
 			if err := dec.Decode(&resp); err != nil {
 				t.Fatalf("response %d is not a Response: %v: %q", i, err, line)
 			}
-			if resp.V != ProtocolVersion {
-				t.Fatalf("response %d has v %d", i, resp.V)
+			wantV := ProtocolVersion // an unparsable line or an unsupported version
+			if w := wants[i]; w.req != nil && w.req.V >= minProtocol && w.req.V <= ProtocolVersion {
+				wantV = w.req.V // answered in the request's version
+			}
+			if resp.V != wantV {
+				t.Fatalf("response %d has v %d, want %d", i, resp.V, wantV)
 			}
 			if resp.OK == (resp.Error != "") || resp.OK != (len(resp.Result) > 0) {
 				t.Fatalf("response %d: ok %v with error %q and result %s", i, resp.OK, resp.Error, resp.Result)
@@ -298,8 +302,8 @@ func FuzzAgentServe(f *testing.F) {
 			if resp.ID != w.req.ID {
 				t.Fatalf("response %d has id %q, the request %q", i, resp.ID, w.req.ID)
 			}
-			known := w.req.Op == OpHealth || w.req.Op == OpPorts
-			if resp.OK && (w.req.V != ProtocolVersion || !known) {
+			known := w.req.Op == OpHealth || w.req.Op == OpPorts || (w.req.Op == OpRefresh && w.req.V >= 2)
+			if resp.OK && (w.req.V < minProtocol || w.req.V > ProtocolVersion || !known) {
 				t.Fatalf("response %d is ok for request %+v", i, *w.req)
 			}
 			if !known && resp.OK {

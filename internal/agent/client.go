@@ -95,6 +95,15 @@ func (c *Conn) handshake(ctx context.Context, port uint32) error {
 	return nil
 }
 
+// Refresh gives a guest restored from a snapshot fresh entropy and the
+// host's clock (protocol 2; an older agent is refused with a message that
+// says so).
+func (c *Conn) Refresh(ctx context.Context, a RefreshArgs) (RefreshResult, error) {
+	var r RefreshResult
+	err := c.callV(ctx, ProtocolVersion, OpRefresh, a, &r)
+	return r, err
+}
+
 // Health asks the agent for the guest's health. Its text fields are cleaned
 // with the rules of [Conn.Ports].
 func (c *Conn) Health(ctx context.Context) (Health, error) {
@@ -193,14 +202,28 @@ func checkListener(l *Listener) error {
 // Close closes the stream.
 func (c *Conn) Close() error { return c.rw.Close() }
 
+// call asks op with protocol version 1: what every agent answers.
 func (c *Conn) call(ctx context.Context, op string, result any) error {
+	return c.callV(ctx, minProtocol, op, nil, result)
+}
+
+// callV asks op at protocol version v, with args.
+func (c *Conn) callV(ctx context.Context, v int, op string, args any, result any) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %s: %w", c.name, op, err)
 	}
 	id := newID()
-	req, _ := json.Marshal(Request{V: ProtocolVersion, ID: id, Op: op})
+	r := Request{V: v, ID: id, Op: op}
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return err
+		}
+		r.Args = b
+	}
+	req, _ := json.Marshal(r)
 	stop := c.watch(ctx)
 	defer stop()
 	// The leading "\n" ends any partial line left on a shared serial stream
@@ -224,8 +247,8 @@ func (c *Conn) call(ctx context.Context, op string, result any) error {
 		if json.Unmarshal(line, &resp) != nil || resp.ID != id {
 			continue // noise, or an answer to someone else's request
 		}
-		if resp.V != ProtocolVersion {
-			return fmt.Errorf("%s: %s: agent answered with protocol version %d, want %d", c.name, op, resp.V, ProtocolVersion)
+		if resp.V != v {
+			return fmt.Errorf("%s: %s: the guest's banger-agent speaks protocol %d and %s needs %d: it is older than this banger; restart the VM ('banger vm restart') to give it the current agent", c.name, op, resp.V, op, v)
 		}
 		if !resp.OK {
 			return fmt.Errorf("%s: %s: agent error: %s", c.name, op, cleanText(resp.Error, maxTextField))

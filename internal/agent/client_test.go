@@ -197,7 +197,7 @@ func TestDialUDS(t *testing.T) {
 	}
 	defer c.Close()
 	h, err := c.Health(ctx)
-	if err != nil || h.Protocol != 1 || h.AgentVersion != Version {
+	if err != nil || h.Protocol != ProtocolVersion || h.AgentVersion != Version {
 		t.Fatalf("health: %+v, %v", h, err)
 	}
 	if _, err := c.Ports(ctx); err != nil {

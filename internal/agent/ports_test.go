@@ -207,7 +207,7 @@ func TestCollectHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
-	if h.AgentVersion != Version || h.Protocol != 1 || h.UptimeSeconds <= 0 || len(h.BootID) != 36 ||
+	if h.AgentVersion != Version || h.Protocol != ProtocolVersion || h.UptimeSeconds <= 0 || len(h.BootID) != 36 ||
 		h.Hostname != host || h.Load1 < 0 || h.MemAvailableBytes <= 0 {
 		t.Errorf("implausible health: %+v", h)
 	}

@@ -26,23 +26,46 @@ import (
 // Stamp it with -ldflags "-X github.com/banger-dev/banger/internal/agent.Version=v1.2.3".
 var Version = "dev"
 
-// ProtocolVersion is the protocol version this package speaks.
-const ProtocolVersion = 1
+// ProtocolVersion is the newest protocol version this package speaks.
+// Version 2 adds the refresh op; health and ports are asked with version 1
+// (minProtocol), so an agent of an older banger still answers them.
+const ProtocolVersion = 2
+
+// minProtocol is the oldest version the agent accepts.
+const minProtocol = 1
 
 // The protocol's operations.
 const (
-	OpHealth = "health"
-	OpPorts  = "ports"
+	OpHealth  = "health"
+	OpPorts   = "ports"
+	OpRefresh = "refresh" // protocol 2
 )
 
 // knownOps is the list named in the unknown-op error.
-const knownOps = OpHealth + ", " + OpPorts
+const knownOps = OpHealth + ", " + OpPorts + ", " + OpRefresh
 
 // Request is one request line.
 type Request struct {
-	V  int    `json:"v"`
-	ID string `json:"id"`
-	Op string `json:"op"`
+	V    int             `json:"v"`
+	ID   string          `json:"id"`
+	Op   string          `json:"op"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// RefreshArgs is what a guest restored from a snapshot takes from the host
+// before anything else runs on it (docs/snapshots.md): fresh entropy, mixed
+// into the kernel's RNG and reseeding it, then the host's clock (a restored
+// guest's clock stood still while it was saved).
+type RefreshArgs struct {
+	TimeUnixNano int64  `json:"time_unix_nano"`
+	Entropy      []byte `json:"entropy"` // 32-512 bytes
+}
+
+// RefreshResult says what the refresh did.
+type RefreshResult struct {
+	// ClockStepNanos is how far the guest's clock moved (host - guest).
+	ClockStepNanos int64 `json:"clock_step_nanos"`
+	EntropyBytes   int   `json:"entropy_bytes"`
 }
 
 // Response is one response line. Result is set when OK is true, Error when it

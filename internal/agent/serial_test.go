@@ -74,7 +74,7 @@ func TestServeSerialReopen(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 		h, err := c.Health(cctx)
 		ccancel()
-		if err != nil || h.Protocol != 1 {
+		if err != nil || h.Protocol != ProtocolVersion {
 			t.Fatalf("session %d: %+v, %v", i, h, err)
 		}
 		c.Close() // host disconnects: EOF for the agent
@@ -153,7 +153,7 @@ func TestServeSerialPty(t *testing.T) {
 	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer ccancel()
 	h, err := c.Health(cctx)
-	if err != nil || h.Protocol != 1 {
+	if err != nil || h.Protocol != ProtocolVersion {
 		t.Fatalf("health over pty: %+v, %v", h, err)
 	}
 	if _, err := c.Ports(cctx); err != nil {

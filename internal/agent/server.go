@@ -22,9 +22,10 @@ func handle(line []byte) Response {
 	if err := json.Unmarshal(line, &req); err != nil {
 		return Response{V: ProtocolVersion, Error: "malformed request: " + jsonErr(err)}
 	}
-	resp := Response{V: ProtocolVersion, ID: req.ID}
-	if req.V != ProtocolVersion {
-		resp.Error = fmt.Sprintf("unsupported protocol version %d (this agent speaks %d)", req.V, ProtocolVersion)
+	resp := Response{V: req.V, ID: req.ID}
+	if req.V < minProtocol || req.V > ProtocolVersion {
+		resp.V = ProtocolVersion
+		resp.Error = fmt.Sprintf("unsupported protocol version %d (this agent speaks %d to %d)", req.V, minProtocol, ProtocolVersion)
 		return resp
 	}
 	var (
@@ -39,6 +40,17 @@ func handle(line []byte) Response {
 		if ls, err = CollectPorts(); err == nil {
 			result, err = portsResult(ls)
 		}
+	case OpRefresh:
+		if req.V < 2 {
+			err = fmt.Errorf("op %s needs protocol version 2", OpRefresh)
+			break
+		}
+		var a RefreshArgs
+		if err = json.Unmarshal(req.Args, &a); err != nil {
+			err = fmt.Errorf("refresh: bad args: %s", jsonErr(err))
+			break
+		}
+		result, err = refresh(a)
 	default:
 		err = fmt.Errorf("unknown op %q (known ops: %s)", req.Op, knownOps)
 	}

@@ -49,7 +49,7 @@ func (c *rawClient) send(raw string, n int) []Response {
 		if err := json.Unmarshal(line, &resp); err != nil {
 			c.t.Fatalf("bad response %q: %v", line, err)
 		}
-		if resp.V != 1 {
+		if resp.V < minProtocol || resp.V > ProtocolVersion {
 			c.t.Errorf("response v = %d: %s", resp.V, line)
 		}
 		out = append(out, resp)
@@ -63,7 +63,7 @@ func protocolSuite(t *testing.T, rw io.ReadWriter) {
 
 	r := c.send(`{"v":1,"id":"h1","op":"health"}`+"\n", 1)[0]
 	var h Health
-	if !r.OK || r.ID != "h1" || json.Unmarshal(r.Result, &h) != nil || h.Protocol != 1 || h.AgentVersion != Version || h.BootID == "" {
+	if !r.OK || r.ID != "h1" || json.Unmarshal(r.Result, &h) != nil || h.Protocol != ProtocolVersion || h.AgentVersion != Version || h.BootID == "" {
 		t.Errorf("health: %+v (%s)", r, r.Result)
 	}
 
@@ -74,12 +74,24 @@ func protocolSuite(t *testing.T, rw io.ReadWriter) {
 	}
 
 	r = c.send(`{"v":2,"id":"v2","op":"health"}`+"\n", 1)[0]
-	if r.OK || r.ID != "v2" || r.Error != "unsupported protocol version 2 (this agent speaks 1)" || r.Result != nil {
-		t.Errorf("v2: %+v", r)
+	if !r.OK || r.ID != "v2" || r.V != 2 {
+		t.Errorf("health at v2: %+v", r)
+	}
+	r = c.send(`{"v":3,"id":"v3","op":"health"}`+"\n", 1)[0]
+	if r.OK || r.ID != "v3" || r.Error != "unsupported protocol version 3 (this agent speaks 1 to 2)" || r.Result != nil || r.V != ProtocolVersion {
+		t.Errorf("v3: %+v", r)
+	}
+	r = c.send(`{"v":1,"id":"r1","op":"refresh","args":{"time_unix_nano":1,"entropy":""}}`+"\n", 1)[0]
+	if r.OK || r.Error != "op refresh needs protocol version 2" {
+		t.Errorf("refresh at v1: %+v", r)
+	}
+	r = c.send(`{"v":2,"id":"r2","op":"refresh","args":{"time_unix_nano":1,"entropy":"AAAA"}}`+"\n", 1)[0]
+	if r.OK || r.Error != "refresh: entropy must be 32-512 bytes, got 3" {
+		t.Errorf("refresh with 3 bytes of entropy: %+v", r)
 	}
 
 	r = c.send(`{"v":1,"id":"u1","op":"reboot"}`+"\n", 1)[0]
-	if r.OK || r.ID != "u1" || r.Error != `unknown op "reboot" (known ops: health, ports)` {
+	if r.OK || r.ID != "u1" || r.Error != `unknown op "reboot" (known ops: health, ports, refresh)` {
 		t.Errorf("unknown op: %+v", r)
 	}
 

@@ -52,7 +52,7 @@ func TestVsockLoopback(t *testing.T) {
 	defer c.Close()
 	t.Logf("vsock loopback: agent on port %d", port)
 	h, err := c.Health(cctx)
-	if err != nil || h.Protocol != 1 {
+	if err != nil || h.Protocol != ProtocolVersion {
 		t.Fatalf("health: %+v, %v", h, err)
 	}
 

@@ -2,10 +2,12 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestssh"
@@ -13,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/privops"
 	"github.com/banger-dev/banger/internal/rpcserver"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmdir"
 )
 
 // Pause, resume and park (docs/snapshots.md). Paused: the VMM runs with
@@ -115,6 +118,24 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
 }
 
+// refreshGuest gives a restored guest 64 bytes of fresh entropy and the
+// host's clock through its agent, and returns how far its clock moved.
+func (s *Service) refreshGuest(ctx context.Context, rec store.VMRecord) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, AgentTimeout)
+	defer cancel()
+	c, err := agent.DialUDS(ctx, vmdir.Dir(rec.Runtime.Dir).AgentSock(), AgentPort)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	ent := make([]byte, 64)
+	if _, err := rand.Read(ent); err != nil {
+		return 0, err
+	}
+	r, err := c.Refresh(ctx, agent.RefreshArgs{TimeUnixNano: time.Now().UnixNano(), Entropy: ent})
+	return time.Duration(r.ClockStepNanos), err
+}
+
 // wake restores a parked VM into a new VMM and waits for its SSH server.
 // On failure the VM stays parked with its snapshot and disks.
 func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
@@ -146,6 +167,13 @@ func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord,
 	// From now on the disks move on: the snapshot would be stale.
 	if err := s.Ops.DiscardSnapshot(ctx, privops.VMReq{ID: rec.ID}); err != nil {
 		log.Warn("discard the snapshot after wake", "error", err)
+	}
+	// Before anything else reads them: fresh entropy, and the host's clock
+	// (the guest's stood still while it was parked).
+	if step, err := s.refreshGuest(ctx, rec); err != nil {
+		log.Warn("woken guest not refreshed (its clock may lag by the time it was parked)", "error", err)
+	} else {
+		log.Info("woken guest refreshed", "clock_step", step.String())
 	}
 	wctx, cancel := context.WithTimeout(ctx, WakeTimeout)
 	defer cancel()

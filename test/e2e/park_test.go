@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -58,12 +59,18 @@ func TestVMParkWakeSurvivesDaemonKill(t *testing.T) {
 		t.Fatalf("after the daemon's restart the VM is %s, want parked", st)
 	}
 
-	// vm exec wakes it: same memory, same boot.
+	// Parked for a while: the guest's clock stands still meanwhile.
+	time.Sleep(4 * time.Second)
+
+	// vm exec wakes it: same memory, same boot, and the host's clock.
 	t1 := time.Now()
-	got := strings.Fields(v.must("vm", "exec", "pk", "--", "sh", "-c", "cat /dev/shm/m /proc/sys/kernel/random/boot_id"))
+	got := strings.Fields(v.must("vm", "exec", "pk", "--", "sh", "-c", "cat /dev/shm/m /proc/sys/kernel/random/boot_id; date +%s"))
 	wakeTime := time.Since(t1)
-	if len(got) != 2 || got[0] != "parked-marker" || got[1] != boot {
+	if len(got) != 3 || got[0] != "parked-marker" || got[1] != boot {
 		t.Fatalf("after wake: %q; want the marker and boot_id %s", got, boot)
+	}
+	if guest, err := strconv.ParseInt(got[2], 10, 64); err != nil || guest < time.Now().Unix()-2 || guest > time.Now().Unix()+1 {
+		t.Fatalf("the woken guest's clock says %s, the host's %d: it was not stepped", got[2], time.Now().Unix())
 	}
 	if st := v.state("pk"); st != api.StateRunning {
 		t.Fatalf("after wake the VM is %s", st)
