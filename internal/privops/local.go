@@ -330,19 +330,11 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	if err := l.Policy.ValidateLaunch(r); err != nil {
 		return LaunchResp{}, err
 	}
-	bin, err := l.vmmBinary()
-	if err != nil {
-		return LaunchResp{}, err
-	}
-	d, path, err := l.vmDir(r.ID, false)
+	bin, d, dir, err := l.beforeVMM(r.ID)
 	if err != nil {
 		return LaunchResp{}, err
 	}
 	defer d.Close()
-	dir := vmdir.Dir(path)
-	if err := l.beforeVMM(r.ID, d, dir); err != nil {
-		return LaunchResp{}, err
-	}
 	// The VMM opens only root-only paths: the owner's kernel and initrd
 	// are copied in from handles opened without following links.
 	if _, err := l.cloneInto(d, vmdir.KernelName, r.Kernel); err != nil {
@@ -383,21 +375,35 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	return LaunchResp{PID: pid, Binary: bin, Kind: l.Policy.VMMKind}, nil
 }
 
-// beforeVMM checks that the VM's VMM is not running and has a root disk,
-// and removes what a VMM that died without cleanup left.
-func (l *Local) beforeVMM(id string, d *os.File, dir vmdir.Dir) error {
+// beforeVMM is what launching a VMM for VM id starts with: the helper's
+// checked VMM binary and the VM's directory (a handle the caller closes),
+// after checking that no VMM runs for it and that it has a root disk, and
+// removing what a VMM that died without cleanup left.
+func (l *Local) beforeVMM(id string) (bin string, d *os.File, dir vmdir.Dir, err error) {
+	if bin, err = l.vmmBinary(); err != nil {
+		return "", nil, "", err
+	}
+	d, path, err := l.vmDir(id, false)
+	if err != nil {
+		return "", nil, "", err
+	}
+	dir = vmdir.Dir(path)
+	fail := func(err error) (string, *os.File, vmdir.Dir, error) {
+		d.Close()
+		return "", nil, "", err
+	}
 	if pid, ok := running(dir); ok {
-		return errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", id, pid)
+		return fail(errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", id, pid))
 	}
 	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
 		if err := securefs.RemoveBeneath(d, n); err != nil {
-			return err
+			return fail(err)
 		}
 	}
 	if _, err := os.Lstat(dir.Rootfs()); err != nil {
-		return errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", id)
+		return fail(errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", id))
 	}
-	return nil
+	return bin, d, dir, nil
 }
 
 // openSerial opens the VM's serial log for the VMM's stdout. The log is
@@ -504,19 +510,11 @@ func (l *Local) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
 	if err := l.Policy.ValidateVM(r); err != nil {
 		return LaunchResp{}, err
 	}
-	bin, err := l.vmmBinary()
-	if err != nil {
-		return LaunchResp{}, err
-	}
-	d, path, err := l.vmDir(r.ID, false)
+	bin, d, dir, err := l.beforeVMM(r.ID)
 	if err != nil {
 		return LaunchResp{}, err
 	}
 	defer d.Close()
-	dir := vmdir.Dir(path)
-	if err := l.beforeVMM(r.ID, d, dir); err != nil {
-		return LaunchResp{}, err
-	}
 	for _, n := range []string{vmdir.SnapshotName, vmdir.SnapshotMemName} {
 		f, err := securefs.OpenBeneath(d, n, unix.O_RDONLY, 0)
 		if err != nil {
