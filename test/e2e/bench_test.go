@@ -219,9 +219,9 @@ func BenchmarkParkWake(b *testing.B) {
 				cold += time.Since(t2)
 			}
 			n := time.Duration(b.N)
-			b.ReportMetric(float64((park/n).Milliseconds()), "park-ms")
-			b.ReportMetric(float64((wake/n).Milliseconds()), "wake-exec-ms")
-			b.ReportMetric(float64((cold/n).Milliseconds()), "cold-start-exec-ms")
+			b.ReportMetric(float64((park / n).Milliseconds()), "park-ms")
+			b.ReportMetric(float64((wake / n).Milliseconds()), "wake-exec-ms")
+			b.ReportMetric(float64((cold / n).Milliseconds()), "cold-start-exec-ms")
 			b.Logf("%s: park %v, wake+exec %v, cold start+exec %v, wake/cold %.3f", im, park/n, wake/n, cold/n, float64(wake)/float64(cold))
 		})
 	}
