@@ -77,7 +77,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/pelletier/go-toml/v2"
 	"golang.org/x/sys/unix"
@@ -139,11 +141,23 @@ func (e *Error) Error() string {
 	}
 	if e.Key != "" {
 		b.WriteString(": ")
-		b.WriteString(e.Key)
+		b.WriteString(printableKey(e.Key))
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Msg)
 	return b.String()
+}
+
+// printableKey is a key as written, or quoted with escapes when it holds
+// anything unprintable (a quoted TOML key may hold a newline): an error
+// stays one line.
+func printableKey(k string) string {
+	for _, r := range k {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(k)
+		}
+	}
+	return k
 }
 
 // Find returns the path of root's .banger/image.toml and whether it exists.
