@@ -362,7 +362,9 @@ func (v *vmm) restoreTerminal() {
 // signal) and SIGHUP (kill QEMU, exit 156).
 func (v *vmm) onSignal(sig syscall.Signal) {
 	qp := v.beginStop()
-	qp.kill(2 * time.Second)
+	// Wait until QEMU is reaped: its tap and disks are free once the VMM
+	// is gone (a restore may open the same tap at once).
+	qp.kill(5 * time.Second)
 	v.restoreTerminal()
 	if sig == syscall.SIGHUP {
 		v.log.info("fc_main", "Received SIGHUP; exiting.")

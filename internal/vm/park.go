@@ -100,12 +100,18 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 		}
 		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: %w", rec.Name, err)
 	}
-	// The snapshot is complete: the VMM (paused) can go.
+	// The snapshot is complete: the VMM (paused) can go. SIGTERM, not
+	// SIGKILL: banger-vmm then takes its QEMU down and waits for it, so the
+	// tap is free by the time the VMM is gone (a wake right after a park
+	// found it busy otherwise); Firecracker dies at once either way.
 	pid := rec.Runtime.PID
-	if err := s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"}); err != nil {
+	if err := s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "TERM"}); err != nil {
 		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: end its VMM: %w", rec.Name, err)
 	}
-	s.waitGone(ctx, pid, 10*time.Second)
+	if !s.waitGone(ctx, pid, 10*time.Second) {
+		_ = s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"})
+		s.waitGone(ctx, pid, 5*time.Second)
+	}
 	if err := s.Ops.ClearRuntime(ctx, privops.VMReq{ID: rec.ID}); err != nil {
 		log.Warn("clear runtime after park", "error", err)
 	}
