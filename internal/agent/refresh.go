@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"time"
 )
@@ -37,8 +36,6 @@ func refresh(a RefreshArgs) (RefreshResult, error) {
 	}
 	return RefreshResult{ClockStepNanos: step, EntropyBytes: len(a.Entropy)}, nil
 }
-
-var errNoRefresh = errors.New("not supported on this system")
 
 // refreshHooks are the system calls refresh makes. The package's tests
 // replace them (they run on the host, often as root: a refresh there would

@@ -2,7 +2,12 @@
 
 package agent
 
-import "time"
+import (
+	"errors"
+	"time"
+)
+
+var errNoRefresh = errors.New("not supported on this system")
 
 func addEntropy([]byte) error { return errNoRefresh }
 

@@ -12,7 +12,7 @@ import (
 // refresh's system calls are replaced by recorders.
 func TestMain(m *testing.M) {
 	refreshHooks.addEntropy = func(b []byte) error { testRefresh.entropy = append([]byte(nil), b...); return nil }
-	refreshHooks.setClock = func(t time.Time) (int64, error) { testRefresh.clock = t; return t.Sub(time.Now()).Nanoseconds(), nil }
+	refreshHooks.setClock = func(t time.Time) (int64, error) { testRefresh.clock = t; return time.Until(t).Nanoseconds(), nil }
 	os.Exit(m.Run())
 }
 
