@@ -2,7 +2,8 @@
 //
 // The agent is a small static binary (cmd/banger-agent) that runs inside every
 // banger guest. It answers health and listening-socket queries from the host
-// over newline-delimited JSON (protocol v1, see docs/agent.md) on every
+// over newline-delimited JSON (protocol v1; v2 adds refresh, the entropy
+// and clock a guest restored from a snapshot takes; see docs/agent.md) on every
 // transport that exists in the guest: AF_VSOCK (Firecracker), the
 // virtio-serial port named "banger.agent" (banger-vmm) and, for tests and
 // debugging, unix or TCP listeners.
