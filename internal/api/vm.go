@@ -100,6 +100,14 @@ type VMRef struct {
 	Name string `json:"name"`
 }
 
+// VMResumeParams resumes a paused VM or wakes a parked one; Cold boots a
+// parked VM's disks instead, discarding its snapshot (for a snapshot that
+// cannot be loaded).
+type VMResumeParams struct {
+	Name string `json:"name"`
+	Cold bool   `json:"cold,omitempty"`
+}
+
 // VMKillParams picks the signal.
 type VMKillParams struct {
 	Name   string `json:"name"`

@@ -33,7 +33,7 @@ then an SSH shell or a command.`,
 		a.vmRefCmd("stop", "Stop a VM cleanly (sync, power off; killed after a timeout)", api.MethodVMStop, "stopped"),
 		a.vmRefCmd("restart", "Stop then start a VM (a fresh boot)", api.MethodVMRestart, "restarted"),
 		a.vmRefCmd("pause", "Pause a running VM's vCPUs (its memory stays resident)", api.MethodVMPause, "paused"),
-		a.vmRefCmd("resume", "Resume a paused VM, or wake a parked one from its snapshot", api.MethodVMResume, "running"),
+		a.vmResumeCmd(),
 		a.vmRefCmd("park", "Snapshot a running VM to disk and end its VMM (no memory held; 'vm resume', 'vm exec' or 'vm ssh' wake it)", api.MethodVMPark, "parked"),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
 		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
@@ -166,6 +166,39 @@ func (a *app) vmRefCmd(verb, short, method, done string) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func (a *app) vmResumeCmd() *cobra.Command {
+	var cold bool
+	cmd := &cobra.Command{
+		Use:   "resume NAME",
+		Short: "Resume a paused VM, or wake a parked one from its snapshot",
+		Long: `Resume a paused VM, or wake a parked one: its snapshot is loaded into a new
+VMM, the guest gets fresh entropy and the host's clock, and it carries on
+where it was parked (docs/snapshots.md). --cold boots a parked VM's kept
+disks instead, discarding the snapshot and so the guest's memory: for a
+snapshot that cannot be loaded (after an incompatible update).`,
+		Example:           "  banger vm resume dev\n  banger vm resume --cold dev",
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			err = a.withProgress(cmd.Context(), c, "resume "+args[0], func(ctx context.Context) error {
+				return c.Call(ctx, api.MethodVMResume, api.VMResumeParams{Name: args[0], Cold: cold}, &v)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s running\n", v.Name)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&cold, "cold", false, "boot a parked VM's disks, discarding its snapshot (its memory)")
+	return cmd
 }
 
 func (a *app) vmKillCmd() *cobra.Command {

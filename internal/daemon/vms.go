@@ -148,7 +148,16 @@ func (d *Daemon) registerVMs() {
 	d.srv.Handle(api.MethodVMStart, ref(s.Start))
 	d.srv.Handle(api.MethodVMStop, ref(s.Stop))
 	d.srv.Handle(api.MethodVMPause, ref(s.Pause))
-	d.srv.Handle(api.MethodVMResume, ref(s.Resume))
+	d.srv.Handle(api.MethodVMResume, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := decode[api.VMResumeParams](raw)
+		if err != nil {
+			return nil, err
+		}
+		if p.Cold {
+			return s.ResumeCold(ctx, p.Name)
+		}
+		return s.Resume(ctx, p.Name)
+	})
 	d.srv.Handle(api.MethodVMPark, ref(s.Park))
 	d.srv.Handle(api.MethodVMRestart, ref(s.Restart))
 	d.srv.Handle(api.MethodVMShow, ref(s.Show))

@@ -75,6 +75,31 @@ func (s *Service) Resume(ctx context.Context, name string) (api.VM, error) {
 	return s.ToAPI(ctx, rec), errdefs.BadRequestf("VM %s is %s, not paused or parked; 'banger vm start %s' boots it", rec.Name, rec.State, rec.Name)
 }
 
+// ResumeCold boots a parked VM's kept disks, discarding its snapshot: the
+// way out when the snapshot cannot be loaded (banger's VMM or the guest
+// agent changed incompatibly). Any other VM is resumed as by Resume.
+func (s *Service) ResumeCold(ctx context.Context, name string) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if rec.State != api.StateParked {
+		unlock()
+		return s.Resume(ctx, name)
+	}
+	defer unlock()
+	// stop of a parked VM discards its snapshot and releases its tap.
+	if rec, err = s.stop(ctx, rec, "resumed cold: the snapshot was discarded"); err != nil {
+		return s.ToAPI(ctx, rec), err
+	}
+	res, err := s.Images.Resolve(ctx, s.imageName(ctx, rec), nil)
+	if err != nil {
+		return s.ToAPI(ctx, rec), err
+	}
+	rec, err = s.start(ctx, rec, res)
+	return s.ToAPI(ctx, rec), err
+}
+
 // Park snapshots a running (or paused) VM into its directory and ends its
 // VMM: no guest memory is held until 'vm resume'.
 func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
@@ -160,7 +185,7 @@ func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord,
 	}
 	resp, err := s.Ops.RestoreVMM(ctx, privops.VMReq{ID: rec.ID})
 	if err != nil {
-		return rec, fmt.Errorf("VM %s could not be restored from its snapshot (%v); it stays parked with its disks: 'banger vm stop %s' discards the snapshot, then 'banger vm start %s' boots the disks", rec.Name, err, rec.Name, rec.Name)
+		return rec, fmt.Errorf("VM %s could not be restored from its snapshot (%v); it stays parked with its disks: 'banger vm resume --cold %s' boots the disks (its memory is lost)", rec.Name, err, rec.Name)
 	}
 	rec.Runtime.PID = resp.PID
 	rec.State = api.StateRunning

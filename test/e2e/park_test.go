@@ -86,6 +86,19 @@ func TestVMParkWakeSurvivesDaemonKill(t *testing.T) {
 		t.Fatalf("after pause: %s", st)
 	}
 	v.must("vm", "resume", "pk")
+
+	// --cold: a parked VM's disks boot; its memory (and snapshot) is gone.
+	v.must("vm", "park", "pk")
+	v.must("vm", "resume", "--cold", "pk")
+	if got := v.bootID("pk"); got == boot {
+		t.Fatal("vm resume --cold did not boot the VM afresh")
+	}
+	if r := v.banger("vm", "exec", "pk", "--", "test", "-e", "/dev/shm/m"); r.code == 0 {
+		t.Fatal("the memory-only marker survived a cold resume")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vm.mem")); !os.IsNotExist(err) {
+		t.Fatalf("the snapshot outlived a cold resume: %v", err)
+	}
 	v.must("vm", "stop", "pk")
 	r := v.banger("vm", "park", "pk")
 	if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "only a running VM can be parked") {
