@@ -395,10 +395,8 @@ func (l *Local) beforeVMM(id string) (bin string, d *os.File, dir vmdir.Dir, err
 	if pid, ok := running(dir); ok {
 		return fail(errdefs.New(errdefs.BadRequest, "vm %s already runs (vmm pid %d)", id, pid))
 	}
-	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
-		if err := securefs.RemoveBeneath(d, n); err != nil {
-			return fail(err)
-		}
+	if err := removeRuntime(d); err != nil {
+		return fail(err)
 	}
 	if _, err := os.Lstat(dir.Rootfs()); err != nil {
 		return fail(errdefs.New(errdefs.BadRequest, "vm %s has no root disk; create it again", id))
@@ -544,15 +542,32 @@ func (l *Local) DiscardSnapshot(ctx context.Context, r VMReq) error {
 	if err := l.Policy.ValidateVM(r); err != nil {
 		return err
 	}
-	d, _, err := l.vmDir(r.ID, false)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	d, err := l.existingVMDir(r.ID)
+	if d == nil {
 		return err
 	}
 	defer d.Close()
 	return removeSnapshot(d)
+}
+
+// existingVMDir opens the VM's directory; a VM without one is (nil, nil).
+func (l *Local) existingVMDir(id string) (*os.File, error) {
+	d, _, err := l.vmDir(id, false)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return d, err
+}
+
+// removeRuntime removes what a VMM leaves in its VM's directory: the API
+// socket, the pidfile and the agent socket.
+func removeRuntime(d *os.File) error {
+	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
+		if err := securefs.RemoveBeneath(d, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (l *Local) chownFile(f *os.File) error {
@@ -625,23 +640,15 @@ func (l *Local) ClearRuntime(ctx context.Context, r VMReq) error {
 	if err := l.Policy.ValidateVM(r); err != nil {
 		return err
 	}
-	d, _, err := l.vmDir(r.ID, false)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	d, err := l.existingVMDir(r.ID)
+	if d == nil {
 		return err
 	}
 	defer d.Close()
 	if pid, ok := running(l.dirOf(r.ID)); ok {
 		return errdefs.New(errdefs.BadRequest, "vm %s still runs (vmm pid %d)", r.ID, pid)
 	}
-	for _, n := range []string{vmdir.APISockName, vmdir.PIDFileName, vmdir.AgentSockName} {
-		if err := securefs.RemoveBeneath(d, n); err != nil {
-			return err
-		}
-	}
-	return nil
+	return removeRuntime(d)
 }
 
 // ReleaseRootfs implements Ops.
