@@ -147,25 +147,31 @@ func (a *app) vmRefCmd(verb, short, method, done string) *cobra.Command {
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var v api.VM
-			err = a.withProgress(cmd.Context(), c, verb+" "+args[0], func(ctx context.Context) error {
-				return c.Call(ctx, method, api.VMRef{Name: args[0]}, &v)
-			})
-			if err != nil {
-				return err
-			}
-			if v.State == api.StateParked && v.Runtime.SnapshotBytes > 0 {
-				fmt.Fprintf(a.stdout, "%s %s (snapshot %s)\n", v.Name, done, config.FormatSize(v.Runtime.SnapshotBytes))
-				return nil
-			}
-			fmt.Fprintf(a.stdout, "%s %s\n", v.Name, done)
-			return nil
+			return a.vmCall(cmd.Context(), verb, args[0], method, api.VMRef{Name: args[0]}, done)
 		},
 	}
+}
+
+// vmCall runs a lifecycle method on one VM with progress, then prints
+// "NAME DONE" (and a parked VM's snapshot size).
+func (a *app) vmCall(ctx context.Context, verb, name, method string, params any, done string) error {
+	c, _, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	var v api.VM
+	err = a.withProgress(ctx, c, verb+" "+name, func(ctx context.Context) error {
+		return c.Call(ctx, method, params, &v)
+	})
+	if err != nil {
+		return err
+	}
+	if v.State == api.StateParked && v.Runtime.SnapshotBytes > 0 {
+		fmt.Fprintf(a.stdout, "%s %s (snapshot %s)\n", v.Name, done, config.FormatSize(v.Runtime.SnapshotBytes))
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "%s %s\n", v.Name, done)
+	return nil
 }
 
 func (a *app) vmResumeCmd() *cobra.Command {
@@ -182,19 +188,7 @@ snapshot that cannot be loaded (after an incompatible update).`,
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var v api.VM
-			err = a.withProgress(cmd.Context(), c, "resume "+args[0], func(ctx context.Context) error {
-				return c.Call(ctx, api.MethodVMResume, api.VMResumeParams{Name: args[0], Cold: cold}, &v)
-			})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "%s running\n", v.Name)
-			return nil
+			return a.vmCall(cmd.Context(), "resume", args[0], api.MethodVMResume, api.VMResumeParams{Name: args[0], Cold: cold}, "running")
 		},
 	}
 	cmd.Flags().BoolVar(&cold, "cold", false, "boot a parked VM's disks, discarding its snapshot (its memory)")
