@@ -152,6 +152,26 @@ func (ns *netns) do(fn func() error) error {
 	return <-errc
 }
 
+// newVMMProcess prepares one banger-vmm process in dir (API socket, serial
+// log, VMM log; its own session) for the SDK to start, and returns it with
+// its instance id.
+func newVMMProcess(t *testing.T, env *bootEnv, ns *netns, dir, name string) (*bootedVM, string) {
+	t.Helper()
+	vm := &bootedVM{sock: filepath.Join(dir, "fc.sock"), serial: filepath.Join(dir, "serial.log"), logPath: filepath.Join(dir, "fc.log"), ns: ns, env: env, sdkLog: &bytes.Buffer{}}
+	serial, err := os.Create(vm.serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Open until the test ends: the SDK starts the process later.
+	t.Cleanup(func() { serial.Close() })
+	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1000000)
+	vm.cmd = exec.Command(env.bin, "--api-sock", vm.sock, "--id", id, "--no-seccomp")
+	vm.cmd.Stdout = serial
+	vm.cmd.Stderr = serial
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return vm, id
+}
+
 // bootedVM is one banger-vmm started through the SDK.
 type bootedVM struct {
 	m       *firecracker.Machine
@@ -180,17 +200,7 @@ func bootVM(t *testing.T, env *bootEnv, ns *netns, name string, opts ...func(*fi
 		t.Fatalf("mkfs.ext4: %v %s", err, out)
 	}
 
-	vm := &bootedVM{sock: filepath.Join(dir, "fc.sock"), serial: filepath.Join(dir, "serial.log"), logPath: filepath.Join(dir, "fc.log"), ns: ns, env: env, sdkLog: &bytes.Buffer{}}
-	serial, err := os.Create(vm.serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serial.Close()
-	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1000000)
-	vm.cmd = exec.Command(env.bin, "--api-sock", vm.sock, "--id", id, "--no-seccomp")
-	vm.cmd.Stdout = serial
-	vm.cmd.Stderr = serial
-	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	vm, id := newVMMProcess(t, env, ns, dir, name)
 
 	cfg := firecracker.Config{
 		SocketPath:      vm.sock,
@@ -216,6 +226,7 @@ func bootVM(t *testing.T, env *bootEnv, ns *netns, name string, opts ...func(*fi
 	lg.SetOutput(vm.sdkLog)
 	lg.SetLevel(logrus.DebugLevel)
 	ctx := context.Background() // must outlive the VM: cancelling it kills the VMM
+	var err error
 	vm.m, err = firecracker.NewMachine(ctx, cfg, firecracker.WithProcessRunner(vm.cmd), firecracker.WithLogger(logrus.NewEntry(lg)))
 	if err != nil {
 		t.Fatalf("NewMachine: %v", err)

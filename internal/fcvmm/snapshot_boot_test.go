@@ -5,10 +5,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,22 +19,12 @@ import (
 // /snapshot/load, resumed), on the same namespace and tap.
 func restoreVM(t *testing.T, env *bootEnv, ns *netns, name, snap, mem string) (*bootedVM, error) {
 	t.Helper()
-	dir := t.TempDir()
-	vm := &bootedVM{sock: filepath.Join(dir, "fc.sock"), serial: filepath.Join(dir, "serial.log"), logPath: filepath.Join(dir, "fc.log"), ns: ns, env: env, sdkLog: &bytes.Buffer{}}
-	serial, err := os.Create(vm.serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serial.Close()
-	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1000000)
-	vm.cmd = exec.Command(env.bin, "--api-sock", vm.sock, "--id", id, "--no-seccomp")
-	vm.cmd.Stdout = serial
-	vm.cmd.Stderr = serial
-	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	vm, id := newVMMProcess(t, env, ns, t.TempDir(), name)
 	cfg := firecracker.Config{SocketPath: vm.sock, VMID: id, LogPath: vm.logPath, LogLevel: "Info", ForwardSignals: []os.Signal{}}
 	lg := logrus.New()
 	lg.SetOutput(vm.sdkLog)
 	ctx := context.Background()
+	var err error
 	vm.m, err = firecracker.NewMachine(ctx, cfg, firecracker.WithProcessRunner(vm.cmd), firecracker.WithLogger(logrus.NewEntry(lg)),
 		firecracker.WithSnapshot(mem, snap, func(c *firecracker.SnapshotConfig) { c.ResumeVM = true }))
 	if err != nil {
