@@ -138,8 +138,9 @@ func (s *Service) build(ctx context.Context, spec *imagespec.Spec, base string, 
 	}
 	defer lf.Close()
 	// The script's output goes to the log; its stage lines also to the
-	// caller's progress.
-	out := io.MultiWriter(lf, &stageLines{w: progress})
+	// caller's progress. The guest decides how much it writes: both are
+	// capped (the build itself is bounded by BuildTimeout).
+	out := io.MultiWriter(&headLog{w: lf, left: maxBuildLog}, &stageLines{w: progress, left: maxStageLines})
 
 	fmt.Fprintf(progress, "building image %s from %s on %s (in a build VM; log %s) ...\n", name, spec.File, base, logPath)
 	// A build VM of this key left by a daemon that died mid-build is ours:
@@ -256,10 +257,46 @@ func imageName(root, key string) string {
 	return n + "-" + key[:8]
 }
 
-// stageLines passes on the "banger-build: ..." lines written to it.
+// Caps on what a build VM's output costs the host.
+const (
+	maxBuildLog   = 64 << 20 // bytes of build log kept
+	maxStageLines = 1000     // stage lines passed on as progress
+)
+
+// headLog keeps the first left bytes written to it and notes, once, that
+// the rest was dropped; it never fails the build.
+type headLog struct {
+	w       io.Writer
+	left    int64
+	dropped bool
+}
+
+func (h *headLog) Write(p []byte) (int, error) {
+	if h.left <= 0 {
+		if !h.dropped {
+			h.dropped = true
+			fmt.Fprintf(h.w, "\n[banger: the build log is cut at %d MiB]\n", maxBuildLog>>20)
+		}
+		return len(p), nil
+	}
+	q := p
+	if int64(len(q)) > h.left {
+		q = q[:h.left]
+	}
+	n, err := h.w.Write(q)
+	h.left -= int64(n)
+	if err != nil {
+		return n, err
+	}
+	return len(p), nil
+}
+
+// stageLines passes on the "banger-build: ..." lines written to it, at
+// most left of them.
 type stageLines struct {
-	w   io.Writer
-	buf []byte
+	w    io.Writer
+	buf  []byte
+	left int
 }
 
 func (s *stageLines) Write(p []byte) (int, error) {
@@ -274,7 +311,8 @@ func (s *stageLines) Write(p []byte) (int, error) {
 		}
 		line := string(s.buf[:i])
 		s.buf = s.buf[i+1:]
-		if strings.HasPrefix(line, "banger-build: ") {
+		if strings.HasPrefix(line, "banger-build: ") && s.left > 0 {
+			s.left--
 			fmt.Fprintln(s.w, line)
 		}
 	}

@@ -42,7 +42,7 @@ func TestRepoRoot(t *testing.T) {
 // whole, however the output is split; an endless line is dropped, not kept.
 func TestStageLines(t *testing.T) {
 	var out bytes.Buffer
-	w := &stageLines{w: &out}
+	w := &stageLines{w: &out, left: maxStageLines}
 	for _, chunk := range []string{"Get:1 http://deb ", "bookworm InRelease\nbanger-build: apt-", "get update\nnoise\nbanger-build: done\n"} {
 		w.Write([]byte(chunk))
 	}
@@ -50,5 +50,27 @@ func TestStageLines(t *testing.T) {
 	w.Write([]byte("\nbanger-build: after\n"))
 	if got := out.String(); got != "banger-build: apt-get update\nbanger-build: done\nbanger-build: after\n" {
 		t.Fatalf("progress got %q", got)
+	}
+}
+
+// TestBuildOutputCapped: a build VM that writes without end costs the host
+// at most maxBuildLog bytes of log and maxStageLines progress lines, and
+// the build's writes never fail for it.
+func TestBuildOutputCapped(t *testing.T) {
+	var log bytes.Buffer
+	h := &headLog{w: &log, left: 10}
+	for _, p := range []string{"0123456", "789abc", "def"} {
+		if n, err := h.Write([]byte(p)); n != len(p) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", p, n, err)
+		}
+	}
+	if got := log.String(); got != "0123456789\n[banger: the build log is cut at 64 MiB]\n" {
+		t.Fatalf("log %q", got)
+	}
+	var out bytes.Buffer
+	s := &stageLines{w: &out, left: 2}
+	s.Write([]byte("banger-build: a\nbanger-build: b\nbanger-build: c\n"))
+	if out.String() != "banger-build: a\nbanger-build: b\n" {
+		t.Fatalf("progress %q", out.String())
 	}
 }
