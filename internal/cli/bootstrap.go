@@ -24,6 +24,10 @@ var miseFiles = []string{".mise.toml", "mise.toml", ".tool-versions"}
 // bootstrapLog is where the bootstrap's output is kept in the guest.
 const bootstrapLog = "/root/.banger/bootstrap.log"
 
+// maxBootstrapOutput bounds what a failed bootstrap's message quotes from
+// the guest.
+const maxBootstrapOutput = 16 << 10
+
 // toolchainFile names the first mise file the workspace will copy ("" =
 // none).
 func toolchainFile(ws *workspace.Workspace) string {
@@ -71,8 +75,9 @@ func (a *app) bootstrapToolchains(ctx context.Context, c *client.Client, vm, gue
 	if output.IsTerminal(a.stderr) {
 		fmt.Fprintln(a.stderr, output.Dim(a.stderr, "bootstrapping toolchains (mise install) ..."))
 	}
-	var stderr strings.Builder
-	code, err := a.guestSessionTo(ctx, c, vm, []string{"sh", "-c", bootstrapScript, "sh", guestPath}, io.Discard, &stderr)
+	// What the guest writes back is capped (it is printed in the error).
+	stderr := &headBuffer{max: maxBootstrapOutput}
+	code, err := a.guestSessionTo(ctx, c, vm, []string{"sh", "-c", bootstrapScript, "sh", guestPath}, io.Discard, stderr)
 	if err != nil {
 		return fmt.Errorf("toolchain bootstrap: %w", err)
 	}
@@ -82,8 +87,8 @@ func (a *app) bootstrapToolchains(ctx context.Context, c *client.Client, vm, gue
 	if msg := strings.TrimSpace(stderr.String()); msg != "" {
 		return fmt.Errorf("toolchain bootstrap in VM %s failed: %s", vm, msg)
 	}
-	var tail strings.Builder
-	a.guestSessionTo(ctx, c, vm, []string{"tail", "-n", "15", bootstrapLog}, &tail, io.Discard)
+	tail := &headBuffer{max: maxBootstrapOutput}
+	a.guestSessionTo(ctx, c, vm, []string{"tail", "-n", "15", bootstrapLog}, tail, io.Discard)
 	return fmt.Errorf("toolchain bootstrap in VM %s failed (mise exit %d); its log is %s:%s ('banger vm exec %s -- cat %s'); last lines:\n%s",
 		vm, code, vm, bootstrapLog, vm, bootstrapLog, strings.TrimRight(tail.String(), "\n"))
 }
