@@ -137,7 +137,7 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 			case path == "":
 				return 200, v.instanceInfo(), nil
 			case path == "balloon":
-				return 0, nil, badRequest("Balloon config error: No balloon device found.")
+				return v.getBalloon(tokens[1:])
 			case path == "version":
 				return 200, map[string]string{"firecracker_version": firecrackerVers}, nil
 			case path == "vm" && nextIs("config"):
@@ -145,9 +145,11 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 			case path == "machine-config":
 				return 200, v.cfg.machine, nil
 			case path == "mmds":
-				return 0, nil, notSupported("MMDS")
+				// The data store was never initialised (PUT /mmds is not
+				// supported): Firecracker answers an empty object then.
+				return 200, map[string]any{}, nil
 			case path == "hotplug" && nextIs("memory"):
-				return 0, nil, notSupported("memory hotplug")
+				return v.noDevice("Internal VMM error")
 			}
 		} else {
 			return 0, nil, badRequest("GET request cannot have a body.")
@@ -178,16 +180,25 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 		case "vsock":
 			return v.putVsock(body)
 		case "balloon":
-			return v.unsupported(true, "the balloon device")
+			return v.unsupported("the balloon device")
 		case "mmds":
-			if next != nil && *next == "config" {
-				return v.unsupported(true, "MMDS")
+			switch {
+			case nextIs("config"):
+				return v.unsupported("MMDS")
+			case next != nil:
+				return 0, nil, badRequest("Unrecognized PUT request path `%s`.", *next)
+			}
+			if e := checkJSON(body); e != nil {
+				return 0, nil, e
 			}
 			return 0, nil, notSupported("MMDS")
 		case "cpu-config":
-			return v.unsupported(true, "a custom CPU template")
+			return v.unsupported("a custom CPU template")
 		case "pmem":
-			return v.unsupported(true, "virtio-pmem")
+			if _, e := checkedID(next); e != nil {
+				return 0, nil, e
+			}
+			return v.unsupported("virtio-pmem")
 		case "snapshot":
 			switch {
 			case nextIs("create"):
@@ -200,12 +211,12 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 			return 0, nil, badRequest("Invalid request method and/or path: PUT /snapshot/%s.", *next)
 		case "hotplug":
 			if nextIs("memory") {
-				return v.unsupported(true, "memory hotplug")
+				return v.unsupported("memory hotplug")
 			}
 		}
 	case http.MethodPatch:
 		if path == "balloon" {
-			return v.unsupported(false, "the balloon device")
+			return v.patchBalloon(tokens[1:], body)
 		}
 		if !hasBody {
 			return 0, nil, badRequest("Empty PATCH request.")
@@ -216,30 +227,145 @@ func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
 		case "machine-config":
 			return v.patchMachineConfig(body)
 		case "mmds":
-			return 0, nil, notSupported("MMDS")
+			if e := checkJSON(body); e != nil {
+				return 0, nil, e
+			}
+			// Firecracker's answer while no PUT /mmds initialised the store.
+			return 0, nil, badRequest("MMDS error: The MMDS data store is not initialized.")
 		case "network-interfaces":
 			return v.patchNetwork(body, next)
 		case "vm":
 			return v.patchVM(body)
 		case "hotplug":
 			if nextIs("memory") {
-				return v.unsupported(false, "memory hotplug")
+				var req struct {
+					RequestedSizeMib *int64 `json:"requested_size_mib"`
+				}
+				if _, err := decodeBody(body, &req); err != nil {
+					return 0, nil, err.(*apiError)
+				}
+				if req.RequestedSizeMib == nil {
+					return 0, nil, deserializeError("missing field `requested_size_mib`")
+				}
+				return v.noDevice("Memory hotplug update error")
 			}
 		}
 	}
 	return 0, nil, badRequest("Invalid request method and/or path: %s %s.", method, path)
 }
 
-// unsupported answers a Firecracker feature banger-vmm lacks, after the
-// boot-phase check Firecracker would apply first.
-func (v *vmm) unsupported(preBootOnly bool, what string) (int, any, *apiError) {
-	if preBootOnly && v.started {
+// unsupported answers a request that would configure a device banger-vmm
+// cannot provide (all of them are pre-boot in Firecracker): the post-boot
+// error after boot, as Firecracker checks the phase first, and otherwise
+// "not supported", where Firecracker would have accepted it.
+func (v *vmm) unsupported(what string) (int, any, *apiError) {
+	if v.started {
 		return 0, nil, errPostBoot
 	}
-	if !preBootOnly && !v.started {
+	return 0, nil, notSupported(what)
+}
+
+// Devices banger-vmm never has: a balloon and a memory hotplug device.
+// Requests that would create one are refused as not supported; requests on
+// the device get Firecracker's answers for a VMM where it was not
+// configured.
+
+// noDevice is Firecracker's answer to an operation on a device that was not
+// configured: the pre-boot error before boot, the device manager's "not
+// found" under the action's prefix after.
+func (v *vmm) noDevice(prefix string) (int, any, *apiError) {
+	if !v.started {
 		return 0, nil, errPreBoot
 	}
-	return 0, nil, notSupported(what)
+	return 0, nil, badRequest("%s: Failed perform action on device: Device not found", prefix)
+}
+
+// getBalloon is GET /balloon[/statistics | /hinting/status] without a
+// balloon device.
+func (v *vmm) getBalloon(rest []string) (int, any, *apiError) {
+	switch {
+	case len(rest) == 0 && !v.started:
+		return 0, nil, badRequest("Balloon config error: No balloon device found.")
+	case len(rest) == 0 || rest[0] == "statistics":
+		return v.noDevice("Internal VMM error")
+	case rest[0] != "hinting":
+		return 0, nil, badRequest("Unrecognized GET request path `%s`.", rest[0])
+	case len(rest) < 2:
+		return 0, nil, badRequest("Unrecognized GET request path `/hinting/`.")
+	case rest[1] != "status":
+		return 0, nil, badRequest("Unrecognized GET request path `/hinting/%s`.", rest[1])
+	}
+	return v.noDevice("Balloon update error")
+}
+
+// patchBalloon is PATCH /balloon[/statistics | /hinting/start | stop]
+// without a balloon device; the body is checked first, as Firecracker
+// parses it before acting.
+func (v *vmm) patchBalloon(rest []string, body []byte) (int, any, *apiError) {
+	sub := ""
+	if len(rest) > 0 {
+		sub = rest[0]
+	}
+	switch {
+	case sub == "statistics" && len(body) > 0:
+		var req struct {
+			StatsPollingIntervalS *int64 `json:"stats_polling_interval_s"`
+		}
+		if e := decodeUint(body, &req, "stats_polling_interval_s", &req.StatsPollingIntervalS, 1<<16-1, "u16"); e != nil {
+			return 0, nil, e
+		}
+	case sub == "hinting":
+		switch {
+		case len(rest) < 2:
+			return 0, nil, badRequest("Unrecognized PATCH request path `/hinting/`.")
+		case rest[1] == "start":
+			if len(body) > 0 {
+				var req struct {
+					AcknowledgeOnStop *bool `json:"acknowledge_on_stop"`
+				}
+				if err := json.Unmarshal(body, &req); err != nil {
+					return 0, nil, deserializeError(serdeMessage(err))
+				}
+			}
+		case rest[1] != "stop":
+			return 0, nil, badRequest("Unrecognized PATCH request path `/hinting/%s`.", rest[1])
+		}
+	case len(body) > 0:
+		var req struct {
+			AmountMib *int64 `json:"amount_mib"`
+		}
+		if e := decodeUint(body, &req, "amount_mib", &req.AmountMib, 1<<32-1, "u32"); e != nil {
+			return 0, nil, e
+		}
+	default:
+		return 0, nil, badRequest("Empty PATCH request.")
+	}
+	return v.noDevice("Balloon update error")
+}
+
+// decodeUint decodes body into dst (a struct whose only field is *val,
+// named field) and checks the value is present and fits an unsigned type.
+func decodeUint(body []byte, dst any, field string, val **int64, max int64, typ string) *apiError {
+	if _, err := decodeBody(body, dst); err != nil {
+		return err.(*apiError)
+	}
+	switch {
+	case *val == nil:
+		return deserializeError(fmt.Sprintf("missing field `%s`", field))
+	case **val < 0 || **val > max:
+		return deserializeError(fmt.Sprintf("invalid value: integer `%d`, expected %s", **val, typ))
+	}
+	return nil
+}
+
+// checkJSON checks that body is JSON, as Firecracker parses an MMDS body
+// (any JSON value) before acting on it.
+func checkJSON(body []byte) *apiError {
+	var x any
+	if err := json.Unmarshal(body, &x); err != nil {
+		return deserializeError(serdeMessage(err))
+	}
+	return nil
 }
 
 // checkedID is Firecracker's checked_id for path ids.

@@ -69,7 +69,7 @@ func (r response) fault() string {
 	return f.FaultMessage
 }
 
-func (tv *testVMM) do(t *testing.T, method, path, body string) response {
+func (tv *testVMM) do(t testing.TB, method, path, body string) response {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -333,5 +333,67 @@ func TestLoggerLineFormat(t *testing.T) {
 	}
 	if len(line) < 29 || line[10] != 'T' || line[19] != '.' {
 		t.Errorf("timestamp format: %q", line)
+	}
+}
+
+// TestAPIDevicesNeverPresent: banger-vmm has no balloon, MMDS, memory
+// hotplug, pmem or custom CPU template. What would configure one is refused
+// as not supported (after the phase rule); what acts on one gets Firecracker
+// v1.14.1's answer for a VMM where it was never configured.
+func TestAPIDevicesNeverPresent(t *testing.T) {
+	tv := newTestVMM(t)
+	pre := "The requested operation is not supported before starting the microVM."
+	post := "The requested operation is not supported after starting the microVM."
+	notFound := ": Failed perform action on device: Device not found"
+	type req struct{ method, path, body string }
+	cases := []struct {
+		req
+		preStatus int
+		preWant   string
+		postWant  string
+	}{
+		{req{"GET", "/balloon", ""}, 400, "Balloon config error: No balloon device found.", "Internal VMM error" + notFound},
+		{req{"GET", "/balloon/statistics", ""}, 400, pre, "Internal VMM error" + notFound},
+		{req{"GET", "/balloon/hinting/status", ""}, 400, pre, "Balloon update error" + notFound},
+		{req{"GET", "/balloon/hinting", ""}, 400, "Unrecognized GET request path `/hinting/`.", "Unrecognized GET request path `/hinting/`."},
+		{req{"GET", "/balloon/x", ""}, 400, "Unrecognized GET request path `x`.", "Unrecognized GET request path `x`."},
+		{req{"PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`}, 400, "The requested operation is not supported: the balloon device is not supported by banger-vmm", post},
+		{req{"PATCH", "/balloon", `{"amount_mib":1}`}, 400, pre, "Balloon update error" + notFound},
+		{req{"PATCH", "/balloon", `{"amount_mib":-1}`}, 400, "An error occurred when deserializing the json body of a request: invalid value: integer `-1`, expected u32.", "An error occurred when deserializing the json body of a request: invalid value: integer `-1`, expected u32."},
+		{req{"PATCH", "/balloon", ""}, 400, "Empty PATCH request.", "Empty PATCH request."},
+		{req{"PATCH", "/balloon/statistics", `{"stats_polling_interval_s":1}`}, 400, pre, "Balloon update error" + notFound},
+		{req{"PATCH", "/balloon/statistics", `{"amount_mib":1}`}, 400, "An error occurred when deserializing the json body of a request: unknown field `amount_mib`, expected `stats_polling_interval_s`.", "An error occurred when deserializing the json body of a request: unknown field `amount_mib`, expected `stats_polling_interval_s`."},
+		{req{"PATCH", "/balloon/hinting/start", ""}, 400, pre, "Balloon update error" + notFound},
+		{req{"PATCH", "/balloon/hinting/stop", ""}, 400, pre, "Balloon update error" + notFound},
+		{req{"PATCH", "/balloon/hinting/go", ""}, 400, "Unrecognized PATCH request path `/hinting/go`.", "Unrecognized PATCH request path `/hinting/go`."},
+		{req{"GET", "/mmds", ""}, 200, "", ""},
+		{req{"PUT", "/mmds", `{"latest":{}}`}, 400, "The requested operation is not supported: MMDS is not supported by banger-vmm", "The requested operation is not supported: MMDS is not supported by banger-vmm"},
+		{req{"PUT", "/mmds/config", `{"network_interfaces":["eth0"]}`}, 400, "The requested operation is not supported: MMDS is not supported by banger-vmm", post},
+		{req{"PUT", "/mmds/other", `{}`}, 400, "Unrecognized PUT request path `other`.", "Unrecognized PUT request path `other`."},
+		{req{"PATCH", "/mmds", `{"latest":{}}`}, 400, "MMDS error: The MMDS data store is not initialized.", "MMDS error: The MMDS data store is not initialized."},
+		{req{"PUT", "/cpu-config", `{}`}, 400, "The requested operation is not supported: a custom CPU template is not supported by banger-vmm", post},
+		{req{"PUT", "/pmem/p0", `{"id":"p0","path_on_host":"x"}`}, 400, "The requested operation is not supported: virtio-pmem is not supported by banger-vmm", post},
+		{req{"PUT", "/pmem/bad-id", `{}`}, 400, "API Resource IDs can only contain alphanumeric characters and underscores.", "API Resource IDs can only contain alphanumeric characters and underscores."},
+		{req{"PUT", "/hotplug/memory", `{"total_size_mib":1024}`}, 400, "The requested operation is not supported: memory hotplug is not supported by banger-vmm", post},
+		{req{"GET", "/hotplug/memory", ""}, 400, pre, "Internal VMM error" + notFound},
+		{req{"PATCH", "/hotplug/memory", `{"requested_size_mib":1024}`}, 400, pre, "Memory hotplug update error" + notFound},
+		{req{"PATCH", "/hotplug/memory", `{}`}, 400, "An error occurred when deserializing the json body of a request: missing field `requested_size_mib`.", "An error occurred when deserializing the json body of a request: missing field `requested_size_mib`."},
+	}
+	for _, c := range cases {
+		r := tv.do(t, c.method, c.path, c.body)
+		expect(t, "pre-boot "+c.method+" "+c.path+" "+c.body, r, c.preStatus, c.preWant)
+		if c.preStatus == 200 && r.body != "{}" {
+			t.Errorf("GET /mmds: %s, want {} (Firecracker's empty data store)", r.body)
+		}
+	}
+	tv.v.mu.Lock()
+	tv.v.started = true // the post-boot rules do not depend on QEMU
+	tv.v.mu.Unlock()
+	for _, c := range cases {
+		status := 400
+		if c.postWant == "" {
+			status = 200
+		}
+		expect(t, "post-boot "+c.method+" "+c.path+" "+c.body, tv.do(t, c.method, c.path, c.body), status, c.postWant)
 	}
 }

@@ -52,7 +52,7 @@ var (
 	envSkip string
 )
 
-func bootPrereqs(t *testing.T) *bootEnv {
+func bootPrereqs(t testing.TB) *bootEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a VM; skipped with -short")

@@ -86,11 +86,7 @@ func decodeBody(body []byte, dst any) (map[string]json.RawMessage, error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		if !known[k] {
-			quoted := make([]string, len(fields))
-			for i, f := range fields {
-				quoted[i] = "`" + f + "`"
-			}
-			return nil, deserializeError(fmt.Sprintf("unknown field `%s`, expected one of %s", k, strings.Join(quoted, ", ")))
+			return nil, deserializeError(fmt.Sprintf("unknown field `%s`, %s", k, serdeExpected(fields)))
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -99,6 +95,23 @@ func decodeBody(body []byte, dst any) (map[string]json.RawMessage, error) {
 		return nil, deserializeError(serdeMessage(err))
 	}
 	return raw, nil
+}
+
+// serdeExpected is how serde lists a struct's fields after an unknown one.
+func serdeExpected(fields []string) string {
+	quoted := make([]string, len(fields))
+	for i, f := range fields {
+		quoted[i] = "`" + f + "`"
+	}
+	switch len(quoted) {
+	case 0:
+		return "there are no fields"
+	case 1:
+		return "expected " + quoted[0]
+	case 2:
+		return "expected " + quoted[0] + " or " + quoted[1]
+	}
+	return "expected one of " + strings.Join(quoted, ", ")
 }
 
 // serdeMessage turns encoding/json's errors into wording close to serde's.

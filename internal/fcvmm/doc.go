@@ -19,9 +19,12 @@
 //     for the schema, unknown fields rejected, the same pre-boot and
 //     post-boot rules and the same fault messages where Firecracker's are
 //     known.
-//   - Files are opened when they are PUT, as Firecracker does, and the open
-//     descriptors (kernel, initrd, drives, taps) are what QEMU is given at
-//     InstanceStart; no API path ends up in QEMU's argv.
+//   - Files are opened when they are PUT, as Firecracker does, relative paths
+//     against the VMM's working directory, and the open descriptors (kernel,
+//     initrd, drives, taps) are what QEMU is given at InstanceStart; no API
+//     path ends up in QEMU's argv. A drive is raw unless the opened file
+//     carries the user.banger.format=qcow2 attribute root sets (qcow2.go);
+//     its content never decides.
 //   - QEMU is the VMM's only child and dies with it (PR_SET_PDEATHSIG); the
 //     VMM dies by the signal it gets (SIGTERM, SIGINT, SIGQUIT), exits 156 on
 //     SIGHUP, ignores SIGPIPE and exits 0 when the guest reboots.

@@ -12,10 +12,36 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// hostInfo is what InstanceStart needs to know about the host: the
+// accelerator and, under TCG, the TSC rate for the guest's command line.
+type hostInfo struct {
+	kvm    bool
+	tscKHz int
+}
+
+var (
+	hostOnce sync.Once
+	hostVal  hostInfo
+)
+
+// hostFacts reads the host's facts once per process. Main starts reading
+// them in the background as the VMM starts (reading the kernel log for the
+// TSC rate takes milliseconds), so InstanceStart normally finds them ready.
+func hostFacts() hostInfo {
+	hostOnce.Do(func() {
+		hostVal.kvm = useKVM()
+		if !hostVal.kvm {
+			hostVal.tscKHz = hostTSCkHz()
+		}
+	})
+	return hostVal
+}
 
 // kvmUsable reports whether /dev/kvm can run a stock guest kernel: it must
 // open read-write and answer KVM_GET_API_VERSION with 12, and it must not be

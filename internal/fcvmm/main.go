@@ -79,6 +79,8 @@ func Main(argv []string) int {
 		}
 	}
 
+	go hostFacts() // ready by InstanceStart
+
 	v := newVMM(id, log)
 	if s := a.value("http-api-max-payload-size", ""); s != "" {
 		n, _ := strconv.ParseInt(s, 10, 64)

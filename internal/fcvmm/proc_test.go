@@ -25,7 +25,7 @@ var (
 
 // vmmBinary builds cmd/banger-vmm once per test run (or uses the binary
 // named by FCVMM_TEST_BIN, e.g. one built with -race).
-func vmmBinary(t *testing.T) string {
+func vmmBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if b := os.Getenv("FCVMM_TEST_BIN"); b != "" {

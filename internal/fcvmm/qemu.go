@@ -160,7 +160,7 @@ func planLaunch(v *vmConfig, serial, qmpSock, agent *os.File, kvm bool, cmdline 
 			ro = "on"
 		}
 		a = append(a,
-			"-drive", fmt.Sprintf("file=/dev/fdset/%d,if=none,id=drive%d,format=raw,cache=%s,readonly=%s,file.locking=off", set, i, cache, ro),
+			"-drive", fmt.Sprintf("file=/dev/fdset/%d,if=none,id=drive%d,format=%s,cache=%s,readonly=%s,%s", set, i, d.formatName(), cache, ro, driveLockingOpts(d)),
 			"-device", fmt.Sprintf("virtio-blk-device,drive=drive%d", i))
 	}
 	for i, n := range v.nets {
@@ -179,6 +179,34 @@ func planLaunch(v *vmConfig, serial, qmpSock, agent *os.File, kvm bool, cmdline 
 	}
 	p.args = a
 	return p
+}
+
+// formatName is the drive's QEMU format: raw unless open found the
+// user.banger.format attribute (see qcow2.go).
+func (d *driveCfg) formatName() string {
+	if d.format == "" {
+		return formatRaw
+	}
+	return d.format
+}
+
+// driveLockingOpts turns QEMU's image locking off on every file of a drive,
+// as Firecracker takes no locks: the file itself, and for a qcow2 drive
+// each file of its backing chain, which QEMU opens by the absolute names in
+// the headers. Each backing file's format is pinned to the one its parent's
+// header names (qcow2Chain checked there is one), so QEMU never probes a
+// file's content.
+func driveLockingOpts(d *driveCfg) string {
+	s := "file.locking=off"
+	if d.formatName() != formatQcow2 {
+		return s
+	}
+	prefix := ""
+	for _, f := range d.backing {
+		prefix += "backing."
+		s += "," + prefix + "driver=" + f + "," + prefix + "file.locking=off"
+	}
+	return s
 }
 
 // qemuProc is a running QEMU.

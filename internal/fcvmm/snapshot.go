@@ -189,7 +189,7 @@ func (v *vmm) record(q *qemuProc) (*snapshotRecord, error) {
 		return nil, err
 	}
 	accel := "tcg"
-	if useKVM() {
+	if v.kvm {
 		accel = "kvm"
 	}
 	b := v.cfg.boot

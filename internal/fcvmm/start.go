@@ -44,11 +44,8 @@ func (v *vmm) startMicroVM(r *restoreSpec) *apiError {
 	if err := checkKernel(b.kernel); err != nil {
 		return startError("%s", err.Error())
 	}
-	kvm := useKVM()
-	tsc := 0
-	if !kvm {
-		tsc = hostTSCkHz()
-	}
+	host := hostFacts()
+	kvm, tsc := host.kvm, host.tscKHz
 	var root *driveCfg
 	if len(v.cfg.drives) > 0 && v.cfg.drives[0].root {
 		root = v.cfg.drives[0]
@@ -186,6 +183,7 @@ func (v *vmm) startMicroVM(r *restoreSpec) *apiError {
 
 	v.started = true
 	v.cmdline = cmdline
+	v.kvm = kvm
 	v.paused = r != nil && !r.resume
 	if qp.vsock != nil {
 		qp.vsock.start()

@@ -3,6 +3,7 @@ package fcvmm
 import (
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -41,6 +42,11 @@ type driveCfg struct {
 	root, readOnly      bool
 	rateLimiter         *models.RateLimiter
 	rw, ro              *os.File // rw is nil for a read-only drive
+	// format is how QEMU opens the file: raw, or qcow2 when the opened
+	// file carries user.banger.format = qcow2 (see qcow2.go); backing are
+	// then the formats of its backing chain, nearest first.
+	format  string
+	backing []string
 }
 
 func (d *driveCfg) close() {
@@ -85,8 +91,10 @@ type vmm struct {
 	// /snapshot/load is refused (Firecracker's boot_path).
 	bootPath bool
 	// cmdline is the guest command line QEMU was launched with (recorded in
-	// a snapshot: a restore must launch the same machine).
+	// a snapshot: a restore must launch the same machine), kvm its
+	// accelerator.
 	cmdline string
+	kvm     bool
 	// fatal: the request failed in a way Firecracker does not recover from
 	// (a failed snapshot load): answer, then exit.
 	fatal bool
@@ -442,7 +450,12 @@ func (v *vmm) putDrive(body []byte, pathID *string) (int, any, *apiError) {
 }
 
 // open opens the backing file the way Firecracker does (read-only when the
-// drive is), plus the read-only descriptor QEMU probes a writable image with.
+// drive is), plus the read-only descriptor QEMU probes a writable image
+// with, and decides the format from the opened file's user.banger.format
+// attribute (never from its content). A relative path is resolved against
+// the VMM's working directory, as in Firecracker, and kept as given. This is
+// the only place a drive file is opened: PUT /drives, --config-file and PUT
+// /snapshot/load all come here.
 func (d *driveCfg) open() error {
 	if !d.readOnly {
 		f, err := os.OpenFile(d.path, os.O_RDWR, 0)
@@ -457,7 +470,40 @@ func (d *driveCfg) open() error {
 		return err
 	}
 	d.ro = f
+	if err := d.checkFormat(); err != nil {
+		d.close()
+		return err
+	}
 	return nil
+}
+
+// checkFormat reads the format attribute on the opened file and, for a
+// qcow2 image, follows its backing chain (see qcow2Chain).
+func (d *driveCfg) checkFormat() error {
+	if d.rw != nil && !sameFile(d.rw, d.ro) {
+		// Both descriptors go to QEMU as one drive: they must be one file.
+		return errors.New("the file was replaced while it was being opened")
+	}
+	format, err := driveFormat(d.ro)
+	if err != nil {
+		return err
+	}
+	d.format, d.backing = format, nil
+	if format == formatQcow2 {
+		if d.backing, err = qcow2Chain(d.ro); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameFile reports whether two descriptors are the same inode.
+func sameFile(a, b *os.File) bool {
+	var sa, sb unix.Stat_t
+	if unix.Fstat(int(a.Fd()), &sa) != nil || unix.Fstat(int(b.Fd()), &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 func (v *vmm) patchDrive(body []byte, pathID *string) (int, any, *apiError) {
