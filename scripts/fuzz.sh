@@ -32,6 +32,7 @@ TARGETS=(
 	"./internal/oci FuzzFlatten"
 	"./internal/agent FuzzAgentClient"
 	"./internal/agent FuzzAgentServe"
+	"./internal/agent FuzzIdentityResult"
 	"./internal/fcvmm FuzzAPI"
 	"./internal/vm FuzzValidateName"
 	"./internal/config FuzzLoad"

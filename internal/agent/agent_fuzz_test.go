@@ -22,6 +22,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // fzIDMark in a fuzzed reply is replaced by the id of the client's request,
@@ -96,11 +98,12 @@ func fzGuest(l net.Listener, handshake, reply []byte) <-chan string {
 // v 1, ok true; the listeners are at most MaxListeners, each with a known
 // proto, an IP address, a port in 1-65535, a pid >= 0 and a printable
 // process name of at most 256 bytes; Health's text fields are printable and
-// at most 256 bytes.
+// at most 256 bytes, and its ssh_sessions is absent or at least 0.
 func FuzzAgentClient(f *testing.F) {
 	ok := []byte("OK 1073741824\n")
 	f.Add(ok, []byte(`{"v":1,"id":"{{ID}}","ok":true,"result":{"listeners":[{"proto":"tcp6","address":"::","port":22,"pid":7,"process":"sshd"},{"proto":"udp","address":"127.0.0.53","port":53,"pid":1,"process":"systemd-resolve"}]}}`+"\n"), true)
 	f.Add(ok, []byte(`{"v":1,"id":"{{ID}}","ok":true,"result":{"agent_version":"v1.2.3","protocol":1,"uptime_seconds":12.5,"boot_id":"0b5e","hostname":"brisk-otter","load1":0.1,"mem_available_bytes":123456}}`+"\n"), false)
+	f.Add(ok, []byte(`{"v":1,"id":"{{ID}}","ok":true,"result":{"agent_version":"v1.2.3","protocol":3,"ssh_sessions":-2}}`+"\n"), false)
 	f.Add([]byte("OK 5\nnoise\n"), []byte("garbage from the console\n"+`{"v":1,"id":"stale","ok":true,"result":{"listeners":[]}}`+"\r\n"+`{"v":1,"id":"{{ID}}","ok":false,"error":"boom\u001b[31m\nsecond line"}`), true)
 	f.Add(ok, []byte(`{"v":2,"id":"{{ID}}","ok":true,"result":{}}`), false)
 	f.Add(ok, []byte(`{"v":1,"id":"{{ID}}","ok":true,"result":{"listeners":[{"proto":"sctp","address":"not an ip","port":0,"pid":-1,"process":"\u001b]0;pwned\u0007"}]}}`), true)
@@ -178,6 +181,9 @@ func FuzzAgentClient(f *testing.F) {
 					t.Fatalf("health text %q is not printable or over 256 bytes", s)
 				}
 			}
+			if h.SSHSessions != nil && *h.SSHSessions < 0 {
+				t.Fatalf("ssh_sessions %d", *h.SSHSessions)
+			}
 			return
 		}
 		if len(ls) > MaxListeners {
@@ -216,16 +222,21 @@ func (s *fzStream) Close() error                { return nil }
 // FuzzAgentServe: the agent's ServeStream, fed any bytes, never panics and
 // ends cleanly at EOF. It answers each non-blank request line (and each
 // over-long one) with exactly one response line, in order: valid JSON of
-// protocol version 1, carrying the request's id when the request parsed,
+// the request's protocol version (or the newest for an unparsable line or an
+// unsupported version), carrying the request's id when the request parsed,
 // ok with a result or not ok with an error, never both. It is ok only for a
-// version-1 request of a known op, and a ports result lists at most
-// MaxListeners listeners.
+// known op at a version that has it (never identity: TestMain's identity
+// hooks refuse), and a ports result lists at most MaxListeners listeners.
 func FuzzAgentServe(f *testing.F) {
 	f.Add([]byte(`{"v":1,"id":"a","op":"health"}` + "\n"))
 	f.Add([]byte("\n" + `{"v":1,"id":"b","op":"ports"}` + "\r\n\n  \n"))
 	f.Add([]byte(`{"v":2,"id":"c","op":"health"}` + "\n" + `{"v":1,"id":"d","op":"reboot"}` + "\n" + `not json` + "\n" + `{"v":1,"id":"e","op":"health"}`))
 	f.Add([]byte(`{"v":1,"id":{"nested":true},"op":"health"}` + "\n" + `[]` + "\n" + `null` + "\n"))
 	f.Add([]byte(strings.Repeat("x", maxRequestLine+10) + "\n" + `{"v":1,"id":"after","op":"health"}` + "\n"))
+	f.Add([]byte(`{"v":3,"id":"i","op":"identity","args":{"time_unix_nano":1777636800000000000,"entropy":"` + strings.Repeat("QUFB", 16) +
+		`","machine_id":"5f0c6d8e2b3a4c1d9e8f7a6b5c4d3e2f","hostname":"child","mac":"02:fc:00:00:00:05","address":"172.16.0.5/24","gateway":"172.16.0.1"}}` + "\n" +
+		`{"v":2,"id":"j","op":"identity","args":{}}` + "\n" + `{"v":3,"id":"k","op":"identity","args":{"mac":"01:00:5e:00:00:01","extra":1}}` + "\n" +
+		`{"v":3,"id":"l","op":"identity","args":null}` + "\n" + `{"v":3,"id":"m","op":"identity"}` + "\n"))
 
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// Expected responses: one per non-blank line (and per over-long
@@ -302,7 +313,7 @@ func FuzzAgentServe(f *testing.F) {
 			if resp.ID != w.req.ID {
 				t.Fatalf("response %d has id %q, the request %q", i, resp.ID, w.req.ID)
 			}
-			known := w.req.Op == OpHealth || w.req.Op == OpPorts || (w.req.Op == OpRefresh && w.req.V >= 2)
+			known := w.req.Op == OpHealth || w.req.Op == OpPorts || (w.req.Op == OpRefresh && w.req.V >= 2) || (w.req.Op == OpIdentity && w.req.V >= 3)
 			if resp.OK && (w.req.V < minProtocol || w.req.V > ProtocolVersion || !known) {
 				t.Fatalf("response %d is ok for request %+v", i, *w.req)
 			}
@@ -315,12 +326,57 @@ func FuzzAgentServe(f *testing.F) {
 					t.Fatalf("ports result: %v, %d listeners", err, len(pr.Listeners))
 				}
 			}
+			if resp.OK && w.req.Op == OpIdentity {
+				// TestMain's identity hooks refuse: no identity gets through.
+				t.Fatalf("response %d: identity succeeded against refusing hooks: %s", i, resp.Result)
+			}
 			if resp.OK && w.req.Op == OpHealth {
 				var h Health
 				if err := json.Unmarshal(resp.Result, &h); err != nil || h.Protocol != ProtocolVersion {
 					t.Fatalf("health result %s: %v", resp.Result, err)
 				}
 			}
+		}
+	})
+}
+
+// FuzzIdentityResult: the host's decoding of an identity answer (the result
+// object of an untrusted guest) never panics; an error is one printable
+// line; a success has 1 to MaxHostKeys distinct host keys, each a plain
+// public key that golang.org/x/crypto/ssh parses, in its canonical
+// "<type> <base64>" form, at most 16 KiB.
+func FuzzIdentityResult(f *testing.F) {
+	const ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGAuzO6Af10xusBDT4OKcy2TbECvwoCxu3YlvxncYbtV"
+	const ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBFD9yLKbL2geUH6YdkmvgxZsUHsb3/ZOJkMLN051b9711CmMad+dPco3xJMVtDuEBI7g3V0HR/NKBg3wgaw+0OQ="
+	f.Add([]byte(`{"clock_step_nanos":6012345678,"host_keys":["` + ed + ` root@child","` + ecdsa + `"]}`))
+	f.Add([]byte(`{"host_keys":["` + ed + `","` + ed + `"]}`))
+	f.Add([]byte(`{"host_keys":["command=\"x\" ` + ed + `"]}`))
+	f.Add([]byte(`{"host_keys":["ssh-ed25519 AAAA\u001b[2J"],"clock_step_nanos":"x"}`))
+	f.Add([]byte(`{"host_keys":[` + strings.Repeat(`"`+ed+`",`, 9) + `"x"]}`))
+	f.Add([]byte(`{"host_keys":null}`))
+
+	f.Fuzz(func(t *testing.T, result []byte) {
+		var r checkedIdentity
+		err := json.Unmarshal(result, &r)
+		if err != nil {
+			if !fzPrintable(err.Error()) || len(err.Error()) > 1024 {
+				t.Fatalf("error is not one short printable line: %q", err.Error())
+			}
+			return
+		}
+		if n := len(r.HostKeys); n < 1 || n > MaxHostKeys {
+			t.Fatalf("%d host keys", n)
+		}
+		seen := map[string]bool{}
+		for _, k := range r.HostKeys {
+			pub, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(k))
+			if err != nil || len(opts) > 0 || len(rest) > 0 || len(k) > maxHostKeyLine || seen[k] {
+				t.Fatalf("host key %q: %v (options %q, rest %q, seen %v)", k, err, opts, rest, seen[k])
+			}
+			if _, isCert := pub.(*ssh.Certificate); isCert || strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))) != k {
+				t.Fatalf("host key %q is a certificate or not in canonical form", k)
+			}
+			seen[k] = true
 		}
 	})
 }

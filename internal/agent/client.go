@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // Conn is a client for one agent stream. Calls are serialized; each carries a
@@ -100,8 +102,119 @@ func (c *Conn) handshake(ctx context.Context, port uint32) error {
 // says so).
 func (c *Conn) Refresh(ctx context.Context, a RefreshArgs) (RefreshResult, error) {
 	var r RefreshResult
-	err := c.callV(ctx, ProtocolVersion, OpRefresh, a, &r)
+	err := c.callV(ctx, refreshProtocol, OpRefresh, a, &r)
 	return r, err
+}
+
+// Identity gives a guest forked from another guest's snapshot its own
+// identity (protocol 3; an older agent is refused with a message that says
+// so): the entropy and clock of [Conn.Refresh], then its machine-id,
+// hostname, MAC, IPv4 address and default route, and new SSH host keys,
+// which its SSH server serves once the call returns.
+//
+// The answer comes from an untrusted guest: more than [MaxHostKeys] host
+// keys, none, or one that is not a single authorized_keys line of at most
+// 16 KiB that golang.org/x/crypto/ssh parses (a plain key: no options, no
+// certificate), fails the call. HostKeys are returned in the form
+// "<type> <base64>", without comments.
+func (c *Conn) Identity(ctx context.Context, a IdentityArgs) (IdentityResult, error) {
+	var r checkedIdentity
+	if err := c.callV(ctx, identityProtocol, OpIdentity, a, &r); err != nil {
+		return IdentityResult{}, err
+	}
+	return r.IdentityResult, nil
+}
+
+// checkedIdentity decodes an identity result, checking its host keys one at
+// a time and stopping past MaxHostKeys.
+type checkedIdentity struct{ IdentityResult }
+
+func (r *checkedIdentity) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return errors.New("result is not a JSON object")
+	}
+	seenKeys := false
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch key {
+		case "clock_step_nanos":
+			if err := dec.Decode(&r.ClockStepNanos); err != nil {
+				return fmt.Errorf("clock_step_nanos: %w", err)
+			}
+		case "host_keys":
+			if seenKeys {
+				return errors.New(`"host_keys" appears twice`)
+			}
+			seenKeys = true
+			if err := r.decodeHostKeys(dec); err != nil {
+				return err
+			}
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return err
+			}
+		}
+	}
+	if len(r.HostKeys) == 0 {
+		return errors.New("the reply lists no host keys")
+	}
+	return nil
+}
+
+func (r *checkedIdentity) decodeHostKeys(dec *json.Decoder) error {
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return errors.New(`"host_keys" is not a list`)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		n := len(r.HostKeys) + 1
+		if n > MaxHostKeys {
+			return fmt.Errorf("reply lists more than %d host keys, the most banger takes", MaxHostKeys)
+		}
+		var line string
+		if err := dec.Decode(&line); err != nil {
+			return fmt.Errorf("host key %d: %w", n, err)
+		}
+		k, err := checkHostKey(line)
+		if err != nil {
+			return fmt.Errorf("host key %d: %w", n, err)
+		}
+		if seen[k] {
+			return fmt.Errorf("host key %d: listed twice", n)
+		}
+		seen[k] = true
+		r.HostKeys = append(r.HostKeys, k)
+	}
+	_, err := dec.Token() // ']'
+	return err
+}
+
+// checkHostKey refuses a host key line that is over maxHostKeyLine bytes,
+// holds more than one line, or is not a plain public key in authorized_keys
+// form, and returns it as "<type> <base64>".
+func checkHostKey(line string) (string, error) {
+	if len(line) > maxHostKeyLine {
+		return "", fmt.Errorf("%d bytes, more than %d", len(line), maxHostKeyLine)
+	}
+	if strings.ContainsAny(line, "\r\n") {
+		return "", errors.New("not a single line")
+	}
+	pub, _, options, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("not an authorized_keys line (%s): %s", strconv.Quote(cleanText(line, 64)), cleanText(err.Error(), 128))
+	case len(options) > 0 || len(rest) > 0:
+		return "", fmt.Errorf("not a plain key line (%s)", strconv.Quote(cleanText(line, 64)))
+	}
+	if _, ok := pub.(*ssh.Certificate); ok {
+		return "", errors.New("a certificate, not a host key")
+	}
+	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(pub)), "\n"), nil
 }
 
 // Health asks the agent for the guest's health. Its text fields are cleaned
@@ -112,6 +225,9 @@ func (c *Conn) Health(ctx context.Context) (Health, error) {
 	h.AgentVersion = cleanText(h.AgentVersion, maxTextField)
 	h.BootID = cleanText(h.BootID, maxTextField)
 	h.Hostname = cleanText(h.Hostname, maxTextField)
+	if h.SSHSessions != nil && *h.SSHSessions < 0 {
+		h.SSHSessions = nil // no agent sends it: unknown
+	}
 	return h, err
 }
 
@@ -248,6 +364,9 @@ func (c *Conn) callV(ctx context.Context, v int, op string, args any, result any
 			continue // noise, or an answer to someone else's request
 		}
 		if resp.V != v {
+			if op == OpIdentity {
+				return fmt.Errorf("%s: %s: the guest's banger-agent is too old for identity (it speaks protocol %d, identity needs %d); restarting the VM ('banger vm restart') or rebuilding its image updates it", c.name, op, resp.V, v)
+			}
 			return fmt.Errorf("%s: %s: the guest's banger-agent speaks protocol %d and %s needs %d: it is older than this banger; restart the VM ('banger vm restart') to give it the current agent", c.name, op, resp.V, op, v)
 		}
 		if !resp.OK {

@@ -3,7 +3,9 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -43,7 +45,72 @@ func collectHealth(proc string) (Health, error) {
 	if h.MemAvailableBytes, err = memAvailable(filepath.Join(proc, "meminfo")); err != nil {
 		return h, err
 	}
+	// Not counted (an unreadable /proc/net): the field stays unset, and
+	// the host treats the guest as one it cannot judge idle.
+	if n, err := sshSessions(proc); err == nil {
+		h.SSHSessions = &n
+	}
 	return h, nil
+}
+
+// stateEstablished is TCP_ESTABLISHED in /proc/net/tcp*.
+const stateEstablished = "01"
+
+// sshSessions counts the established TCP connections (IPv4 and IPv6) whose
+// local port is 22: the guest's SSH sessions, whoever opened them (banger's
+// CLI, the daemon, a user's own ssh). A missing tcp6 (a kernel without
+// IPv6) counts nothing; a missing tcp, or any malformed line, is an error.
+func sshSessions(proc string) (int, error) {
+	n := 0
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join(proc, "net", f))
+		if f == "tcp6" && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		k, err := countEstablished(b, sshPort)
+		if err != nil {
+			return 0, fmt.Errorf("%s/net/%s: %w", proc, f, err)
+		}
+		n += k
+	}
+	return n, nil
+}
+
+// countEstablished counts the lines of a /proc/net/tcp or tcp6 file in
+// state ESTABLISHED whose local port is port.
+func countEstablished(b []byte, port int) (int, error) {
+	n := 0
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	first := true
+	for sc.Scan() {
+		if first { // header
+			first = false
+			continue
+		}
+		f := strings.Fields(sc.Text())
+		// sl local rem st ...
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) < 4 {
+			return 0, fmt.Errorf("short line %q", sc.Text())
+		}
+		if f[3] != stateEstablished {
+			continue
+		}
+		_, p, err := parseHexAddrPort(f[1])
+		if err != nil {
+			return 0, err
+		}
+		if p == port {
+			n++
+		}
+	}
+	return n, sc.Err()
 }
 
 func firstFloat(s string) (float64, error) {

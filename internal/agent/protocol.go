@@ -3,7 +3,9 @@
 // The agent is a small static binary (cmd/banger-agent) that runs inside every
 // banger guest. It answers health and listening-socket queries from the host
 // over newline-delimited JSON (protocol v1; v2 adds refresh, the entropy
-// and clock a guest restored from a snapshot takes; see docs/agent.md) on every
+// and clock a guest restored from a snapshot takes; v3 adds identity, the
+// new machine-id, hostname, network and SSH host keys of a guest forked from
+// another's snapshot; see docs/agent.md) on every
 // transport that exists in the guest: AF_VSOCK (Firecracker), the
 // virtio-serial port named "banger.agent" (banger-vmm) and, for tests and
 // debugging, unix or TCP listeners.
@@ -28,22 +30,30 @@ import (
 var Version = "dev"
 
 // ProtocolVersion is the newest protocol version this package speaks.
-// Version 2 adds the refresh op; health and ports are asked with version 1
-// (minProtocol), so an agent of an older banger still answers them.
-const ProtocolVersion = 2
+// Version 2 adds the refresh op, version 3 the identity op. Each op is asked
+// at the oldest version that has it (health and ports at 1, refresh at 2),
+// so an agent of an older banger still answers what it knows.
+const ProtocolVersion = 3
+
+// The version each op needs (and is asked with).
+const (
+	refreshProtocol  = 2
+	identityProtocol = 3
+)
 
 // minProtocol is the oldest version the agent accepts.
 const minProtocol = 1
 
 // The protocol's operations.
 const (
-	OpHealth  = "health"
-	OpPorts   = "ports"
-	OpRefresh = "refresh" // protocol 2
+	OpHealth   = "health"
+	OpPorts    = "ports"
+	OpRefresh  = "refresh"  // protocol 2
+	OpIdentity = "identity" // protocol 3
 )
 
 // knownOps is the list named in the unknown-op error.
-const knownOps = OpHealth + ", " + OpPorts + ", " + OpRefresh
+const knownOps = OpHealth + ", " + OpPorts + ", " + OpRefresh + ", " + OpIdentity
 
 // Request is one request line.
 type Request struct {
@@ -69,6 +79,32 @@ type RefreshResult struct {
 	EntropyBytes   int   `json:"entropy_bytes"`
 }
 
+// IdentityArgs is the identity a guest forked from another guest's snapshot
+// (a clone) takes before it is reported ready: what refresh gives (entropy,
+// then the clock), then its own machine-id, hostname, MAC, IPv4 address and
+// default route, and new SSH host keys (docs/agent.md). The agent refuses any
+// field out of shape, naming it.
+type IdentityArgs struct {
+	TimeUnixNano int64  `json:"time_unix_nano"`
+	Entropy      []byte `json:"entropy"`             // 32-512 bytes, same limits as refresh
+	MachineID    string `json:"machine_id"`          // 32 lowercase hex
+	Hostname     string `json:"hostname"`            // RFC 1123 label(s), <= 63 chars
+	MAC          string `json:"mac"`                 // unicast, locally administered is fine
+	Address      string `json:"address"`             // IPv4 CIDR, e.g. 172.16.0.5/24
+	Gateway      string `json:"gateway"`             // IPv4
+	Interface    string `json:"interface,omitempty"` // default "eth0"
+}
+
+// IdentityResult says what the identity op did.
+type IdentityResult struct {
+	// ClockStepNanos is how far the guest's clock moved (host - guest).
+	ClockStepNanos int64 `json:"clock_step_nanos"`
+	// HostKeys are the public host keys the guest's SSH server serves from
+	// now on, one authorized_keys line each ("ssh-ed25519 AAAA…"). The host
+	// takes at most MaxHostKeys, each a valid key of at most 16 KiB.
+	HostKeys []string `json:"host_keys"`
+}
+
 // Response is one response line. Result is set when OK is true, Error when it
 // is false.
 type Response struct {
@@ -88,6 +124,12 @@ type Health struct {
 	Hostname          string  `json:"hostname"`
 	Load1             float64 `json:"load1"`
 	MemAvailableBytes int64   `json:"mem_available_bytes"`
+	// SSHSessions is the number of established TCP connections to the
+	// guest's port 22 (IPv4 and IPv6): its SSH sessions, however they were
+	// opened. Nil when the agent could not count them, or is older than
+	// the field (the daemon's auto_park_after never parks such a guest).
+	// A negative count from a guest is taken as nil.
+	SSHSessions *int `json:"ssh_sessions,omitempty"`
 }
 
 // Listener is one listening socket in the result of the ports op. PID is 0
@@ -117,6 +159,13 @@ const (
 	// maxTextField bounds free text from the guest (process names, versions,
 	// hostnames, error messages) as the host passes it on.
 	maxTextField = 256
+)
+
+// MaxHostKeys is the most host keys an identity answer may list; the host
+// refuses a longer list, and a line over maxHostKeyLine bytes.
+const (
+	MaxHostKeys    = 8
+	maxHostKeyLine = 16 << 10
 )
 
 // MaxListeners is the most listeners a ports answer may list. The agent

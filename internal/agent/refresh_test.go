@@ -9,11 +9,21 @@ import (
 )
 
 // TestMain keeps every test of this package off the host's clock and RNG:
-// refresh's system calls are replaced by recorders.
+// refresh's system calls are replaced by recorders. identity's are replaced
+// by ones that refuse, under an empty root, so that no test (the fuzzer
+// included) touches the host's files, hostname, network or sshd; identity's
+// own tests install a fake guest.
 func TestMain(m *testing.M) {
 	refreshHooks.addEntropy = func(b []byte) error { testRefresh.entropy = append([]byte(nil), b...); return nil }
 	refreshHooks.setClock = func(t time.Time) (int64, error) { testRefresh.clock = t; return time.Until(t).Nanoseconds(), nil }
-	os.Exit(m.Run())
+	root, err := os.MkdirTemp("", "banger-agent-test-")
+	if err != nil {
+		panic(err)
+	}
+	identityHooks = refusingIdentityHooks(root)
+	code := m.Run()
+	os.RemoveAll(root)
+	os.Exit(code)
 }
 
 var testRefresh struct {

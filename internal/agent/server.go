@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,8 +42,8 @@ func handle(line []byte) Response {
 			result, err = portsResult(ls)
 		}
 	case OpRefresh:
-		if req.V < 2 {
-			err = fmt.Errorf("op %s needs protocol version 2", OpRefresh)
+		if req.V < refreshProtocol {
+			err = fmt.Errorf("op %s needs protocol version %d", OpRefresh, refreshProtocol)
 			break
 		}
 		var a RefreshArgs
@@ -51,6 +52,17 @@ func handle(line []byte) Response {
 			break
 		}
 		result, err = refresh(a)
+	case OpIdentity:
+		if req.V < identityProtocol {
+			err = fmt.Errorf("op %s needs protocol version %d", OpIdentity, identityProtocol)
+			break
+		}
+		var a IdentityArgs
+		if err = decodeStrict(req.Args, &a); err != nil {
+			err = fmt.Errorf("identity: bad args: %s", jsonErr(err))
+			break
+		}
+		result, err = identity(a)
 	default:
 		err = fmt.Errorf("unknown op %q (known ops: %s)", req.Op, knownOps)
 	}
@@ -74,6 +86,18 @@ func portsResult(ls []Listener) (PortsResult, error) {
 		return PortsResult{}, fmt.Errorf("the guest has %d listening sockets, more than the %d banger lists", len(ls), MaxListeners)
 	}
 	return PortsResult{Listeners: ls}, nil
+}
+
+// decodeStrict decodes the args (one JSON value, checked by the Request's
+// decoding) into v, refusing fields v does not have: a newer host's field
+// that this agent would silently skip.
+func decodeStrict(b []byte, v any) error {
+	if len(b) == 0 {
+		return errors.New("no args")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }
 
 func jsonErr(err error) string {

@@ -78,8 +78,12 @@ func protocolSuite(t *testing.T, rw io.ReadWriter) {
 		t.Errorf("health at v2: %+v", r)
 	}
 	r = c.send(`{"v":3,"id":"v3","op":"health"}`+"\n", 1)[0]
-	if r.OK || r.ID != "v3" || r.Error != "unsupported protocol version 3 (this agent speaks 1 to 2)" || r.Result != nil || r.V != ProtocolVersion {
-		t.Errorf("v3: %+v", r)
+	if !r.OK || r.ID != "v3" || r.V != 3 {
+		t.Errorf("health at v3: %+v", r)
+	}
+	r = c.send(`{"v":4,"id":"v4","op":"health"}`+"\n", 1)[0]
+	if r.OK || r.ID != "v4" || r.Error != "unsupported protocol version 4 (this agent speaks 1 to 3)" || r.Result != nil || r.V != ProtocolVersion {
+		t.Errorf("v4: %+v", r)
 	}
 	r = c.send(`{"v":1,"id":"r1","op":"refresh","args":{"time_unix_nano":1,"entropy":""}}`+"\n", 1)[0]
 	if r.OK || r.Error != "op refresh needs protocol version 2" {
@@ -90,8 +94,17 @@ func protocolSuite(t *testing.T, rw io.ReadWriter) {
 		t.Errorf("refresh with 3 bytes of entropy: %+v", r)
 	}
 
+	r = c.send(`{"v":2,"id":"i2","op":"identity","args":{}}`+"\n", 1)[0]
+	if r.OK || r.Error != "op identity needs protocol version 3" {
+		t.Errorf("identity at v2: %+v", r)
+	}
+	r = c.send(`{"v":3,"id":"i3","op":"identity","args":{"time_unix_nano":1}}`+"\n", 1)[0]
+	if r.OK || r.Error != "identity: time_unix_nano: 1970-01-01T00:00:00Z is before 2024-01-01" {
+		t.Errorf("identity with time 1: %+v", r)
+	}
+
 	r = c.send(`{"v":1,"id":"u1","op":"reboot"}`+"\n", 1)[0]
-	if r.OK || r.ID != "u1" || r.Error != `unknown op "reboot" (known ops: health, ports, refresh)` {
+	if r.OK || r.ID != "u1" || r.Error != `unknown op "reboot" (known ops: health, ports, refresh, identity)` {
 		t.Errorf("unknown op: %+v", r)
 	}
 
