@@ -26,6 +26,7 @@ const (
 	MethodSnapshotVMM     = "priv.snapshot_vmm"
 	MethodRestoreVMM      = "priv.restore_vmm"
 	MethodDiscardSnapshot = "priv.discard_snapshot"
+	MethodForkDisks       = "priv.fork_disks"
 )
 
 // Client reaches the root helper over its socket. The caller's op id (from
@@ -128,9 +129,16 @@ func (c *Client) SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error)
 }
 
 // RestoreVMM implements Ops.
-func (c *Client) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
+func (c *Client) RestoreVMM(ctx context.Context, r RestoreReq) (LaunchResp, error) {
 	var resp LaunchResp
 	err := c.c.Call(ctx, MethodRestoreVMM, r, &resp)
+	return resp, err
+}
+
+// ForkDisks implements Ops.
+func (c *Client) ForkDisks(ctx context.Context, r ForkReq) (ForkResp, error) {
+	var resp ForkResp
+	err := c.c.Call(ctx, MethodForkDisks, r, &resp)
 	return resp, err
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/disk"
@@ -33,6 +34,8 @@ type Local struct {
 	Policy Policy
 	// NetNS is the network namespace to act in ("" = the current one).
 	NetNS string
+
+	lendMu sync.Mutex // one tap name lent at a time (RestoreVMM)
 }
 
 var _ Ops = (*Local)(nil)
@@ -88,7 +91,13 @@ func (l *Local) CreateTap(ctx context.Context, r TapReq) error {
 		return bad("mac %q: %v", r.MAC, err)
 	}
 	ip, _ := netip.ParseAddr(r.GuestIP)
+	l.lendMu.Lock()
+	defer l.lendMu.Unlock()
 	return l.withNet(func(n *hostnet.Net) error {
+		// A helper that died while the name was lent left the tap aside.
+		if err := takeBack(n, r.Name); err != nil {
+			return err
+		}
 		if err := n.CreateTap(r.Name, r.Bridge, l.Policy.OwnerUID, l.Policy.OwnerGID); err != nil {
 			return err
 		}
@@ -360,12 +369,18 @@ func (l *Local) LaunchVMM(ctx context.Context, r LaunchReq) (LaunchResp, error) 
 	defer serial.Close()
 	var ro []string
 	if _, err := os.Lstat(dir.ToolsDisk()); err == nil {
-		ro = append(ro, dir.ToolsDisk())
+		ro = append(ro, vmdir.ToolsDiskName)
+	}
+	// Disks and vsock by names relative to the VM's directory (the VMM's
+	// working directory): its snapshots then load in any VM directory
+	// laid out alike, which is how a fork gets its own (docs/snapshots.md).
+	if err := writeLayout(d); err != nil {
+		return LaunchResp{}, err
 	}
 	pid, err := vmm.Launch(vmm.Spec{
 		ID: r.ID, Binary: bin, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(), Serial: serial,
-		Kernel: dir.Kernel(), Initrd: initrd, BootArgs: r.BootArgs, RootDrive: dir.Rootfs(), ExtraDrive: []string{dir.WorkDisk()},
-		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: dir.AgentSock(), ReadOnlyDrive: ro,
+		Kernel: dir.Kernel(), Initrd: initrd, BootArgs: r.BootArgs, RootDrive: vmdir.RootfsName, ExtraDrive: []string{vmdir.WorkDiskName},
+		Tap: r.Tap, MAC: r.MAC, VCPU: r.VCPU, MemMiB: r.MemMiB, VsockUDS: vmdir.AgentSockName, ReadOnlyDrive: ro, Dir: dir.Path(),
 	})
 	if err != nil {
 		return LaunchResp{}, err
@@ -504,8 +519,8 @@ func (l *Local) SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error) 
 // RestoreVMM implements Ops: a new VMM that loads the VM's snapshot and
 // resumes it (the machine, disks, tap and vsock are the snapshot's, all in
 // the VM's root-only directory).
-func (l *Local) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
-	if err := l.Policy.ValidateVM(r); err != nil {
+func (l *Local) RestoreVMM(ctx context.Context, r RestoreReq) (LaunchResp, error) {
+	if err := l.Policy.ValidateRestore(r); err != nil {
 		return LaunchResp{}, err
 	}
 	bin, d, dir, err := l.beforeVMM(r.ID)
@@ -525,10 +540,25 @@ func (l *Local) RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error) {
 		return LaunchResp{}, err
 	}
 	defer serial.Close()
-	pid, err := vmm.Launch(vmm.Spec{
+	spec := vmm.Spec{
 		ID: r.ID, Binary: bin, APISock: dir.APISock(), PIDFile: dir.PIDFile(), SerialLog: dir.SerialLog(), Serial: serial,
-		Restore: &vmm.Snapshot{SnapshotPath: dir.Snapshot(), MemPath: dir.SnapshotMem()},
-	})
+		Restore: &vmm.Snapshot{SnapshotPath: dir.Snapshot(), MemPath: dir.SnapshotMem()}, Dir: dir.Path(),
+	}
+	if j := r.Lend; j != nil {
+		l.lendMu.Lock()
+		defer l.lendMu.Unlock()
+		if err := l.withNet(func(n *hostnet.Net) error { return lendName(n, j, l.Policy.OwnerUID, l.Policy.OwnerGID) }); err != nil {
+			l.giveBack(ctx, j, false)
+			return LaunchResp{}, errdefs.Wrap(errdefs.OperationFailed, fmt.Errorf("restore: lend tap name %s: %w", j.PinnedTap, err))
+		}
+	}
+	pid, err := vmm.Launch(spec)
+	if j := r.Lend; j != nil {
+		if gerr := l.giveBack(ctx, j, err == nil); err == nil && gerr != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			err = fmt.Errorf("the fork's tap: %w", gerr)
+		}
+	}
 	if err != nil {
 		return LaunchResp{}, errdefs.Wrap(errdefs.OperationFailed, fmt.Errorf("restore: %w", err))
 	}

@@ -44,7 +44,13 @@ import (
 const (
 	BridgePrefix = "banger"
 	TapPrefix    = "bgtap"
+	// AsidePrefix names a tap while its name is lent (RestoreReq.Lend):
+	// bgtapXXXXXXXX waits as bgasdXXXXXXXX.
+	AsidePrefix = "bgasd"
 )
+
+// asideName is where tap waits while its name is lent.
+func asideName(tap string) string { return AsidePrefix + strings.TrimPrefix(tap, TapPrefix) }
 
 // Ops is every privileged operation.
 type Ops interface {
@@ -75,7 +81,10 @@ type Ops interface {
 	// into its directory (vm.snap, vm.mem); the VM stays paused.
 	SnapshotVMM(ctx context.Context, r VMReq) (SnapshotResp, error)
 	// RestoreVMM starts a new VMM from the VM's snapshot, resumed.
-	RestoreVMM(ctx context.Context, r VMReq) (LaunchResp, error)
+	RestoreVMM(ctx context.Context, r RestoreReq) (LaunchResp, error)
+	// ForkDisks gives forks of a parked VM their disks and its snapshot,
+	// so that each can be restored from it (RestoreReq with Lend).
+	ForkDisks(ctx context.Context, r ForkReq) (ForkResp, error)
 	// DiscardSnapshot removes the VM's snapshot files.
 	DiscardSnapshot(ctx context.Context, r VMReq) error
 }
@@ -90,6 +99,43 @@ type PauseReq struct {
 type SnapshotResp struct {
 	Bytes int64 `json:"bytes"`
 }
+
+// RestoreReq restores a VM from the snapshot in its directory. Lend, when
+// set, lends the VM the name of the tap its snapshot names, which is
+// another VM's (a fork's snapshot is its parent's), for the load.
+type RestoreReq struct {
+	ID   string   `json:"id"`
+	Lend *LendReq `json:"lend,omitempty"`
+}
+
+// LendReq: the snapshot names PinnedTap; the VM's own tap is Tap, to be
+// enslaved to Bridge and pinned to MAC and GuestIP once the VMM holds it
+// (hostnet.RenameTap has the steps).
+type LendReq struct {
+	PinnedTap string `json:"pinned_tap"`
+	Tap       string `json:"tap"`
+	Bridge    string `json:"bridge"`
+	MAC       string `json:"mac"`
+	GuestIP   string `json:"guest_ip"`
+}
+
+// ForkReq makes the directories of forks (Children, fresh VM ids) of the
+// parked VM Src: each gets Src's snapshot and disks as they are now. Src's
+// writable disks are frozen and Src goes on with overlays of its own
+// (banger-vmm: qcow2 overlays, O(1)); under Firecracker, which reads raw
+// disks only, the children get copies (reflink where the filesystem can).
+type ForkReq struct {
+	Src      string   `json:"src"`
+	Children []string `json:"children"`
+}
+
+// ForkResp says how the forks' disks were made.
+type ForkResp struct {
+	Method string `json:"method"` // qcow2-overlay, reflink or sparse-copy
+}
+
+// MaxForks bounds the children of one ForkReq.
+const MaxForks = 16
 
 // Policy is what the validator allows.
 type Policy struct {
@@ -352,6 +398,45 @@ func (p Policy) ValidateLaunch(r LaunchReq) error {
 	}
 	if len(r.BootArgs) > 2048 || strings.ContainsAny(r.BootArgs, "\x00\n") {
 		return bad("boot args must be one line of at most 2048 bytes")
+	}
+	return nil
+}
+
+// ValidateRestore checks a RestoreReq.
+func (p Policy) ValidateRestore(r RestoreReq) error {
+	if err := validID(r.ID); err != nil {
+		return err
+	}
+	j := r.Lend
+	if j == nil {
+		return nil
+	}
+	if err := iface(j.PinnedTap, TapPrefix); err != nil {
+		return err
+	}
+	if j.PinnedTap == j.Tap {
+		return bad("a restore lends the snapshot's tap name %s to another VM; it cannot be the VM's own", j.Tap)
+	}
+	return p.ValidateTap(TapReq{Name: j.Tap, Bridge: j.Bridge, MAC: j.MAC, GuestIP: j.GuestIP})
+}
+
+// ValidateFork checks a ForkReq.
+func (p Policy) ValidateFork(r ForkReq) error {
+	if err := validID(r.Src); err != nil {
+		return err
+	}
+	if len(r.Children) == 0 || len(r.Children) > MaxForks {
+		return bad("a fork makes 1-%d VMs, not %d", MaxForks, len(r.Children))
+	}
+	seen := map[string]bool{r.Src: true}
+	for _, c := range r.Children {
+		if err := validID(c); err != nil {
+			return err
+		}
+		if seen[c] {
+			return bad("vm id %s is named twice in a fork", c)
+		}
+		seen[c] = true
 	}
 	return nil
 }

@@ -150,6 +150,7 @@ func (h *Helper) register() {
 	h.srv.Handle(privops.MethodSnapshotVMM, handleR(o.SnapshotVMM))
 	h.srv.Handle(privops.MethodRestoreVMM, handleR(o.RestoreVMM))
 	h.srv.Handle(privops.MethodDiscardSnapshot, handle(o.DiscardSnapshot))
+	h.srv.Handle(privops.MethodForkDisks, handleR(o.ForkDisks))
 }
 
 // Methods lists the served methods.

@@ -76,4 +76,9 @@ const (
 	SerialLogName   = "serial.log"
 	SnapshotName    = "vm.snap"
 	SnapshotMemName = "vm.mem"
+	LayoutName      = "layout"
+	FrozenPrefix    = "frozen-"
 )
+
+// Layout is the content of LayoutName for a VMM given relative names.
+const Layout = "relative\n"

@@ -68,6 +68,47 @@ type Spec struct {
 	// /snapshot/load, resumed) instead of booting: the machine, drives,
 	// tap and vsock are the snapshot's, at the paths it recorded.
 	Restore *Snapshot
+	// Dir is the VMM's working directory. Relative drive, vsock and
+	// snapshot paths resolve against it, which is what makes a snapshot
+	// loadable by another VM: Firecracker's rule is that "host resources
+	// need to be accessible at the same relative paths" to the process
+	// that loads it (docs/snapshots.md).
+	Dir string
+}
+
+// resolve names path as the VMM will see it (relative to Dir).
+func (s Spec) resolve(path string) string {
+	if path == "" || filepath.IsAbs(path) || s.Dir == "" {
+		return path
+	}
+	return filepath.Join(s.Dir, path)
+}
+
+// check does what the SDK's validation would, with relative paths
+// resolved against Dir (the SDK would resolve them against ours).
+func (s Spec) check() error {
+	if _, err := os.Stat(s.APISock); err == nil {
+		return fmt.Errorf("socket %s already exists", s.APISock)
+	}
+	var need []string
+	if s.Restore != nil {
+		need = []string{s.Restore.SnapshotPath, s.Restore.MemPath}
+	} else {
+		if s.VCPU < 1 || s.MemMiB < 1 {
+			return fmt.Errorf("machine needs a nonzero vCPU count and memory")
+		}
+		need = append([]string{s.Kernel, s.Initrd, s.RootDrive}, s.ExtraDrive...)
+		need = append(need, s.ReadOnlyDrive...)
+	}
+	for _, p := range need {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(s.resolve(p)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Snapshot names a snapshot's two files.
@@ -101,7 +142,11 @@ func Launch(spec Spec) (pid int, err error) {
 	cmd.Stdin = devnull
 	cmd.Stdout = serial
 	cmd.Stderr = serial
+	cmd.Dir = spec.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := spec.check(); err != nil {
+		return 0, fmt.Errorf("configure VMM: %w", err)
+	}
 
 	drives := firecracker.NewDrivesBuilder(spec.RootDrive)
 	for _, d := range spec.ExtraDrive {
@@ -129,6 +174,8 @@ func Launch(spec Spec) (pid int, err error) {
 		},
 		VMID:           spec.ID,
 		ForwardSignals: fwd,
+		// check() did it, with relative paths resolved against spec.Dir.
+		DisableValidation: true,
 	}
 	if spec.Tap != "" {
 		cfg.NetworkInterfaces = firecracker.NetworkInterfaces{{
@@ -145,7 +192,7 @@ func Launch(spec Spec) (pid int, err error) {
 		// The snapshot carries the machine; a PUT /vsock after the load
 		// would be refused (SDK issue #506), and the drives are the
 		// snapshot's.
-		cfg = firecracker.Config{SocketPath: spec.APISock, VMID: spec.ID, ForwardSignals: fwd}
+		cfg = firecracker.Config{SocketPath: spec.APISock, VMID: spec.ID, ForwardSignals: fwd, DisableValidation: true}
 		opts = append(opts, firecracker.WithSnapshot(r.MemPath, r.SnapshotPath, func(c *firecracker.SnapshotConfig) { c.ResumeVM = true }))
 	}
 	// Never cancelled: the VMM must outlive the request that created it.
