@@ -21,6 +21,7 @@ const (
 	// MethodVMPark snapshots a running VM to its directory and ends its
 	// VMM: no guest memory is held until it is resumed.
 	MethodVMPark = "vm.park"
+	MethodVMFork = "vm.fork"
 	// MethodVMWorkspaceRecord records the workspace last prepared in a VM.
 	MethodVMWorkspaceRecord = "vm.workspace.record"
 	MethodImageList         = "image.list"
@@ -81,6 +82,18 @@ type VMRuntime struct {
 	// record); ParkedAt when it was parked.
 	SnapshotBytes int64  `json:"snapshot_bytes,omitempty"`
 	ParkedAt      string `json:"parked_at,omitempty"`
+	// ForkOf is the id of the VM this one was forked from (vm fork).
+	ForkOf string `json:"fork_of,omitempty"`
+	// DiskParents are the ids of the VMs whose frozen disks back this
+	// VM's (its overlays' chain): none of them can be deleted first.
+	DiskParents []string `json:"disk_parents,omitempty"`
+	// SnapshotTap is the tap this VM's snapshot names when it is not the
+	// VM's own (a fork's is its parent's): it is restored in a network
+	// namespace of its own (docs/snapshots.md). Cleared by a cold boot.
+	SnapshotTap string `json:"snapshot_tap,omitempty"`
+	// NeedsIdentity: a fork that has not yet taken its own identity
+	// (MAC, IP, hostname, machine-id, SSH host keys) through its agent.
+	NeedsIdentity bool `json:"needs_identity,omitempty"`
 }
 
 // VMCreateParams creates (and by default starts) a VM. Pointers: unset
@@ -106,6 +119,23 @@ type VMRef struct {
 type VMResumeParams struct {
 	Name string `json:"name"`
 	Cold bool   `json:"cold,omitempty"`
+}
+
+// MaxForks bounds one fork (the root helper's bound, privops.MaxForks).
+const MaxForks = 16
+
+// VMForkParams forks the running or parked VM Name into Count VMs (named
+// Names when given; generated otherwise).
+type VMForkParams struct {
+	Name  string   `json:"name"`
+	Names []string `json:"names,omitempty"`
+	Count int      `json:"count,omitempty"`
+}
+
+// VMForkResult is the forks, each running.
+type VMForkResult struct {
+	Source VM   `json:"source"`
+	Forks  []VM `json:"forks"`
 }
 
 // VMKillParams picks the signal.

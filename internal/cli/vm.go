@@ -35,6 +35,7 @@ then an SSH shell or a command.`,
 		a.vmRefCmd("pause", "Pause a running VM's vCPUs (its memory stays resident)", api.MethodVMPause, "paused"),
 		a.vmResumeCmd(),
 		a.vmRefCmd("park", "Snapshot a running VM to disk and end its VMM (no memory held; 'vm resume', 'vm exec' or 'vm ssh' wake it)", api.MethodVMPark, "parked"),
+		a.vmForkCmd(),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
 		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
 	return cmd
@@ -192,6 +193,57 @@ snapshot that cannot be loaded (after an incompatible update).`,
 		},
 	}
 	cmd.Flags().BoolVar(&cold, "cold", false, "boot a parked VM's disks, discarding its snapshot (its memory)")
+	return cmd
+}
+
+func (a *app) vmForkCmd() *cobra.Command {
+	var (
+		names  []string
+		count  int
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "fork SRC",
+		Short: "Make running copies of a VM from its memory and disks as they are now",
+		Long: `Fork a running or parked VM: each fork starts from SRC's memory and disks at
+this moment (its processes, /dev/shm, workspace and page cache) and then takes
+an identity of its own before it is reported ready: MAC, IP address and
+hostname (its name), a fresh /etc/machine-id, new SSH host keys (pinned by
+banger), fresh kernel entropy and the host's clock. SRC pauses for the
+snapshot and carries on; a parked SRC forks from its snapshot and stays
+parked. Under banger-vmm the forks' disks are qcow2 overlays of SRC's, frozen
+at the fork, so a fork costs the same whatever the image's size, and SRC
+cannot be deleted while a fork depends on it (docs/snapshots.md).`,
+		Example: `  banger vm fork dev                     # one fork, named dev-fork-1
+  banger vm fork dev --count 3
+  banger vm fork dev --name try-a --name try-b
+  banger vm fork dev --json`,
+		Args:              exactlyOneVM,
+		ValidArgsFunction: a.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var r api.VMForkResult
+			err = a.withProgress(cmd.Context(), c, "fork "+args[0], func(ctx context.Context) error {
+				return c.Call(ctx, api.MethodVMFork, api.VMForkParams{Name: args[0], Names: names, Count: count}, &r)
+			})
+			if asJSON && len(r.Forks) > 0 {
+				if jerr := output.JSON(a.stdout, r); jerr != nil {
+					return jerr
+				}
+				return err
+			}
+			for _, f := range r.Forks {
+				fmt.Fprintf(a.stdout, "%s %s (%s, forked from %s)\n", f.Name, f.State, f.IP, args[0])
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringSliceVar(&names, "name", nil, "name of a fork (repeat for several; default: SRC-fork-N)")
+	cmd.Flags().IntVar(&count, "count", 0, fmt.Sprintf("how many forks (1-%d; default 1, or one per --name)", api.MaxForks))
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the source and the forks as JSON")
 	return cmd
 }
 
@@ -401,6 +453,12 @@ func (a *app) vmShowCmd() *cobra.Command {
 			}
 			if w := v.Runtime.Workspace; w != nil {
 				pairs = append(pairs, [2]string{"workspace", fmt.Sprintf("%s → %s (HEAD %s, %s)", w.HostPath, w.GuestPath, w.HeadCommit, w.Mode)})
+			}
+			if v.Runtime.ForkOf != "" {
+				pairs = append(pairs, [2]string{"forked from", v.Runtime.ForkOf})
+			}
+			if len(v.Runtime.DiskParents) > 0 {
+				pairs = append(pairs, [2]string{"disks backed by", strings.Join(v.Runtime.DiskParents, ", ")})
 			}
 			if v.State == api.StateParked {
 				pairs = append(pairs, [2]string{"snapshot", fmt.Sprintf("%s, parked %s ('banger vm resume %s' wakes it)", config.FormatSize(v.Runtime.SnapshotBytes), v.Runtime.ParkedAt, v.Name)})

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -41,6 +42,10 @@ type Config struct {
 	// GuestDNS are the nameservers guests use; empty means the host's
 	// non-loopback resolvers (never 127.0.0.53, which guests cannot reach).
 	GuestDNS []string `toml:"guest_dns" json:"guest_dns"`
+	// AutoParkAfter parks a running VM after this long with no SSH
+	// session open in it (docs/snapshots.md): a duration like "15m";
+	// "" or "0" (the default) turns it off.
+	AutoParkAfter string `toml:"auto_park_after" json:"auto_park_after"`
 	// VMDefaults are the resources of a VM created without flags.
 	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
 	// Catalog is where images and kernels are pulled from by name.
@@ -98,6 +103,29 @@ type VMDefaults struct {
 	VCPU      int    `toml:"vcpu" json:"vcpu"`
 	MemoryMiB int    `toml:"memory_mib" json:"memory_mib"`
 	DiskSize  string `toml:"disk_size" json:"disk_size"`
+}
+
+// AutoPark is AutoParkAfter as a duration; 0 is off (validated by Load).
+func (c Config) AutoPark() time.Duration { d, _ := ParseAutoPark(c.AutoParkAfter); return d }
+
+// MinAutoPark is the shortest auto_park_after other than off.
+const MinAutoPark = time.Second
+
+// ParseAutoPark parses an auto_park_after value: "" or "0" (or "0s") is
+// off (0), anything else a Go duration ("15m", "1h30m", "30s") of at least
+// MinAutoPark.
+func ParseAutoPark(s string) (time.Duration, error) {
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil && d == 0 {
+		return 0, nil // "0s", "0m": off too
+	}
+	if err != nil || d < MinAutoPark {
+		return 0, fmt.Errorf("%q is not a duration like \"15m\" or \"30s\" (at least %v); \"\" or \"0\" turns auto-park off", s, MinAutoPark)
+	}
+	return d, nil
 }
 
 // Default returns the built-in defaults.
@@ -263,6 +291,9 @@ func (c *Config) validate() error {
 	}
 	if c.SSHKeyPath != "" && !filepath.IsAbs(c.SSHKeyPath) && !strings.HasPrefix(c.SSHKeyPath, "~/") {
 		return bad("ssh_key_path", "%q must be absolute or start with ~/", c.SSHKeyPath)
+	}
+	if _, err := ParseAutoPark(c.AutoParkAfter); err != nil {
+		return bad("auto_park_after", "%v", err)
 	}
 	for i, l := range c.Derive.AptSources {
 		if f := strings.Fields(l); len(f) < 3 || (f[0] != "deb" && f[0] != "deb-src") || strings.ContainsAny(l, "\n\r\x00'") {

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -118,6 +119,13 @@ func fzCheckConfig(t *testing.T, c Config) {
 	if k := c.SSHKeyPath; k != "" && !filepath.IsAbs(k) && !strings.HasPrefix(k, "~/") {
 		fail("ssh_key_path", k)
 	}
+	// auto_park_after: off ("", "0", a zero duration) or a Go duration of
+	// at least a second.
+	if a := c.AutoParkAfter; a != "" && a != "0" {
+		if d, err := time.ParseDuration(a); err != nil || (d != 0 && d < time.Second) {
+			fail("auto_park_after", a)
+		}
+	}
 	if c.VMDefaults.VCPU < 1 || c.VMDefaults.VCPU > 32 {
 		fail("vm_defaults.vcpu", c.VMDefaults.VCPU)
 	}
@@ -162,7 +170,7 @@ func FuzzLoad(f *testing.F) {
 		"",
 		"log_level = \"debug\"\n\n[vm_defaults]\nvcpu = 2\n",
 		"log_level = \"warn\"\nfirecracker_bin = \"/usr/local/bin/firecracker\"\nbridge_name = \"banger1\"\ncidr = \"10.20.0.0/16\"\n" +
-			"default_image = \"alpine-3\"\nssh_key_path = \"~/.ssh/banger\"\ndns_listen = \"\"\nguest_dns = [\"1.1.1.1\", \"9.9.9.9\"]\n\n" +
+			"default_image = \"alpine-3\"\nssh_key_path = \"~/.ssh/banger\"\ndns_listen = \"\"\nguest_dns = [\"1.1.1.1\", \"9.9.9.9\"]\nauto_park_after = \"15m\"\n\n" +
 			"[vm_defaults]\nvcpu = 4\nmemory_mib = 2048\ndisk_size = \"20GiB\"\n\n[catalog]\nimage_url = \"https://catalog.example/images/index.json\"\n" +
 			"kernel_url = \"http://catalog.example/kernels/index.json\"\npublic_key_file = \"/etc/banger/catalog.pub\"\n",
 		"vm_defaults.vcpu = 3\nvm_defaults = { memory_mib = 256 }\n",
@@ -175,6 +183,8 @@ func FuzzLoad(f *testing.F) {
 		"[vm_defaults]\ndisk_size = \"16777217T\"\n",
 		"log_level = 'debug'\r\n[catalog]\r\nimage_url = 'ftp://x'\r\n",
 		"= 1\n[[vm_defaults]]\n",
+		"auto_park_after = \"0\"\n",
+		"auto_park_after = \"500ms\"\n",
 	} {
 		f.Add([]byte(s))
 	}

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, body string) string {
@@ -71,6 +72,11 @@ func TestRefusals(t *testing.T) {
 		// mixed-case key was applied but reported as a default.
 		{"mixed-case key", "[vm_defAults]\ndisk_size = \"2G\"\n", `:2: key "vm_defAults.disk_size": unknown key; keys are lower case`},
 		{"size overflow", "[vm_defaults]\ndisk_size = \"16777217T\"\n", `:2: key "vm_defaults.disk_size"`},
+		{"auto park not a duration", "log_level = \"info\"\nauto_park_after = \"15\"\n", `:2: key "auto_park_after": "15" is not a duration like "15m" or "30s" (at least 1s); "" or "0" turns auto-park off`},
+		{"auto park negative", "auto_park_after = \"-5m\"\n", `:1: key "auto_park_after": "-5m" is not a duration`},
+		{"auto park too short", "auto_park_after = \"500ms\"\n", `:1: key "auto_park_after": "500ms" is not a duration`},
+		{"auto park a number", "auto_park_after = 900\n", `:1: key "auto_park_after"`},
+		{"auto park in vm_defaults", "[vm_defaults]\nauto_park_after = \"15m\"\n", `:2: key "vm_defaults.auto_park_after": unknown key`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -111,6 +117,36 @@ func TestFormatSize(t *testing.T) {
 	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 12 << 20: "12.0 MiB", 3 << 30: "3.0 GiB"} {
 		if got := FormatSize(n); got != want {
 			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestAutoPark(t *testing.T) {
+	if d := Default().AutoPark(); d != 0 {
+		t.Fatalf("auto-park is on by default: %v", d)
+	}
+	for in, want := range map[string]time.Duration{"": 0, "0": 0, "0s": 0, "1s": time.Second, "30s": 30 * time.Second, "15m": 15 * time.Minute, "1h30m": 90 * time.Minute} {
+		got, err := ParseAutoPark(in)
+		if err != nil || got != want {
+			t.Errorf("%q: %v %v, want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"15", "-1s", "999ms", "soon", "0x", " 15m", "1d"} {
+		if _, err := ParseAutoPark(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+	p := write(t, "auto_park_after = \"4s\"\n")
+	l, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.AutoPark() != 4*time.Second {
+		t.Fatalf("AutoPark() = %v", l.AutoPark())
+	}
+	for _, e := range l.Entries {
+		if e.Key == "auto_park_after" && (e.Value != "4s" || e.Source != p+":1") {
+			t.Fatalf("entry %+v", e)
 		}
 	}
 }

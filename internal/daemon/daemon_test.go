@@ -38,6 +38,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodPing,
 		api.MethodVMCreate,
 		api.MethodVMDelete,
+		api.MethodVMFork,
 		api.MethodVMKill,
 		api.MethodVMList,
 		api.MethodVMLogs,

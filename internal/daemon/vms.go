@@ -159,6 +159,13 @@ func (d *Daemon) registerVMs() {
 		return s.Resume(ctx, p.Name)
 	})
 	d.srv.Handle(api.MethodVMPark, ref(s.Park))
+	d.srv.Handle(api.MethodVMFork, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := decode[api.VMForkParams](raw)
+		if err != nil {
+			return nil, err
+		}
+		return s.Fork(ctx, p)
+	})
 	d.srv.Handle(api.MethodVMRestart, ref(s.Restart))
 	d.srv.Handle(api.MethodVMShow, ref(s.Show))
 	d.srv.Handle(api.MethodVMKill, func(ctx context.Context, raw json.RawMessage) (any, error) {

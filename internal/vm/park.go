@@ -114,6 +114,13 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 	if (rec.State != api.StateRunning && rec.State != api.StatePaused) || !s.live(ctx, rec) {
 		return s.ToAPI(ctx, rec), errdefs.BadRequestf("VM %s is %s; only a running VM can be parked ('banger vm start %s' first)", rec.Name, rec.State, rec.Name)
 	}
+	rec, err = s.park(ctx, rec)
+	return s.ToAPI(ctx, rec), err
+}
+
+// park snapshots a live (running or paused) VM and ends its VMM. The
+// caller holds the VM's lock.
+func (s *Service) park(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
 	rpcserver.SetStage(ctx, "writing the guest's memory to its snapshot")
 	t0 := time.Now()
@@ -123,7 +130,7 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 		if rerr := s.Ops.PauseVMM(ctx, privops.PauseReq{ID: rec.ID, Paused: rec.State == api.StatePaused}); rerr != nil {
 			log.Warn("resume after a failed snapshot", "error", rerr)
 		}
-		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: %w", rec.Name, err)
+		return rec, fmt.Errorf("park VM %s: %w", rec.Name, err)
 	}
 	// The snapshot is complete: the VMM (paused) can go. SIGTERM, not
 	// SIGKILL: banger-vmm then takes its QEMU down and waits for it, so the
@@ -131,7 +138,7 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 	// found it busy otherwise); Firecracker dies at once either way.
 	pid := rec.Runtime.PID
 	if err := s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "TERM"}); err != nil {
-		return s.ToAPI(ctx, rec), fmt.Errorf("park VM %s: end its VMM: %w", rec.Name, err)
+		return rec, fmt.Errorf("park VM %s: end its VMM: %w", rec.Name, err)
 	}
 	if !s.waitGone(ctx, pid, 10*time.Second) {
 		_ = s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"})
@@ -146,7 +153,7 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 	rec.Runtime.ParkedAt = now()
 	rec.UpdatedAt = now()
 	log.Info("vm parked", "snapshot_bytes", snap.Bytes, "seconds", time.Since(t0).Seconds())
-	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+	return rec, s.Store.UpdateVM(ctx, rec)
 }
 
 // refreshGuest gives a restored guest 64 bytes of fresh entropy and the
@@ -167,23 +174,54 @@ func (s *Service) refreshGuest(ctx context.Context, rec store.VMRecord) (time.Du
 	return time.Duration(r.ClockStepNanos), err
 }
 
+// lent reports whether rec's snapshot names a tap that is not its own (a
+// fork's names its parent's): the name is then lent for the restore.
+func lent(rec store.VMRecord) bool {
+	return rec.Runtime.SnapshotTap != "" && rec.Runtime.SnapshotTap != rec.Runtime.Tap
+}
+
 // wake restores a parked VM into a new VMM and waits for its SSH server.
 // On failure the VM stays parked with its snapshot and disks.
 func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
 	rpcserver.SetStage(ctx, "restoring the guest from its snapshot")
 	t0 := time.Now()
-	// The tap outlived the park; pinning it again is idempotent (and
-	// needed after a host reboot).
-	if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
-		return rec, fmt.Errorf("wake VM %s: tap: %w", rec.Name, err)
+	// After a host reboot nothing of the network is left.
+	gw := gateway(s.Config.Network())
+	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr())}); err != nil {
+		return rec, fmt.Errorf("wake VM %s: bridge %s: %w", rec.Name, s.Config.BridgeName, err)
 	}
-	if rec.NAT {
+	req := privops.RestoreReq{ID: rec.ID}
+	addNAT := func() error {
+		if !rec.NAT {
+			return nil
+		}
 		if err := s.Ops.AddNAT(ctx, privops.NATReq{GuestIP: rec.GuestIP, Tap: rec.Runtime.Tap}); err != nil {
-			return rec, fmt.Errorf("wake VM %s: nat: %w", rec.Name, err)
+			return fmt.Errorf("wake VM %s: nat: %w", rec.Name, err)
+		}
+		return nil
+	}
+	if lent(rec) {
+		// The restore makes the VM's tap, under the name its snapshot
+		// names (its parent's), then renames it to its own.
+		req.Lend = &privops.LendReq{PinnedTap: rec.Runtime.SnapshotTap, Tap: rec.Runtime.Tap, Bridge: s.Config.BridgeName, MAC: rec.Runtime.MAC, GuestIP: rec.GuestIP}
+	} else {
+		// The tap outlived the park; pinning it again is idempotent (and
+		// needed after a host reboot).
+		if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
+			return rec, fmt.Errorf("wake VM %s: tap: %w", rec.Name, err)
+		}
+		if err := addNAT(); err != nil {
+			return rec, err
 		}
 	}
-	resp, err := s.Ops.RestoreVMM(ctx, privops.VMReq{ID: rec.ID})
+	resp, err := s.Ops.RestoreVMM(ctx, req)
+	if err == nil && req.Lend != nil {
+		err = addNAT()
+		if err != nil {
+			_ = s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"})
+		}
+	}
 	if err != nil {
 		return rec, fmt.Errorf("VM %s could not be restored from its snapshot (%v); it stays parked with its disks: 'banger vm resume --cold %s' boots the disks (its memory is lost)", rec.Name, err, rec.Name)
 	}
@@ -199,9 +237,15 @@ func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord,
 	if err := s.Ops.DiscardSnapshot(ctx, privops.VMReq{ID: rec.ID}); err != nil {
 		log.Warn("discard the snapshot after wake", "error", err)
 	}
-	// Before anything else reads them: fresh entropy, and the host's clock
-	// (the guest's stood still while it was parked).
-	if step, err := s.refreshGuest(ctx, rec); err != nil {
+	if rec.Runtime.NeedsIdentity {
+		// A fork: it must stop being its parent before it is reachable.
+		rpcserver.SetStage(ctx, "giving the fork its own identity")
+		if rec, err = s.takeIdentity(ctx, rec); err != nil {
+			return rec, err
+		}
+	} else if step, err := s.refreshGuest(ctx, rec); err != nil {
+		// Before anything else reads them: fresh entropy, and the host's
+		// clock (the guest's stood still while it was parked).
 		log.Warn("woken guest not refreshed (its clock may lag by the time it was parked)", "error", err)
 	} else {
 		log.Info("woken guest refreshed", "clock_step", step.String())

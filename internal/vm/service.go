@@ -66,6 +66,9 @@ type Service struct {
 	// exclusively, so it never judges a VM that is half made or half
 	// started.
 	opMu sync.RWMutex
+
+	parkerOnce sync.Once
+	parker     *autoParker // auto_park_after's idle clocks (autopark.go)
 }
 
 // VMMChoice is the VMM binary in use and what it is.
@@ -323,7 +326,9 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	gw := gateway(s.Config.Network())
 
 	// Record first, then act: a VM in "starting" is cleaned up by
-	// reconcile if the daemon dies before it runs.
+	// reconcile if the daemon dies before it runs. A cold boot uses the
+	// VM's own tap, and so will its snapshots.
+	rec.Runtime.SnapshotTap = ""
 	rec.State = api.StateStarting
 	rec.UpdatedAt = now()
 	if err := s.Store.UpdateVM(ctx, rec); err != nil {
@@ -412,6 +417,13 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		return rec, &notReadyError{name: rec.Name, err: err}
 	}
 	c.Close()
+	if rec.Runtime.NeedsIdentity {
+		// A fork booted cold before it ever took its own identity: its
+		// disks still hold its parent's machine-id and host keys.
+		if rec, err = s.takeIdentity(ctx, rec); err != nil {
+			return rec, err
+		}
+	}
 	log.Info("vm ready", "ip", rec.GuestIP)
 	return rec, nil
 }
@@ -641,6 +653,11 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 }
 
 func (s *Service) delete(ctx context.Context, rec store.VMRecord) error {
+	if deps, err := s.dependents(ctx, rec); err != nil {
+		return err
+	} else if len(deps) > 0 {
+		return errdefs.BadRequestf("VM %s's disks back its forks %s (their disks are overlays of its frozen ones); nothing was deleted: delete those first", rec.Name, strings.Join(deps, ", "))
+	}
 	// The disks are about to go: no clean shutdown is owed to them.
 	d := vmdir.Dir(rec.Runtime.Dir)
 	if pid, ok := vmm.Running(d.PIDFile(), d.APISock()); ok {
@@ -680,6 +697,10 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 		}
 		if rec.State == api.StateRunning || rec.State == api.StateStarting || rec.State == api.StatePaused || rec.State == api.StateParked || s.live(ctx, rec) {
 			unlock()
+			continue
+		}
+		if deps, err := s.dependents(ctx, rec); err != nil || len(deps) > 0 {
+			unlock() // its forks' disks need it
 			continue
 		}
 		if err := s.delete(ctx, rec); err != nil {
@@ -996,6 +1017,7 @@ func (s *Service) Monitor(ctx context.Context, helperID func(context.Context) st
 			continue
 		}
 		s.CapSerialLogs(ctx, recs)
+		s.autoPark(ctx, recs) // auto_park_after: parks idle VMs (autopark.go)
 		for _, r := range recs {
 			if (r.State != api.StateRunning && r.State != api.StateError && r.State != api.StatePaused) || r.Runtime.PID == 0 || vmm.Alive(r.Runtime.PID) {
 				continue

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -224,5 +225,67 @@ func BenchmarkParkWake(b *testing.B) {
 			b.ReportMetric(float64((cold / n).Milliseconds()), "cold-start-exec-ms")
 			b.Logf("%s: park %v, wake+exec %v, cold start+exec %v, wake/cold %.3f", im, park/n, wake/n, cold/n, float64(wake)/float64(cold))
 		})
+	}
+}
+
+// BenchmarkForkParkByImageSize ([P9]): `vm fork` and `vm park` of a VM whose
+// image is 1 GiB and of one whose image is 8 GiB (tiny's root filesystem
+// grown with resize2fs, every block allocated by fallocate), with the state dir on this
+// machine's ext4 (no reflink). A fork's disks are qcow2 overlays of the
+// parent's frozen ones and a park writes memory only, so neither may grow
+// with the image: the 8 GiB times must stay within 1.2x the 1 GiB ones.
+func BenchmarkForkParkByImageSize(b *testing.B) {
+	v := newVMEnv(b)
+	var img struct {
+		Rootfs string `json:"rootfs"`
+	}
+	v.must("image", "build", "tiny")
+	if err := json.Unmarshal([]byte(v.must("image", "show", "tiny", "--json")), &img); err != nil {
+		b.Fatal(err)
+	}
+	times := map[string][2]time.Duration{}
+	for _, size := range []string{"1G", "8G"} {
+		name := "big" + strings.ToLower(size)
+		file := filepath.Join(v.home, name+".ext4")
+		for _, c := range [][]string{
+			{"cp", "--sparse=always", img.Rootfs, file},
+			{"truncate", "-s", size, file},
+			{"resize2fs", "-f", file},
+			{"fallocate", "-l", size, file}, // every block allocated
+		} {
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+				b.Fatalf("%v: %v %s", c, err, out)
+			}
+		}
+		v.must("image", "register", "--name", name, "--rootfs", file)
+		v.must("image", "promote", name)
+		os.Remove(file)
+		b.Run(size, func(b *testing.B) {
+			v.must("vm", "create", "--name", "p"+name, "--image", name)
+			defer v.banger("vm", "delete", "p"+name)
+			var fork, park time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				kid := fmt.Sprintf("k%s-%d", name, i)
+				t0 := time.Now()
+				v.must("vm", "fork", "p"+name, "--name", kid)
+				fork += time.Since(t0)
+				t1 := time.Now()
+				v.must("vm", "park", kid)
+				park += time.Since(t1)
+				v.must("vm", "delete", kid)
+			}
+			n := time.Duration(b.N)
+			b.ReportMetric(float64((fork / n).Milliseconds()), "fork-ms")
+			b.ReportMetric(float64((park / n).Milliseconds()), "park-ms")
+			times[size] = [2]time.Duration{fork / n, park / n}
+			b.Logf("%s image: fork %v, park of the fork %v", size, fork/n, park/n)
+		})
+	}
+	if s, l := times["1G"], times["8G"]; s[0] > 0 && l[0] > 0 {
+		b.Logf("8 GiB ÷ 1 GiB: fork %.2f, park %.2f (must be <= 1.2)", float64(l[0])/float64(s[0]), float64(l[1])/float64(s[1]))
+		if float64(l[0]) > 1.2*float64(s[0]) || float64(l[1]) > 1.2*float64(s[1]) {
+			b.Errorf("fork or park grows with the image's size: 1 GiB %v, 8 GiB %v", s, l)
+		}
 	}
 }

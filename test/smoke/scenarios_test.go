@@ -29,6 +29,7 @@ var scenarios = []scenario{
 	{"update_staging_race", scUpdateStagingRace},
 	{"update_rollback_keeps_vm_alive", scUpdateRollbackKeepsVMAlive},
 	{"parked_vm_survives_update", scParkedVMSurvivesUpdate},
+	{"fork_under_system_helper", scForkUnderSystemHelper},
 	{"daemon_admin", scDaemonAdmin},
 	{"helper_restart_keeps_vm_alive", scHelperRestartKeepsVMAlive},
 	{"daemon_sigkill_keeps_vm_alive", scDaemonSigkillKeepsVMAlive},
@@ -383,6 +384,41 @@ func scParkedVMSurvivesUpdate(t *testing.T) {
 	}
 	if err := h.keepsAlive("napper", b); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// scForkUnderSystemHelper: vm fork through the installed, confined root
+// helper (CAP_NET_ADMIN, CAP_CHOWN, CAP_DAC_READ_SEARCH; no CAP_SYS_ADMIN):
+// the fork's VMM runs in a user and network namespace of its own, wired
+// from outside; its disks are qcow2 overlays marked with a user xattr. A
+// restart of the helper kills neither VM, and the fork parks and wakes.
+func scForkUnderSystemHelper(t *testing.T) {
+	h := newHost(t, art.bin)
+	h.mustBanger("vm", "create", "--name", "mom")
+	b := h.mustBootID("mom")
+	h.mustBanger("vm", "exec", "mom", "--", "sh", "-c", "echo forked > /dev/shm/m")
+	if out := h.mustBanger("vm", "fork", "mom", "--name", "kid"); !strings.HasPrefix(out, "kid running (") {
+		t.Fatalf("vm fork: %q", out)
+	}
+	if _, err := h.sys.Systemctl(t.Context(), "restart", "bangerd-root.service"); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, h)
+	for _, vm := range []string{"mom", "kid"} {
+		if err := h.keepsAlive(vm, b); err != nil {
+			t.Fatalf("%s after the helper's restart: %v", vm, err)
+		}
+		out := strings.Fields(h.mustBanger("vm", "exec", vm, "--", "sh", "-c", "cat /dev/shm/m; hostname"))
+		if len(out) != 2 || out[0] != "forked" || out[1] != vm {
+			t.Fatalf("%s says %q", vm, out)
+		}
+	}
+	h.mustBanger("vm", "park", "kid")
+	if out := strings.TrimSpace(h.mustBanger("vm", "exec", "kid", "--", "cat", "/dev/shm/m")); out != "forked" {
+		t.Fatalf("the fork after park and wake: %q", out)
+	}
+	if r := h.banger("vm", "delete", "mom"); r.code != 2 || !strings.Contains(r.err, "kid") {
+		t.Fatalf("delete of a fork's parent: %d %q", r.code, r.err)
 	}
 }
 
