@@ -702,6 +702,9 @@ func (l *Local) ReleaseRootfs(ctx context.Context, r VMReq) error {
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		return errdefs.New(errdefs.OperationFailed, "vm %s: its root disk is not a regular file", r.ID)
 	}
+	if format, err := disk.FormatOf(f); err != nil || format != disk.FormatRaw {
+		return errdefs.New(errdefs.BadRequest, "vm %s: its root disk is a qcow2 overlay (the VM was forked), not an image; make the image from a VM that was never forked", r.ID)
+	}
 	if err := f.Chmod(0o600); err != nil {
 		return err
 	}

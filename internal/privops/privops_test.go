@@ -9,8 +9,10 @@ import (
 	"syscall"
 	"testing"
 
+	bdisk "github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/vmdir"
+	"golang.org/x/sys/unix"
 )
 
 func testPolicy(t *testing.T) (Policy, string) {
@@ -218,4 +220,16 @@ func TestReleaseRootfs(t *testing.T) {
 		t.Fatal("the link's target was changed")
 	}
 	isBadRequest(t, l.ReleaseRootfs(ctx, VMReq{ID: "../state"}), "vm id")
+
+	// A fork's root disk is an overlay of root's frozen disk: not an image.
+	os.MkdirAll(filepath.Join(p.VMsDir, "ov"), 0o700)
+	ov := filepath.Join(p.VMsDir, "ov", vmdir.RootfsName)
+	os.WriteFile(ov, []byte("QFI\xfb"), 0o600)
+	if err := unix.Setxattr(ov, bdisk.FormatXattr, []byte(bdisk.FormatQcow2), 0); err != nil {
+		t.Skipf("no user xattrs: %v", err)
+	}
+	isBadRequest(t, l.ReleaseRootfs(ctx, VMReq{ID: "ov"}), "qcow2 overlay")
+	if fi, _ := os.Stat(ov); fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatal("the overlay was handed to the owner")
+	}
 }
