@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/agent"
@@ -172,7 +173,7 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, names []s
 		if i < len(names) {
 			name = names[i]
 		} else {
-			name = s.freeName(ctx, src.Name+"-fork-"+strconv.Itoa(i+1))
+			name = s.forkName(ctx, src.Name, kids)
 		}
 		id := newID()
 		dir := vmdir.New(s.Layout.VMsDir(), id)
@@ -192,6 +193,23 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, names []s
 		kids = append(kids, k)
 	}
 	return kids, nil
+}
+
+// forkName is the first free name SRC-fork-N (SRC shortened to keep the
+// name a DNS label), free in the store and in this fork's batch.
+func (s *Service) forkName(ctx context.Context, src string, batch []store.VMRecord) string {
+	for k := 1; ; k++ {
+		suffix := "-fork-" + strconv.Itoa(k)
+		base := src
+		if len(base)+len(suffix) > 63 {
+			base = strings.TrimRight(base[:63-len(suffix)], "-")
+		}
+		name := base + suffix
+		taken := slices.ContainsFunc(batch, func(r store.VMRecord) bool { return r.Name == name })
+		if _, err := s.Store.GetVM(ctx, name); !taken && err != nil {
+			return name
+		}
+	}
 }
 
 // takeIdentity gives a fork its own MAC, address, hostname, machine-id and

@@ -113,6 +113,28 @@ func TestVMForkGivesEachChildItsOwnIdentity(t *testing.T) {
 		t.Fatalf("fork after park and wake: %q", got)
 	}
 
+	// A damaged snapshot: one line, the fork stays parked with its files,
+	// and --cold boots its disks.
+	v.must("vm", "park", kid)
+	mem := filepath.Join(v.show(kid).Runtime.Dir, "vm.mem")
+	if fi, err := os.Stat(mem); err != nil || os.Truncate(mem, fi.Size()/2) != nil {
+		t.Fatalf("truncate %s: %v", mem, err)
+	}
+	bad := v.banger("vm", "resume", kid)
+	if bad.code == 0 || strings.Count(strings.TrimSpace(bad.stderr), "\n") != 0 || !strings.Contains(bad.stderr, "resume --cold") {
+		t.Fatalf("resume from a truncated snapshot: exit %d %q", bad.code, bad.stderr)
+	}
+	if st := v.state(kid); st != api.StateParked {
+		t.Fatalf("after a failed wake the fork is %s, want parked", st)
+	}
+	if _, err := os.Stat(mem); err != nil {
+		t.Fatalf("the failed wake lost the snapshot: %v", err)
+	}
+	v.must("vm", "resume", "--cold", kid)
+	if got := strings.TrimSpace(v.must("vm", "exec", kid, "--", "sh", "-c", "cat /root/proj/f; hostname")); got != "workspace-file\n"+kid {
+		t.Fatalf("fork after a cold resume: %q", got)
+	}
+
 	// The parent's disks back its forks: it cannot go first.
 	del := v.banger("vm", "delete", "src")
 	if del.code != 2 || strings.Count(strings.TrimSpace(del.stderr), "\n") != 0 || !strings.Contains(del.stderr, res.Forks[0].Name) || !strings.Contains(del.stderr, res.Forks[1].Name) {
@@ -123,7 +145,7 @@ func TestVMForkGivesEachChildItsOwnIdentity(t *testing.T) {
 	}
 	// A stopped VM cannot be forked, and nothing is made.
 	v.must("vm", "stop", res.Forks[1].Name)
-	bad := v.banger("vm", "fork", res.Forks[1].Name)
+	bad = v.banger("vm", "fork", res.Forks[1].Name)
 	if bad.code != 2 || strings.Count(strings.TrimSpace(bad.stderr), "\n") != 0 || !strings.Contains(bad.stderr, "only a running or parked VM can be forked") {
 		t.Fatalf("fork of a stopped VM: exit %d %q", bad.code, bad.stderr)
 	}
