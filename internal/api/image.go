@@ -7,6 +7,7 @@ const (
 	MethodImageRegister   = "image.register"
 	MethodImagePromote    = "image.promote"
 	MethodImageCachePrune = "image.cache.prune"
+	MethodImageWarm       = "image.warm"
 	MethodKernelList      = "kernel.list"
 	MethodKernelShow      = "kernel.show"
 	MethodKernelDelete    = "kernel.delete"
@@ -72,7 +73,10 @@ type CachePruneResult struct {
 	Blobs      int    `json:"blobs"`
 	// Images are the derived images removed (or that would be).
 	Images []string `json:"images,omitempty"`
-	DryRun bool     `json:"dry_run"`
+	// Templates are the stale warm-start templates removed (or that
+	// would be).
+	Templates []string `json:"templates,omitempty"`
+	DryRun    bool     `json:"dry_run"`
 }
 
 // Kernel is a registered kernel.
@@ -119,4 +123,21 @@ type CatalogEntry struct {
 type Catalog struct {
 	URL     string         `json:"url"`
 	Entries []CatalogEntry `json:"entries"`
+}
+
+// ImageWarmParams makes the warm-start template of an image for a shape
+// (unset: vm_defaults).
+type ImageWarmParams struct {
+	Name      string  `json:"name"`
+	VCPU      *int    `json:"vcpu,omitempty"`
+	MemoryMiB *int    `json:"memory_mib,omitempty"`
+	DiskSize  *string `json:"disk_size,omitempty"`
+}
+
+// ImageWarmResult names the template.
+type ImageWarmResult struct {
+	Template string `json:"template"`
+	Image    string `json:"image"`
+	Key      string `json:"key"`
+	Existed  bool   `json:"existed"`
 }

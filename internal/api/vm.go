@@ -58,6 +58,9 @@ type VM struct {
 	CreatedAt string    `json:"created_at"`
 	UpdatedAt string    `json:"updated_at"`
 	Runtime   VMRuntime `json:"runtime"`
+	// Warnings are for the user, from the call that returned the VM
+	// (e.g. a warm-start template that could not be used).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // VMRuntime is the runtime state kept as JSON in the store.
@@ -94,6 +97,13 @@ type VMRuntime struct {
 	// NeedsIdentity: a fork that has not yet taken its own identity
 	// (MAC, IP, hostname, machine-id, SSH host keys) through its agent.
 	NeedsIdentity bool `json:"needs_identity,omitempty"`
+	// Template, on a warm-start template (a hidden, parked VM), is its key:
+	// what it was booted from (docs/snapshots.md, "Warm starts").
+	Template string `json:"template,omitempty"`
+	// Start says how the VM started: "warm" (from a template, named by
+	// StartedFrom) or "cold" (a boot).
+	Start       string `json:"start,omitempty"`
+	StartedFrom string `json:"started_from,omitempty"`
 }
 
 // VMCreateParams creates (and by default starts) a VM. Pointers: unset
@@ -106,6 +116,8 @@ type VMCreateParams struct {
 	DiskSize  *string `json:"disk_size,omitempty"`
 	NAT       bool    `json:"nat,omitempty"`
 	NoStart   bool    `json:"no_start,omitempty"`
+	// Cold boots the VM even when a warm-start template matches.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VMRef names a VM by name or id.

@@ -305,10 +305,11 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 	var dryRun, pruneJSON bool
 	prune := &cobra.Command{
 		Use:   "prune",
-		Short: "Delete the cached OCI layers and unused derived images",
+		Short: "Delete the cached OCI layers, unused derived images and stale warm-start templates",
 		Long: `Empty the OCI layer cache, and delete the derived images (built from a
 repository's .banger/image.toml) that no VM uses, except the newest of each
-repository. The cache directory is renamed aside and recreated empty before
+repository, and the warm-start templates no start would use any more (their
+image, banger, the VMM or the agent changed) and no VM stands on. The cache directory is renamed aside and recreated empty before
 the old copy is deleted, so a pull in progress is not corrupted. Other
 registered images are not affected. --dry-run only reports what would be
 freed.`,
@@ -330,13 +331,71 @@ freed.`,
 			for _, n := range r.Images {
 				fmt.Fprintf(a.stdout, "  %s\n", n)
 			}
+			if len(r.Templates) > 0 {
+				fmt.Fprintf(a.stdout, "stale warm-start templates: %s\n", strings.Join(r.Templates, ", "))
+			}
 			return nil
 		},
 	}
 	prune.Flags().BoolVar(&dryRun, "dry-run", false, "report what would be freed; delete nothing")
 	prune.Flags().BoolVar(&pruneJSON, "json", false, "print JSON")
 	cache.AddCommand(prune)
-	cmd.AddCommand(list, show, del, build, pull, register, promote, cache)
+	cmd.AddCommand(list, show, del, build, pull, register, promote, cache, a.imageWarmCmd())
+	return cmd
+}
+
+func (a *app) imageWarmCmd() *cobra.Command {
+	var (
+		vcpu, memory int
+		disk         string
+		asJSON       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "warm NAME",
+		Short: "Make the warm-start template of an image now (else the first cold start makes it)",
+		Long: `Boot a VM of the image with the given resources (default: vm_defaults),
+and park it the moment it is ready: its warm-start template. 'vm run' and
+'vm create' of that shape then fork the template instead of booting
+(docs/snapshots.md, "Warm starts"). The first cold start of a shape makes
+its template in the background anyway; this makes it now, and waits.`,
+		Example: "  banger image warm tiny\n  banger image warm debian-bookworm --vcpu 2 --memory 2048",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := api.ImageWarmParams{Name: args[0]}
+			if cmd.Flags().Changed("vcpu") {
+				p.VCPU = &vcpu
+			}
+			if cmd.Flags().Changed("memory") {
+				p.MemoryMiB = &memory
+			}
+			if cmd.Flags().Changed("disk-size") {
+				p.DiskSize = &disk
+			}
+			c, _, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var r api.ImageWarmResult
+			if err := a.withProgress(cmd.Context(), c, "warm "+args[0], func(ctx context.Context) error {
+				return c.Call(ctx, api.MethodImageWarm, p, &r)
+			}); err != nil {
+				return err
+			}
+			if asJSON {
+				return output.JSON(a.stdout, r)
+			}
+			verb := "made"
+			if r.Existed {
+				verb = "already there"
+			}
+			fmt.Fprintf(a.stdout, "%s: template %s %s\n", r.Image, r.Template, verb)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&vcpu, "vcpu", 0, "vCPUs (default: vm_defaults.vcpu)")
+	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (default: vm_defaults.memory_mib)")
+	cmd.Flags().StringVar(&disk, "disk-size", "", "size of the /root work disk (default: vm_defaults.disk_size)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 

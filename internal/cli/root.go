@@ -73,6 +73,13 @@ func (a *app) printError(err error) {
 	fmt.Fprintf(a.stderr, "banger: %s\n", msg)
 }
 
+// printWarnings prints what a call warned of, one line each.
+func (a *app) printWarnings(ws []string) {
+	for _, w := range ws {
+		fmt.Fprintf(a.stderr, "banger: warning: %s\n", w)
+	}
+}
+
 type usageError struct{ error }
 
 func exitCodeFor(err error) int {

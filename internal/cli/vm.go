@@ -53,7 +53,7 @@ func (a *app) psCmd() *cobra.Command {
 type createFlags struct {
 	name, image, disk string
 	vcpu, memory      int
-	nat               bool
+	nat, cold         bool
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -63,10 +63,11 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.memory, "memory", 0, "memory in MiB (default: vm_defaults.memory_mib)")
 	cmd.Flags().StringVar(&f.disk, "disk-size", "", "size of the /root work disk, like 2G (default: vm_defaults.disk_size)")
 	cmd.Flags().BoolVar(&f.nat, "nat", false, "give the guest outbound network access through NAT")
+	cmd.Flags().BoolVar(&f.cold, "cold", false, "boot, even when a warm-start template of this shape exists (config: start)")
 }
 
 func (f *createFlags) params(cmd *cobra.Command) api.VMCreateParams {
-	p := api.VMCreateParams{Name: f.name, Image: f.image, NAT: f.nat}
+	p := api.VMCreateParams{Name: f.name, Image: f.image, NAT: f.nat, Cold: f.cold}
 	if cmd.Flags().Changed("vcpu") {
 		v := f.vcpu
 		p.VCPU = &v
@@ -106,6 +107,7 @@ func (a *app) vmCreateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			a.printWarnings(v.Warnings)
 			if asJSON {
 				return output.JSON(a.stdout, v)
 			}
@@ -450,6 +452,12 @@ func (a *app) vmShowCmd() *cobra.Command {
 				{"work disk", fmt.Sprintf("%d MiB", v.DiskBytes>>20)}, {"nat", fmt.Sprint(v.NAT)},
 				{"vmm", orDash(v.Runtime.VMMKind)}, {"vmm binary", orDash(v.Runtime.VMM)}, {"vmm pid", orDash(pidStr(v.Runtime.PID))},
 				{"tap", v.Runtime.Tap}, {"root disk", orDash(v.Runtime.CloneMethod)}, {"created", v.CreatedAt},
+			}
+			switch {
+			case v.Runtime.Start == "warm":
+				pairs = append(pairs, [2]string{"start", "warm, from template " + v.Runtime.StartedFrom})
+			case v.Runtime.Start != "":
+				pairs = append(pairs, [2]string{"start", v.Runtime.Start})
 			}
 			if w := v.Runtime.Workspace; w != nil {
 				pairs = append(pairs, [2]string{"workspace", fmt.Sprintf("%s → %s (HEAD %s, %s)", w.HostPath, w.GuestPath, w.HeadCommit, w.Mode)})

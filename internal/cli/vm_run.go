@@ -121,6 +121,7 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			if err != nil {
 				return err // a guest that never came up is kept; the error says how to read its logs
 			}
+			a.printWarnings(v.Warnings)
 			if rm {
 				defer func() {
 					// A fresh context: Ctrl-C must not abort the cleanup.

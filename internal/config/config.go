@@ -46,6 +46,10 @@ type Config struct {
 	// session open in it (docs/snapshots.md): a duration like "15m";
 	// "" or "0" (the default) turns it off.
 	AutoParkAfter string `toml:"auto_park_after" json:"auto_park_after"`
+	// Start is how vm run and vm create start a VM: "warm" (the default:
+	// from a warm-start template of its shape when there is one, else a
+	// boot, after which the template is made) or "cold" (always a boot).
+	Start string `toml:"start" json:"start"`
 	// VMDefaults are the resources of a VM created without flags.
 	VMDefaults VMDefaults `toml:"vm_defaults" json:"vm_defaults"`
 	// Catalog is where images and kernels are pulled from by name.
@@ -104,6 +108,15 @@ type VMDefaults struct {
 	MemoryMiB int    `toml:"memory_mib" json:"memory_mib"`
 	DiskSize  string `toml:"disk_size" json:"disk_size"`
 }
+
+// Start values.
+const (
+	StartWarm = "warm"
+	StartCold = "cold"
+)
+
+// Warm reports whether VMs start from warm-start templates.
+func (c Config) Warm() bool { return c.Start != StartCold }
 
 // AutoPark is AutoParkAfter as a duration; 0 is off (validated by Load).
 func (c Config) AutoPark() time.Duration { d, _ := ParseAutoPark(c.AutoParkAfter); return d }
@@ -294,6 +307,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := ParseAutoPark(c.AutoParkAfter); err != nil {
 		return bad("auto_park_after", "%v", err)
+	}
+	if c.Start != "" && c.Start != StartWarm && c.Start != StartCold {
+		return bad("start", "%q is not \"warm\" or \"cold\"", c.Start)
 	}
 	for i, l := range c.Derive.AptSources {
 		if f := strings.Fields(l); len(f) < 3 || (f[0] != "deb" && f[0] != "deb-src") || strings.ContainsAny(l, "\n\r\x00'") {

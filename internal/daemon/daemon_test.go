@@ -29,6 +29,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodImagePull,
 		api.MethodImageRegister,
 		api.MethodImageShow,
+		api.MethodImageWarm,
 		api.MethodKernelCatalog,
 		api.MethodKernelDelete,
 		api.MethodKernelImport,

@@ -25,7 +25,20 @@ func (d *Daemon) registerImages() {
 	}
 	h(api.MethodImageList, func(ctx context.Context, _ json.RawMessage) (any, error) { return s.List(ctx) })
 	h(api.MethodImageShow, withRef(func(ctx context.Context, n string) (any, error) { return s.Show(ctx, n) }))
-	h(api.MethodImageDelete, withRef(func(ctx context.Context, n string) (any, error) { return struct{}{}, s.Delete(ctx, n) }))
+	h(api.MethodImageDelete, withRef(func(ctx context.Context, n string) (any, error) {
+		// Its warm-start templates are VMs of it: they go first.
+		if err := d.vms.DeleteTemplatesOf(ctx, n); err != nil {
+			return nil, err
+		}
+		return struct{}{}, s.Delete(ctx, n)
+	}))
+	h(api.MethodImageWarm, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := decode[api.ImageWarmParams](raw)
+		if err != nil {
+			return nil, err
+		}
+		return d.vms.Warm(ctx, p, logWriter{ctx})
+	})
 	h(api.MethodImagePromote, withRef(func(ctx context.Context, n string) (any, error) { return s.Promote(ctx, n) }))
 	h(api.MethodImageBuild, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		p, err := decode[api.ImageBuildParams](raw)
@@ -60,7 +73,12 @@ func (d *Daemon) registerImages() {
 		if err != nil {
 			return nil, err
 		}
-		return s.CachePrune(ctx, p.DryRun)
+		r, err := s.CachePrune(ctx, p.DryRun)
+		if err != nil {
+			return nil, err
+		}
+		r.Templates, err = d.vms.PruneTemplates(ctx, p.DryRun)
+		return r, err
 	})
 	h(api.MethodImageCatalog, func(ctx context.Context, _ json.RawMessage) (any, error) { return s.ImageCatalog(ctx) })
 

@@ -99,7 +99,13 @@ func (l *Local) ForkDisks(ctx context.Context, r ForkReq) (resp ForkResp, err er
 	from := map[string]string{}
 	formats := map[string]string{}
 	if overlay {
-		n, err := l.freeze(ctx, sd, spath, formats)
+		// A source parked since its last fork (a warm-start template) has
+		// overlays nothing wrote: its last frozen disks are still its
+		// disks, and freezing again would only lengthen the chain.
+		n, err := unchangedSince(sd, spath, formats)
+		if err == nil && n == "" {
+			n, err = l.freeze(ctx, sd, spath, formats)
+		}
 		if err != nil {
 			return resp, fmt.Errorf("freeze %s's disks: %w", r.Src, err)
 		}
@@ -140,23 +146,95 @@ func (l *Local) ForkDisks(ctx context.Context, r ForkReq) (resp ForkResp, err er
 	return resp, nil
 }
 
+// stampName, in frozen-N/, records Src's overlays as freeze left them.
+const stampName = "source"
+
+// stampOf describes Src's current writable disks: any write changes it.
+func stampOf(sd *os.File) (string, error) {
+	var b strings.Builder
+	for _, dname := range forkedDisks {
+		f, err := securefs.OpenBeneath(sd, dname, unix.O_RDONLY, 0)
+		if err != nil {
+			return "", err
+		}
+		st, err := securefs.Stat(f)
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s %d %d %d.%09d\n", dname, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return b.String(), nil
+}
+
+// latestFrozen is the name of Src's newest frozen-N ("" if none).
+func latestFrozen(spath string) (string, int, error) {
+	ents, err := os.ReadDir(spath)
+	if err != nil {
+		return "", 0, err
+	}
+	best := 0
+	for _, e := range ents {
+		if k, ok := strings.CutPrefix(e.Name(), vmdir.FrozenPrefix); ok {
+			if i, err := strconv.Atoi(k); err == nil && i > best {
+				best = i
+			}
+		}
+	}
+	if best == 0 {
+		return "", 0, nil
+	}
+	return vmdir.FrozenPrefix + strconv.Itoa(best), best, nil
+}
+
+// unchangedSince returns Src's newest frozen-N when Src's overlays are
+// exactly as that freeze left them (and fills formats), else "".
+func unchangedSince(sd *os.File, spath string, formats map[string]string) (string, error) {
+	name, _, err := latestFrozen(spath)
+	if err != nil || name == "" {
+		return "", err
+	}
+	fd, err := securefs.OpenBeneath(sd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer fd.Close()
+	f, err := securefs.OpenBeneath(fd, stampName, unix.O_RDONLY, 0)
+	if err != nil {
+		return "", nil // an older freeze, or one cut short: freeze again
+	}
+	was, err := io.ReadAll(io.LimitReader(f, 4096))
+	f.Close()
+	if err != nil {
+		return "", err
+	}
+	now, err := stampOf(sd)
+	if err != nil || now != string(was) {
+		return "", err
+	}
+	for _, dname := range forkedDisks {
+		df, err := securefs.OpenBeneath(fd, dname, unix.O_RDONLY, 0)
+		if err != nil {
+			return "", err
+		}
+		formats[dname], err = disk.FormatOf(df)
+		df.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return name, nil
+}
+
 // freeze hard-links Src's writable disks into a new frozen-N/ (read-only)
 // and moves Src onto qcow2 overlays of them; it returns frozen-N's name and
 // fills formats with each frozen disk's format.
 func (l *Local) freeze(ctx context.Context, sd *os.File, spath string, formats map[string]string) (string, error) {
-	next := 1
-	ents, err := os.ReadDir(spath)
+	_, last, err := latestFrozen(spath)
 	if err != nil {
 		return "", err
 	}
-	for _, e := range ents {
-		if k, ok := strings.CutPrefix(e.Name(), vmdir.FrozenPrefix); ok {
-			if i, err := strconv.Atoi(k); err == nil && i >= next {
-				next = i + 1
-			}
-		}
-	}
-	name := vmdir.FrozenPrefix + strconv.Itoa(next)
+	name := vmdir.FrozenPrefix + strconv.Itoa(last+1)
 	fd, err := securefs.MkdirBeneath(sd, name, 0o711)
 	if err != nil {
 		return "", err
@@ -194,7 +272,21 @@ func (l *Local) freeze(ctx context.Context, sd *os.File, spath string, formats m
 			return "", fmt.Errorf("switch to overlay %s: %w", dname, err)
 		}
 	}
-	return name, nil
+	// What the overlays look like now, untouched: the next fork reuses
+	// this freeze if they still do.
+	stamp, err := stampOf(sd)
+	if err != nil {
+		return "", err
+	}
+	f, err := securefs.CreateBeneath(fd, stampName, unix.O_WRONLY, 0o400)
+	if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString(stamp)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return name, err
 }
 
 // forkInto fills a child's fresh directory cd from Src's (sd).

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/errdefs"
@@ -117,7 +118,20 @@ func TestForkDisksFreezesAndOverlays(t *testing.T) {
 			t.Errorf("%s's layout: %q %v", k, b, err)
 		}
 	}
-	// A second fork freezes the source's overlay (qcow2 over qcow2).
+	// A source parked since (a template) forks again from the same freeze.
+	if _, err := l.ForkDisks(ctx, ForkReq{Src: "src", Children: []string{"k2b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "frozen-2")); err == nil {
+		t.Fatal("an unchanged source was frozen again")
+	}
+	if got := contentOf(t, filepath.Join(p.VMsDir, "k2b", vmdir.RootfsName)); !bytes.Equal(got, files[vmdir.RootfsName]) {
+		t.Fatal("a fork from the reused freeze reads a different disk")
+	}
+	// Once the source has run (its overlay written), a fork freezes its
+	// overlay (qcow2 over qcow2).
+	future := time.Now().Add(time.Hour)
+	os.Chtimes(filepath.Join(src, vmdir.RootfsName), future, future)
 	if _, err := l.ForkDisks(ctx, ForkReq{Src: "src", Children: []string{"k3"}}); err != nil {
 		t.Fatal(err)
 	}

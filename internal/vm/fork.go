@@ -72,20 +72,74 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 			return out, errdefs.AlreadyExistsf("a VM named %q already exists", name)
 		}
 	}
-	src, unlock, err := s.get(ctx, p.Name)
+	s.opMu.RLock()
+	defer s.opMu.RUnlock()
+	src, unlockSrc, err := s.getHeld(ctx, p.Name)
 	if err != nil {
 		return out, err
 	}
-	defer unlock()
+	specs := make([]forkSpec, n)
+	for i := range specs {
+		if i < len(p.Names) {
+			specs[i].Name = p.Names[i]
+		}
+		specs[i].NAT = src.NAT
+	}
+	kids, unlockKids, err := s.forkOut(ctx, &src, specs)
+	// The source is woken (if it ran) or parked: the forks wake without it.
+	unlockSrc()
+	defer unlockKids()
+	out.Source = s.ToAPI(ctx, src)
+	errs := []error{err} // the source's wake may have failed; its forks are made
+	for i := range kids {
+		rpcserver.SetStage(ctx, fmt.Sprintf("waking fork %s (%d of %d)", kids[i].Name, i+1, len(kids)))
+		if kids[i], err = s.wake(ctx, kids[i]); err != nil {
+			errs = append(errs, fmt.Errorf("fork %s: %w", kids[i].Name, err))
+		}
+		out.Forks = append(out.Forks, s.ToAPI(ctx, kids[i]))
+	}
+	return out, errors.Join(errs...)
+}
+
+// getHeld is get for a caller that already holds opMu shared.
+func (s *Service) getHeld(ctx context.Context, name string) (store.VMRecord, func(), error) {
+	rec, err := s.Store.GetVM(ctx, name)
+	if err != nil {
+		return rec, nil, err
+	}
+	unlock := s.lockVMHeld(rec.ID)
+	if rec, err = s.Store.GetVM(ctx, rec.ID); err != nil {
+		unlock()
+		return rec, nil, err
+	}
+	return rec, unlock, nil
+}
+
+// forkSpec is one fork to make: its name ("" for SRC-fork-N; Generated:
+// a generated name, replaced by a free one if taken) and NAT.
+type forkSpec struct {
+	Name      string
+	NAT       bool
+	Generated bool
+}
+
+// forkOut makes the forks of *src, which the caller has locked (and opMu
+// shared): a running src is parked, the forks are recorded and given their
+// disks and src's snapshot, and a src that was running is woken again. It
+// returns the forks, parked and still needing their identity, locked until
+// the returned func runs; waking them is the caller's.
+func (s *Service) forkOut(ctx context.Context, src *store.VMRecord, specs []forkSpec) ([]store.VMRecord, func(), error) {
+	none := func() {}
 	parked := src.State == api.StateParked
-	if !parked && ((src.State != api.StateRunning && src.State != api.StatePaused) || !s.live(ctx, src)) {
-		return out, errdefs.BadRequestf("VM %s is %s; only a running or parked VM can be forked ('banger vm start %s' first)", src.Name, src.State, src.Name)
+	if !parked && ((src.State != api.StateRunning && src.State != api.StatePaused) || !s.live(ctx, *src)) {
+		return nil, none, errdefs.BadRequestf("VM %s is %s; only a running or parked VM can be forked ('banger vm start %s' first)", src.Name, src.State, src.Name)
 	}
 	log := logging.From(ctx).With("vm", src.Name)
 	t0 := time.Now()
+	var err error
 	if !parked {
-		if src, err = s.park(ctx, src); err != nil {
-			return out, fmt.Errorf("fork VM %s: %w", src.Name, err)
+		if *src, err = s.park(ctx, *src); err != nil {
+			return nil, none, fmt.Errorf("fork VM %s: %w", src.Name, err)
 		}
 	}
 	// Wake a source that was running, whatever happens next.
@@ -94,17 +148,26 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 			return nil
 		}
 		var err error
-		src, err = s.wake(ctx, src)
+		*src, err = s.wake(ctx, *src)
+		if err != nil {
+			err = fmt.Errorf("fork VM %s: the source did not wake: %w", src.Name, err)
+		}
 		return err
 	}
-	kids, err := s.recordForks(ctx, src, p.Names, n)
+	kids, err := s.recordForks(ctx, *src, specs)
 	if err != nil {
-		return out, errors.Join(err, wakeSrc())
+		return nil, none, errors.Join(err, wakeSrc())
 	}
 	ids := make([]string, len(kids))
+	var unlocks []func()
+	unlockAll := func() {
+		for _, u := range unlocks {
+			u()
+		}
+	}
 	for i, k := range kids {
 		ids[i] = k.ID
-		defer s.lockVMHeld(k.ID)()
+		unlocks = append(unlocks, s.lockVMHeld(k.ID))
 	}
 	rpcserver.SetStage(ctx, "making the forks' disks")
 	fr, err := s.Ops.ForkDisks(ctx, privops.ForkReq{Src: src.ID, Children: ids})
@@ -112,7 +175,8 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 		for _, k := range kids {
 			_ = s.Store.DeleteVM(context.Background(), k.ID)
 		}
-		return out, errors.Join(fmt.Errorf("fork VM %s: %w", src.Name, err), wakeSrc())
+		unlockAll()
+		return nil, none, errors.Join(fmt.Errorf("fork VM %s: %w", src.Name, err), wakeSrc())
 	}
 	for i := range kids {
 		kids[i].Runtime.CloneMethod = fr.Method
@@ -121,31 +185,17 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 		kids[i].Runtime.ParkedAt = now()
 		kids[i].UpdatedAt = now()
 		if err := s.Store.UpdateVM(ctx, kids[i]); err != nil {
-			return out, errors.Join(err, wakeSrc())
+			unlockAll()
+			return nil, none, errors.Join(err, wakeSrc())
 		}
 	}
 	log.Info("forks made", "forks", len(kids), "method", fr.Method, "seconds", time.Since(t0).Seconds())
-	var errs []error
-	if err := wakeSrc(); err != nil {
-		errs = append(errs, fmt.Errorf("fork VM %s: the forks were made but the source did not wake: %w", src.Name, err))
-	}
-	for i := range kids {
-		rpcserver.SetStage(ctx, fmt.Sprintf("waking fork %s (%d of %d)", kids[i].Name, i+1, len(kids)))
-		if kids[i], err = s.wake(ctx, kids[i]); err != nil {
-			errs = append(errs, fmt.Errorf("fork %s: %w", kids[i].Name, err))
-		}
-	}
-	out.Source = s.ToAPI(ctx, src)
-	for _, k := range kids {
-		out.Forks = append(out.Forks, s.ToAPI(ctx, k))
-	}
-	log.Info("vm forked", "forks", len(kids), "seconds", time.Since(t0).Seconds())
-	return out, errors.Join(errs...)
+	return kids, unlockAll, wakeSrc()
 }
 
-// recordForks records n children of src (state created: reconcile removes
-// them if the daemon dies before their disks exist).
-func (s *Service) recordForks(ctx context.Context, src store.VMRecord, names []string, n int) ([]store.VMRecord, error) {
+// recordForks records src's forks (state created: reconcile removes them
+// if the daemon dies before their disks exist).
+func (s *Service) recordForks(ctx context.Context, src store.VMRecord, specs []forkSpec) ([]store.VMRecord, error) {
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
 	used, err := s.Store.UsedIPs(ctx)
@@ -163,23 +213,28 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, names []s
 		}
 		return nil, err
 	}
-	for i := 0; i < n; i++ {
+	for _, spec := range specs {
 		ip, err := allocateIP(s.Config.Network(), used)
 		if err != nil {
 			return fail(err)
 		}
 		used[ip.String()] = true
-		name := ""
-		if i < len(names) {
-			name = names[i]
-		} else {
+		name := spec.Name
+		switch {
+		case name == "":
 			name = s.forkName(ctx, src.Name, kids)
+		case spec.Generated:
+			name = s.freeName(ctx, name)
+		default:
+			if _, err := s.Store.GetVM(ctx, name); err == nil {
+				return fail(errdefs.AlreadyExistsf("a VM named %q already exists", name))
+			}
 		}
 		id := newID()
 		dir := vmdir.New(s.Layout.VMsDir(), id)
 		k := store.VMRecord{
 			ID: id, Name: name, ImageID: src.ImageID, State: api.StateCreated, VCPU: src.VCPU, MemoryMiB: src.MemoryMiB,
-			DiskBytes: src.DiskBytes, NAT: src.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
+			DiskBytes: src.DiskBytes, NAT: spec.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
 			Runtime: api.VMRuntime{
 				Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
 				VMM: src.Runtime.VMM, VMMKind: src.Runtime.VMMKind, StartedAt: src.Runtime.StartedAt,

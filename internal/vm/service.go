@@ -69,6 +69,9 @@ type Service struct {
 
 	parkerOnce sync.Once
 	parker     *autoParker // auto_park_after's idle clocks (autopark.go)
+
+	tmplMu   sync.Mutex
+	building map[string]chan struct{} // warm-start templates being built, by key (warm.go)
 }
 
 // VMMChoice is the VMM binary in use and what it is.
@@ -155,17 +158,48 @@ func (st *steps) unwind() {
 // (unless NoStart) starts it. On failure nothing is left, except a VM whose
 // guest booted but never answered SSH: it is kept so 'vm logs' can say why.
 func (s *Service) Create(ctx context.Context, p api.VMCreateParams, progress io.Writer) (api.VM, error) {
-	return s.create(ctx, p, "", progress)
+	return s.create(ctx, p, "", progress, "")
 }
 
 // CreateSeeded is Create with workSeed (a tar under banger's own
 // directories) as the VM's /root instead of its image's: how a derived
 // image's build VM gets its build script and files.
 func (s *Service) CreateSeeded(ctx context.Context, p api.VMCreateParams, workSeed string, progress io.Writer) (api.VM, error) {
-	return s.create(ctx, p, workSeed, progress)
+	return s.create(ctx, p, workSeed, progress, "")
 }
 
-func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed string, progress io.Writer) (api.VM, error) {
+// resources are a VM's vCPUs, memory and work disk size: the flags given,
+// else vm_defaults.
+func (s *Service) resources(vcpuP, memP *int, diskP *string) (vcpu, mem int, diskBytes int64, err error) {
+	vcpu, mem = s.Config.VMDefaults.VCPU, s.Config.VMDefaults.MemoryMiB
+	if vcpuP != nil {
+		vcpu = *vcpuP
+	}
+	if memP != nil {
+		mem = *memP
+	}
+	if vcpu < 1 || vcpu > 32 {
+		return 0, 0, 0, errdefs.BadRequestf("invalid --vcpu %d: must be 1-32", vcpu)
+	}
+	if mem < 128 {
+		return 0, 0, 0, errdefs.BadRequestf("invalid --memory %d MiB: at least 128 MiB is needed", mem)
+	}
+	diskStr := s.Config.VMDefaults.DiskSize
+	if diskP != nil {
+		diskStr = *diskP
+	}
+	diskBytes, err = config.ParseSize(diskStr)
+	if err != nil || diskBytes < 64<<20 {
+		return 0, 0, 0, errdefs.BadRequestf("invalid --disk-size %q: use a size like 512M or 2G (at least 64M)", diskStr)
+	}
+	return vcpu, mem, diskBytes, nil
+}
+
+// create makes a VM: from a warm-start template of its shape when there
+// is one (warm.go), else by a boot, after which the template is made in the
+// background. template, when set, is the key of the template being built:
+// this VM is it (booted cold, hidden).
+func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed string, progress io.Writer, template string) (api.VM, error) {
 	log := logging.From(ctx)
 	generated := p.Name == ""
 	if generated {
@@ -174,26 +208,9 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	if err := ValidateName(p.Name); err != nil {
 		return api.VM{}, err
 	}
-	vcpu, mem := s.Config.VMDefaults.VCPU, s.Config.VMDefaults.MemoryMiB
-	if p.VCPU != nil {
-		vcpu = *p.VCPU
-	}
-	if p.MemoryMiB != nil {
-		mem = *p.MemoryMiB
-	}
-	if vcpu < 1 || vcpu > 32 {
-		return api.VM{}, errdefs.BadRequestf("invalid --vcpu %d: must be 1-32", vcpu)
-	}
-	if mem < 128 {
-		return api.VM{}, errdefs.BadRequestf("invalid --memory %d MiB: at least 128 MiB is needed", mem)
-	}
-	diskStr := s.Config.VMDefaults.DiskSize
-	if p.DiskSize != nil {
-		diskStr = *p.DiskSize
-	}
-	diskBytes, err := config.ParseSize(diskStr)
-	if err != nil || diskBytes < 64<<20 {
-		return api.VM{}, errdefs.BadRequestf("invalid --disk-size %q: use a size like 512M or 2G (at least 64M)", diskStr)
+	vcpu, mem, diskBytes, err := s.resources(p.VCPU, p.MemoryMiB, p.DiskSize)
+	if err != nil {
+		return api.VM{}, err
 	}
 	imgName := p.Image
 	if imgName == "" {
@@ -209,6 +226,34 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	res, err := s.Images.Resolve(ctx, imgName, progress)
 	if err != nil {
 		return api.VM{}, err
+	}
+	// Warm: a derived image's build VM (workSeed) and a VM that is not to
+	// start have their own disks; a template is a boot by definition.
+	warm := s.Config.Warm() && !p.Cold && !p.NoStart && workSeed == "" && template == ""
+	sh := shape{res: res, imageName: imgName, vcpu: vcpu, mem: mem, disk: diskBytes}
+	key := ""
+	if warm {
+		if key, err = s.templateKey(ctx, sh); err != nil {
+			log.Warn("no warm start", "error", err)
+			warm = false
+		}
+	}
+	var warnings []string
+	if warm {
+		if tmpl, ok := s.findTemplate(ctx, key); ok {
+			vm, err := s.warmStart(ctx, tmpl, p, generated)
+			if err == nil {
+				return vm, nil
+			}
+			if errors.Is(err, errdefs.ErrAlreadyExists) {
+				return vm, err
+			}
+			if !errors.Is(err, errNoTemplate) {
+				s.dropTemplate(ctx, tmpl.ID)
+				warnings = append(warnings, fmt.Sprintf("warm-start template %s could not be used (%s); it was dropped and the VM booted cold", tmpl.Name, oneLine(err.Error())))
+			}
+			log.Warn("warm start failed; booting cold", "template", tmpl.Name, "error", err)
+		}
 	}
 
 	st := &steps{log: log}
@@ -235,7 +280,8 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	rec := store.VMRecord{
 		ID: id, Name: p.Name, ImageID: res.Image.ID, State: api.StateCreated, VCPU: vcpu, MemoryMiB: mem,
 		DiskBytes: diskBytes, NAT: p.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
-		Runtime: api.VMRuntime{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog()},
+		Runtime: api.VMRuntime{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
+			Template: template, Start: config.StartCold},
 	}
 	err = s.Store.InsertVM(ctx, rec)
 	s.createMu.Unlock()
@@ -292,8 +338,17 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 		st.unwind()
 		return api.VM{}, err
 	}
-	return s.ToAPI(ctx, rec), nil
+	if warm {
+		// The next start of this shape is warm; this one never waits.
+		_, _, _ = s.ensureTemplate(ctx, sh, key, false)
+	}
+	v := s.ToAPI(ctx, rec)
+	v.Warnings = warnings
+	return v, nil
 }
+
+// oneLine is s on one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // notReadyError: the VMM runs but the guest never answered SSH.
 type notReadyError struct {
@@ -753,7 +808,9 @@ func (s *Service) List(ctx context.Context) ([]api.VM, error) {
 	}
 	out := []api.VM{}
 	for _, r := range recs {
-		out = append(out, s.ToAPI(ctx, r))
+		if !isTemplate(r) { // templates are the images' (image show)
+			out = append(out, s.ToAPI(ctx, r))
+		}
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +58,12 @@ func BenchmarkVMRunRmTrueByImage(b *testing.B) {
 // same kernel, initrd and image booted by plain qemu-system-x86_64 -M microvm
 // on a tap in a fresh namespace, until `true` has run over SSH.
 func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
+	bareQEMUBoots(b, b.N, b.ResetTimer)
+}
+
+// bareQEMUBoots boots tiny n times with plain QEMU until `true` ran over
+// SSH, and returns each boot's time (reset is called before the first).
+func bareQEMUBoots(b *testing.B, n int, reset func()) []time.Duration {
 	testutil.RequiresGuest(b)
 	ctx := context.Background()
 	art, err := guestbuild.Ensure(ctx, guestOpts())
@@ -80,8 +87,10 @@ func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 		}
 	}
 	tsc := tscKHz()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	reset()
+	var times []time.Duration
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
 		root := filepath.Join(dir, fmt.Sprintf("root%d.ext4", i))
 		work := filepath.Join(dir, fmt.Sprintf("work%d.ext4", i))
 		if _, err := disk.CloneRootfs(art.Rootfs, root); err != nil {
@@ -107,7 +116,63 @@ func BenchmarkBareQEMUBootSSHTrue(b *testing.B) {
 		if err != nil || code != 0 {
 			b.Fatalf("ssh true: %d %v", code, err)
 		}
+		times = append(times, time.Since(t0))
 	}
+	return times
+}
+
+var warmColdProbed bool
+
+// BenchmarkVMRunWarmVsCold ([P10]): in one process and one run, `vm run
+// --rm -- true` cold (--cold) and warm (from the shape's template, made
+// first by 'image warm') on tiny and on the dev box, with the shipped
+// [vm_defaults] (2 vCPUs, 2 GiB, an 8G work disk), and the bare QEMU boot
+// of tiny as the floor; it prints each median and warm ÷ cold.
+func BenchmarkVMRunWarmVsCold(b *testing.B) {
+	// The testing package calls a benchmark with b.N = 1 before the real
+	// run (-benchtime 3x: N = 3); this one measures its own rounds, once,
+	// in that run.
+	if !warmColdProbed {
+		warmColdProbed = true
+		return
+	}
+	v := newDevboxEnv(b)
+	cfg, _ := os.ReadFile(v.configFile())
+	os.WriteFile(v.configFile(), []byte(strings.Replace(string(cfg), `start = "cold"`, `start = "warm"`, 1)), 0o600)
+	v.must("daemon", "stop")
+	median := func(ts []time.Duration) time.Duration {
+		s := append([]time.Duration(nil), ts...)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	run := func(args ...string) time.Duration {
+		t0 := time.Now()
+		if r := v.banger(append([]string{"vm", "run", "--rm"}, args...)...); r.code != 0 {
+			b.Fatalf("vm run %v: exit %d: %s", args, r.code, r.stderr)
+		}
+		return time.Since(t0)
+	}
+	rounds := max(b.N, 3)
+	type row struct{ cold, warm time.Duration }
+	rows := map[string]row{}
+	for _, im := range []string{guestbuild.TinyImage, guestbuild.DevImage} {
+		v.must("vm", "run", "--rm", "--cold", "--image", im, "--", "true") // warm caches: image, bridge
+		v.must("image", "warm", im)
+		var cold, warm []time.Duration
+		for i := 0; i < rounds; i++ {
+			cold = append(cold, run("--cold", "--image", im, "--", "true"))
+			warm = append(warm, run("--image", im, "--", "true"))
+		}
+		rows[im] = row{median(cold), median(warm)}
+	}
+	bare := median(bareQEMUBoots(b, rounds, func() {}))
+	for _, im := range []string{guestbuild.TinyImage, guestbuild.DevImage} {
+		r := rows[im]
+		ratio := float64(r.warm) / float64(r.cold)
+		b.Logf("%-16s cold %6.2fs  warm %6.2fs  warm/cold %.2f", im, r.cold.Seconds(), r.warm.Seconds(), ratio)
+		b.ReportMetric(ratio, im+"-warm/cold")
+	}
+	b.Logf("%-16s %6.2fs (plain QEMU boot of tiny to ssh true, the floor)", "bare qemu", bare.Seconds())
 }
 
 // sshTrueInNS pins the guest's host keys from its console (as banger does),

@@ -20,7 +20,7 @@ import (
 func TestDerivedImage(t *testing.T) {
 	v := newDevboxEnv(t)
 	mirror := startDebianMirror(t, v, "sqlite3")
-	cfg := fmt.Sprintf("default_image = \"debian-bookworm\"\n\n[derive]\napt_sources = [%q]\n", mirror)
+	cfg := fmt.Sprintf("default_image = \"debian-bookworm\"\nstart = \"cold\"\n\n[derive]\napt_sources = [%q]\n", mirror)
 	if err := os.WriteFile(v.configFile(), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func newDevboxEnv(t testing.TB) *vmEnv {
 	}
 	t.Logf("EnsureDevbox %s: %v", art.Key, time.Since(t0))
 	// The shipped defaults (2 vCPUs, 2 GiB, an 8G work disk): what a user gets.
-	if err := os.WriteFile(v.configFile(), []byte("default_image = \"debian-bookworm\"\n"), 0o600); err != nil {
+	if err := os.WriteFile(v.configFile(), []byte("default_image = \"debian-bookworm\"\nstart = \"cold\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return v

@@ -51,7 +51,7 @@ func newVMEnv(t testing.TB) *vmEnv {
 	}
 	exec.Command("ip", "-n", v.ns, "link", "set", "lo", "up").Run()
 	os.MkdirAll(filepath.Dir(v.configFile()), 0o700)
-	os.WriteFile(v.configFile(), []byte("default_image = \"tiny\"\n\n[vm_defaults]\nvcpu = 1\nmemory_mib = 256\ndisk_size = \"128M\"\n"), 0o600)
+	os.WriteFile(v.configFile(), []byte("default_image = \"tiny\"\nstart = \"cold\"\n\n[vm_defaults]\nvcpu = 1\nmemory_mib = 256\ndisk_size = \"128M\"\n"), 0o600)
 	t.Cleanup(func() {
 		if t.Failed() {
 			v.dumpLogs()

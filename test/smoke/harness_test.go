@@ -226,7 +226,7 @@ func newHost(t *testing.T, binDir string) *host {
 		h.write("/etc/systemd/system/"+u+".d/smoke-cover.conf", "[Service]\nEnvironment=GOCOVERDIR=/var/lib/banger-cover\nReadWritePaths=/var/lib/banger-cover\n")
 	}
 	// A small-VM config.
-	h.write("/etc/banger/config.toml", "default_image = \"tiny\"\n\n[vm_defaults]\nvcpu = 1\nmemory_mib = 256\ndisk_size = \"128M\"\n")
+	h.write("/etc/banger/config.toml", "default_image = \"tiny\"\nstart = \"cold\"\n\n[vm_defaults]\nvcpu = 1\nmemory_mib = 256\ndisk_size = \"128M\"\n")
 	inside := "/mnt/smoke/" + mustRel(binDir)
 	h.must(inside+"/banger", "system", "install", "--owner", owner, "--no-image") // the guest cache is seeded above
 	t.Cleanup(func() {
