@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/buildinfo"
 	"github.com/banger-dev/banger/internal/config"
@@ -47,17 +48,19 @@ type shape struct {
 }
 
 // templateKey covers everything that would make a restore wrong: the
-// image's and kernel's files, the VM's resources, the VMM binary, the tools
-// disk (the guest agent), banger's own build and the network config the
-// guest booted with.
+// image's and kernel's files (path, size, mtime), the VM's resources, the
+// VMM, banger's own build (its version and commit, which are also banger-vmm's
+// and the guest agent's: they are built and shipped together) and the
+// network config the guest booted with. Rebuilding banger's binaries from
+// the same commit keeps the key (make run's second run starts warm); an
+// update changes it.
 func (s *Service) templateKey(ctx context.Context, sh shape) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "banger-template v1\nbanger %s %s\n", buildinfo.Version, buildinfo.Commit)
+	fmt.Fprintf(h, "banger-template v1\nbanger %s %s agent protocol %d\n", buildinfo.Version, buildinfo.Commit, agent.ProtocolVersion)
 	fmt.Fprintf(h, "image %s kernel %s init %q\n", sh.res.Image.ID, sh.res.Kernel.ID, sh.res.Init())
 	fmt.Fprintf(h, "vcpu %d mem %d disk %d\n", sh.vcpu, sh.mem, sh.disk)
-	fmt.Fprintf(h, "vmm %s %s\nnet %s dns %s\n", s.VMM.Kind, s.VMM.Binary, s.Config.Network(), strings.Join(s.GuestDNS, ","))
-	tools, _ := s.Images.ToolsDisk(ctx)
-	for _, p := range []string{sh.res.Image.Rootfs, sh.res.Kernel.Vmlinux, sh.res.Kernel.Initrd, sh.res.WorkSeed, tools, s.VMM.Binary} {
+	fmt.Fprintf(h, "net %s dns %s\n", s.Config.Network(), strings.Join(s.GuestDNS, ","))
+	for _, p := range []string{sh.res.Image.Rootfs, sh.res.Kernel.Vmlinux, sh.res.Kernel.Initrd, sh.res.WorkSeed} {
 		if p == "" {
 			continue
 		}
@@ -67,6 +70,13 @@ func (s *Service) templateKey(ctx context.Context, sh shape) (string, error) {
 		}
 		fmt.Fprintf(h, "file %s %d %d\n", p, st.Size(), st.ModTime().UnixNano())
 	}
+	// The VMM by kind, path and size: another Firecracker release (or
+	// banger-vmm in place of it) is another key.
+	st, err := os.Stat(s.VMM.Binary)
+	if err != nil {
+		return "", fmt.Errorf("template key: %w", err)
+	}
+	fmt.Fprintf(h, "vmm %s %s %d\n", s.VMM.Kind, s.VMM.Binary, st.Size())
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
