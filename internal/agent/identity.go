@@ -729,6 +729,16 @@ func pubKeyLine(out string) string {
 	return ""
 }
 
+// sshReloadMarker asks banger's dropbear wrapper to start dropbear again at
+// once when it exits.
+const sshReloadMarker = "/run/banger/sshd-reload"
+
+// wrapperReloads reports whether /etc/banger/sshd honours sshReloadMarker.
+func (s *identitySystem) wrapperReloads() bool {
+	b, err := os.ReadFile(s.path("/etc/banger/sshd"))
+	return err == nil && strings.Contains(string(b), sshReloadMarker)
+}
+
 // isSSHWrapper reports whether pid runs banger's /etc/banger/sshd (the tiny
 // image's dropbear wrapper, which busybox init respawns).
 func (s *identitySystem) isSSHWrapper(pid int) bool {
@@ -763,19 +773,30 @@ func (s *identitySystem) reloadSSH(srv *sshServer) error {
 			return fmt.Errorf("SIGHUP sshd (pid %d): %w", srv.pid, err)
 		}
 	} else {
+		// A wrapper that starts dropbear again itself when it finds the
+		// marker (the tiny image's, since banger-agent protocol 3): no wait
+		// for busybox init, whose respawn loop sleeps a second.
+		loops := srv.wrapper != 0 && s.wrapperReloads()
+		if loops {
+			if err := os.WriteFile(s.path(sshReloadMarker), nil, 0o600); err != nil {
+				loops = false
+			}
+		}
 		if err := s.signal(srv.pid, syscall.SIGTERM); err != nil {
 			return fmt.Errorf("stop dropbear (pid %d): %w", srv.pid, err)
 		}
 		if err := s.waitListening("dropbear to close its listening sockets", closed); err != nil {
 			return err
 		}
-		if srv.wrapper != 0 {
+		if srv.wrapper != 0 && !loops {
 			// Gone already (or no longer the wrapper): init respawns it anyway.
 			if s.isSSHWrapper(srv.wrapper) {
 				s.signal(srv.wrapper, syscall.SIGTERM)
 			}
-		} else if err := s.start(srv.exe, srv.argv, srv.logPath); err != nil {
-			return fmt.Errorf("start dropbear again: %w", err)
+		} else if srv.wrapper == 0 {
+			if err := s.start(srv.exe, srv.argv, srv.logPath); err != nil {
+				return fmt.Errorf("start dropbear again: %w", err)
+			}
 		}
 	}
 	ports := map[int]bool{}

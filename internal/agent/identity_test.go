@@ -223,6 +223,12 @@ func (g *fakeGuest) serverRestarts(pid int, sig syscall.Signal) {
 		}
 	case g.comm(pid) == "dropbear":
 		g.closeSockets(pid)
+		// A wrapper that loops starts dropbear again itself when it
+		// finds the marker.
+		if _, err := os.Lstat(g.p(sshReloadMarker)); err == nil && g.relisten {
+			os.Remove(g.p(sshReloadMarker))
+			g.listen(fakeSocket{"tcp", sshPort, g.newInode(), 1301})
+		}
 	case strings.Contains(g.read(fmt.Sprintf("/proc/%d/cmdline", pid)), "/etc/banger/sshd"):
 		if g.relisten {
 			g.listen(fakeSocket{"tcp", sshPort, g.newInode(), 1300})
@@ -462,6 +468,25 @@ func TestIdentityDropbearTiny(t *testing.T) {
 	}
 	if got := g.read("/etc/machine-id"); got != a.MachineID+"\n" {
 		t.Errorf("machine-id = %q", got)
+	}
+}
+
+// TestIdentityDropbearWrapperLoops: a tiny image whose /etc/banger/sshd
+// starts dropbear again itself when it finds the reload marker: identity
+// leaves the marker and ends dropbear only, so busybox init's respawn (and
+// its one-second sleep) is not waited for.
+func TestIdentityDropbearWrapperLoops(t *testing.T) {
+	g := newFakeGuest(t)
+	g.dropbear(true)
+	g.write("/etc/banger/sshd", "#!/bin/sh\nwhile :; do dropbear; [ -e "+sshReloadMarker+" ] && continue; exit; done\n")
+	if _, err := identity(validIdentityArgs()); err != nil {
+		t.Fatal(err)
+	}
+	if last := g.calls[len(g.calls)-1]; last != "signal 300 terminated" {
+		t.Fatalf("last call %q: the looping wrapper was signalled (or dropbear not)", last)
+	}
+	if _, err := os.Lstat(g.p(sshReloadMarker)); err == nil {
+		t.Fatal("the marker was left for a dropbear that never read it")
 	}
 }
 

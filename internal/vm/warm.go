@@ -122,7 +122,7 @@ func (s *Service) warmStart(ctx context.Context, tmpl store.VMRecord, p api.VMCr
 	}
 	defer unlockKids()
 	kid := kids[0]
-	kid.Runtime.Start, kid.Runtime.StartedFrom = config.StartWarm, tmpl.Name
+	kid.Runtime.Start, kid.Runtime.StartedFrom, kid.Runtime.StartedAt = config.StartWarm, tmpl.Name, now()
 	if kid, err = s.wake(ctx, kid); err != nil {
 		if derr := s.delete(context.Background(), kid); derr != nil {
 			logging.From(ctx).Warn("remove a VM whose warm start failed", "vm", kid.Name, "error", derr)

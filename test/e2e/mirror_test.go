@@ -73,63 +73,13 @@ func startDebianMirror(t *testing.T, v *vmEnv, pkgs ...string) string {
 	t.Logf("debian mirror: %d debs for %v ready in %s (%d files, %d bytes fetched from %s): %s",
 		st.debs, pkgs, time.Since(start).Round(time.Millisecond), st.fetched, st.bytes, mirrorUpstream, strings.Join(st.names, " "))
 
-	// 10.231.n.0/30, away from banger's guest network (172.30.0.0/24 by
-	// default). Each pair lives only in v.ns and the mirror's namespace.
-	h := fnv.New32a()
-	h.Write([]byte(v.ns))
-	n := h.Sum32() % 256
-	near, far := fmt.Sprintf("10.231.%d.1", n), fmt.Sprintf("10.231.%d.2", n)
-	b := make([]byte, 4)
-	rand.Read(b)
-	mns := "bgm-" + hex.EncodeToString(b)
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v %s", strings.Join(args, " "), err, out)
-		}
-	}
-	ip("netns", "add", mns)
-	// Deleting the namespace takes the veth pair (and v.ns's default route)
-	// with it; the server's socket is closed before (cleanups run LIFO).
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", mns).Run() })
-	ip("-n", mns, "link", "set", "lo", "up")
-	ip("-n", v.ns, "link", "add", mirrorLink, "type", "veth", "peer", "name", "eth0", "netns", mns)
-	ip("-n", v.ns, "addr", "add", near+"/30", "dev", mirrorLink)
-	ip("-n", v.ns, "link", "set", mirrorLink, "up")
-	ip("-n", mns, "addr", "add", far+"/30", "dev", "eth0")
-	ip("-n", mns, "link", "set", "eth0", "up")
-	ip("-n", v.ns, "route", "replace", "default", "via", far)
-	// banger's root helper enables forwarding when it sets up the bridge;
-	// do it here too so the route works whatever runs first.
-	var ferr error
-	inNS(t, v.ns, func() {
-		// /proc/sys/net resolves against the opening thread's namespace.
-		f, err := os.OpenFile("/proc/sys/net/ipv4/ip_forward", os.O_WRONLY, 0)
-		if err != nil {
-			ferr = err
-			return
-		}
-		_, ferr = f.Write([]byte("1\n"))
-		if cerr := f.Close(); ferr == nil {
-			ferr = cerr
-		}
-	})
-	if ferr != nil {
-		t.Fatalf("ip_forward in %s: %v", v.ns, ferr)
-	}
-
-	var ln net.Listener
-	inNS(t, mns, func() { ln, err = net.Listen("tcp", far+":80") })
-	if err != nil {
-		t.Fatalf("listen in netns %s: %v", mns, err)
-	}
 	m := &mirrorHandler{files: files}
 	t.Cleanup(func() {
 		if miss := m.missed(); t.Failed() && len(miss) > 0 {
 			t.Logf("debian mirror: not prefetched, answered 404: %s", strings.Join(miss, " "))
 		}
 	})
-	serve(t, ln, m)
+	far := startUplink(t, v, m)
 	return fmt.Sprintf("deb http://%s/debian %s main", far, mirrorSuite)
 }
 
@@ -719,3 +669,65 @@ func TestDebianMirror(t *testing.T) {
 }
 
 var zeroHash = strings.Repeat("0", 64)
+
+// startUplink serves h over HTTP on port 80 of an address in a new network
+// namespace linked to v.ns by a veth pair, made v.ns's default route (so a
+// --nat guest's traffic is masqueraded to it; a guest without NAT cannot
+// reach it). It returns the address. Everything is torn down by t.Cleanup.
+// Call it at most once per v.
+func startUplink(t *testing.T, v *vmEnv, h http.Handler) string {
+	t.Helper()
+	// 10.231.n.0/30, away from banger's guest network (172.30.0.0/24 by
+	// default). Each pair lives only in v.ns and the mirror's namespace.
+	hash := fnv.New32a()
+	hash.Write([]byte(v.ns))
+	n := hash.Sum32() % 256
+	near, far := fmt.Sprintf("10.231.%d.1", n), fmt.Sprintf("10.231.%d.2", n)
+	b := make([]byte, 4)
+	rand.Read(b)
+	mns := "bgm-" + hex.EncodeToString(b)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", mns)
+	// Deleting the namespace takes the veth pair (and v.ns's default route)
+	// with it; the server's socket is closed before (cleanups run LIFO).
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", mns).Run() })
+	ip("-n", mns, "link", "set", "lo", "up")
+	ip("-n", v.ns, "link", "add", mirrorLink, "type", "veth", "peer", "name", "eth0", "netns", mns)
+	ip("-n", v.ns, "addr", "add", near+"/30", "dev", mirrorLink)
+	ip("-n", v.ns, "link", "set", mirrorLink, "up")
+	ip("-n", mns, "addr", "add", far+"/30", "dev", "eth0")
+	ip("-n", mns, "link", "set", "eth0", "up")
+	ip("-n", v.ns, "route", "replace", "default", "via", far)
+	// banger's root helper enables forwarding when it sets up the bridge;
+	// do it here too so the route works whatever runs first.
+	var ferr error
+	inNS(t, v.ns, func() {
+		// /proc/sys/net resolves against the opening thread's namespace.
+		f, err := os.OpenFile("/proc/sys/net/ipv4/ip_forward", os.O_WRONLY, 0)
+		if err != nil {
+			ferr = err
+			return
+		}
+		_, ferr = f.Write([]byte("1\n"))
+		if cerr := f.Close(); ferr == nil {
+			ferr = cerr
+		}
+	})
+	if ferr != nil {
+		t.Fatalf("ip_forward in %s: %v", v.ns, ferr)
+	}
+
+	var ln net.Listener
+	var err error
+	inNS(t, mns, func() { ln, err = net.Listen("tcp", far+":80") })
+	if err != nil {
+		t.Fatalf("listen in netns %s: %v", mns, err)
+	}
+	serve(t, ln, h)
+	return far
+}

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -161,4 +164,41 @@ func TestWarmTemplateInvalidation(t *testing.T) {
 		t.Fatalf("prune removed the current template %s: %s", fresh, r.stderr)
 	}
 	v.must("vm", "delete", "after")
+}
+
+// TestWarmStartPerVMSettings ([P10]): what a template cannot carry is right
+// in a warm VM: --nat (an uplink in the test's namespaces answers a warm NAT
+// guest, not a warm guest without NAT) and the /root work disk (its size,
+// which is part of the shape, and banger's key in it).
+func TestWarmStartPerVMSettings(t *testing.T) {
+	v := warmEnv(t)
+	addr := startUplink(t, v, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "uplink-ok") }))
+	v.must("image", "warm", "tiny")
+	v.must("image", "warm", "tiny", "--disk-size", "256M")
+	v.must("vm", "create", "--name", "nat1", "--nat")
+	v.must("vm", "create", "--name", "nonat")
+	v.must("vm", "create", "--name", "big", "--disk-size", "256M")
+	for _, n := range []string{"nat1", "nonat", "big"} {
+		if s := v.show(n); s.Runtime.Start != "warm" {
+			t.Fatalf("%s started %s", n, s.Runtime.Start)
+		}
+	}
+	// busybox nc (the tiny image's busybox wget crashes on a network error).
+	get := `printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 ` + addr + ` 80`
+	if got := v.must("vm", "exec", "nat1", "--", "sh", "-c", get); !strings.HasSuffix(got, "uplink-ok") {
+		t.Fatalf("warm NAT guest got %q from the uplink", got)
+	}
+	if r := v.banger("vm", "exec", "nonat", "--", "sh", "-c", get); strings.Contains(r.stdout, "uplink-ok") {
+		t.Fatalf("a warm guest without NAT reached the uplink: %q", r.stdout)
+	}
+	for n, want := range map[string]int{"nonat": 128, "big": 256} {
+		out := strings.Fields(v.must("vm", "exec", n, "--", "sh", "-c", "df -m /root | awk 'NR==2 {print $2}'; test -s /root/.ssh/authorized_keys && echo key"))
+		size, _ := strconv.Atoi(out[0])
+		if len(out) != 2 || out[1] != "key" || size < want*85/100 || size > want {
+			t.Errorf("%s: /root is %v MiB (want about %d) and %v", n, out, want, out)
+		}
+	}
+	for _, n := range []string{"nat1", "nonat", "big"} {
+		v.must("vm", "delete", n)
+	}
 }
