@@ -235,6 +235,13 @@ func bootVM(t *testing.T, env *bootEnv, ns *netns, name string, opts ...func(*fi
 	if err := ns.do(func() error { return vm.m.Start(ctx) }); err != nil {
 		t.Fatalf("Start: %v\nSDK log:\n%s\nserial:\n%s", err, vm.sdkLog, vm.log())
 	}
+	vm.killAtEnd(t, name)
+	return vm
+}
+
+// killAtEnd has the test's cleanup kill the VM's QEMU and VMM, and log the
+// VMM's log, the SDK's and the serial console if the test failed.
+func (vm *bootedVM) killAtEnd(t *testing.T, name string) {
 	t.Cleanup(func() {
 		if vm.cmd.Process != nil {
 			if q := vm.qemuPID(); q > 0 {
@@ -244,12 +251,10 @@ func bootVM(t *testing.T, env *bootEnv, ns *netns, name string, opts ...func(*fi
 		}
 		vm.m.Wait(context.Background())
 		if t.Failed() {
-			t.Logf("%s serial:\n%s", name, vm.log())
 			b, _ := os.ReadFile(vm.logPath)
-			t.Logf("%s VMM log:\n%s\nSDK log:\n%s", name, b, vm.sdkLog)
+			t.Logf("%s VMM log:\n%s\nSDK log:\n%s\nserial:\n%s", name, b, vm.sdkLog, vm.log())
 		}
 	})
-	return vm
 }
 
 func (vm *bootedVM) log() string {

@@ -173,19 +173,7 @@ func startInDir(t *testing.T, env *bootEnv, ns *netns, dir, name string, cfg fir
 	if err != nil {
 		t.Fatalf("NewMachine: %v", err)
 	}
-	t.Cleanup(func() {
-		if vm.cmd.Process != nil {
-			if q := vm.qemuPID(); q > 0 {
-				unix.Kill(q, unix.SIGKILL)
-			}
-			vm.cmd.Process.Kill()
-		}
-		vm.m.Wait(context.Background())
-		if t.Failed() {
-			b, _ := os.ReadFile(vm.logPath)
-			t.Logf("%s VMM log:\n%s\nSDK log:\n%s\nserial:\n%s", name, b, vm.sdkLog, vm.log())
-		}
-	})
+	vm.killAtEnd(t, name)
 	vm.started = time.Now()
 	if err := ns.do(func() error { return vm.m.Start(ctx) }); err != nil {
 		t.Fatalf("%s: Start: %v\nSDK log:\n%s\nserial:\n%s", name, err, vm.sdkLog, vm.log())

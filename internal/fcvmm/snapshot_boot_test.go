@@ -12,7 +12,6 @@ import (
 
 	firecracker "github.com/firecracker-microvm/firecracker-go-sdk"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 )
 
 // restoreVM starts a new banger-vmm through the SDK with WithSnapshot (PUT
@@ -30,19 +29,7 @@ func restoreVM(t *testing.T, env *bootEnv, ns *netns, name, snap, mem string) (*
 	if err != nil {
 		t.Fatalf("NewMachine: %v", err)
 	}
-	t.Cleanup(func() {
-		if vm.cmd.Process != nil {
-			if q := vm.qemuPID(); q > 0 {
-				unix.Kill(q, unix.SIGKILL)
-			}
-			vm.cmd.Process.Kill()
-		}
-		vm.m.Wait(context.Background())
-		if t.Failed() {
-			b, _ := os.ReadFile(vm.logPath)
-			t.Logf("%s VMM log:\n%s\nSDK log:\n%s\nserial:\n%s", name, b, vm.sdkLog, vm.log())
-		}
-	})
+	vm.killAtEnd(t, name)
 	vm.started = time.Now()
 	err = ns.do(func() error { return vm.m.Start(ctx) })
 	return vm, err
