@@ -83,34 +83,27 @@ func sshSessions(proc string) (int, error) {
 // state ESTABLISHED whose local port is port.
 func countEstablished(b []byte, port int) (int, error) {
 	n := 0
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	first := true
-	for sc.Scan() {
-		if first { // header
-			first = false
-			continue
-		}
-		f := strings.Fields(sc.Text())
+	err := procNetLines(b, func(line string, f []string) error {
 		// sl local rem st ...
 		if len(f) == 0 {
-			continue
+			return nil
 		}
 		if len(f) < 4 {
-			return 0, fmt.Errorf("short line %q", sc.Text())
+			return fmt.Errorf("short line %q", line)
 		}
 		if f[3] != stateEstablished {
-			continue
+			return nil
 		}
 		_, p, err := parseHexAddrPort(f[1])
 		if err != nil {
-			return 0, err
+			return err
 		}
 		if p == port {
 			n++
 		}
-	}
-	return n, sc.Err()
+		return nil
+	})
+	return n, err
 }
 
 func firstFloat(s string) (float64, error) {

@@ -867,19 +867,9 @@ func tcpListening(proc string) (map[uint64]int, error) {
 // heldListening is the part of listen that pid holds.
 func (s *identitySystem) heldListening(pid int, listen map[uint64]int) map[uint64]int {
 	out := map[uint64]int{}
-	fdDir := filepath.Join(s.proc, strconv.Itoa(pid), "fd")
-	fds, _ := os.ReadDir(fdDir)
-	for _, fd := range fds {
-		link, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-		if err != nil {
-			continue
-		}
-		rest, ok := strings.CutPrefix(link, "socket:[")
-		if !ok {
-			continue
-		}
-		inode, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64)
-		if port, ok := listen[inode]; err == nil && ok {
+	inodes, _ := fdSockets(s.proc, pid)
+	for _, inode := range inodes {
+		if port, ok := listen[inode]; ok {
 			out[inode] = port
 		}
 	}

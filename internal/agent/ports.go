@@ -90,6 +90,47 @@ func collectPorts(proc string) ([]Listener, error) {
 func parseProcNet(proto string, b []byte) ([]socketEntry, error) {
 	tcp := strings.HasPrefix(proto, "tcp")
 	var out []socketEntry
+	err := procNetLines(b, func(line string, f []string) error {
+		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+		if len(f) < 10 {
+			return nil
+		}
+		st := f[3]
+		if tcp && st != stateListen || !tcp && st != stateClose {
+			return nil
+		}
+		local, port, err := parseHexAddrPort(f[1])
+		if err != nil {
+			return err
+		}
+		if !tcp {
+			remote, rport, err := parseHexAddrPort(f[2])
+			if err != nil {
+				return err
+			}
+			if !remote.IsUnspecified() || rport != 0 {
+				return nil
+			}
+		}
+		if port == 0 {
+			return nil
+		}
+		inode, err := strconv.ParseUint(f[9], 10, 64)
+		if err != nil {
+			return fmt.Errorf("inode %q: %w", f[9], err)
+		}
+		out = append(out, socketEntry{proto: proto, addr: local, port: port, inode: inode})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// procNetLines calls fn with each line of a /proc/net/{tcp,tcp6,udp,udp6}
+// file after the header, and its fields; the first error ends it.
+func procNetLines(b []byte, fn func(line string, f []string) error) error {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	first := true
@@ -98,38 +139,37 @@ func parseProcNet(proto string, b []byte) ([]socketEntry, error) {
 			first = false
 			continue
 		}
-		f := strings.Fields(sc.Text())
-		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
-		if len(f) < 10 {
-			continue
+		if err := fn(sc.Text(), strings.Fields(sc.Text())); err != nil {
+			return err
 		}
-		st := f[3]
-		if tcp && st != stateListen || !tcp && st != stateClose {
-			continue
-		}
-		local, port, err := parseHexAddrPort(f[1])
-		if err != nil {
-			return nil, err
-		}
-		if !tcp {
-			remote, rport, err := parseHexAddrPort(f[2])
-			if err != nil {
-				return nil, err
-			}
-			if !remote.IsUnspecified() || rport != 0 {
-				continue
-			}
-		}
-		if port == 0 {
-			continue
-		}
-		inode, err := strconv.ParseUint(f[9], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("inode %q: %w", f[9], err)
-		}
-		out = append(out, socketEntry{proto: proto, addr: local, port: port, inode: inode})
 	}
-	return out, sc.Err()
+	return sc.Err()
+}
+
+// fdSockets returns the inodes of the sockets pid holds, in the order of its
+// /proc/PID/fd links ("socket:[INODE]"); an error when its fd directory
+// cannot be read (it is gone, or not ours to read).
+func fdSockets(proc string, pid int) ([]uint64, error) {
+	fdDir := filepath.Join(proc, strconv.Itoa(pid), "fd")
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
+		if err != nil {
+			continue
+		}
+		rest, ok := strings.CutPrefix(link, "socket:[")
+		if !ok {
+			continue
+		}
+		if inode, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64); err == nil {
+			out = append(out, inode)
+		}
+	}
+	return out, nil
 }
 
 // parseHexAddrPort parses the kernel's "0100007F:0016" form. The address is
@@ -180,23 +220,13 @@ func socketOwners(proc string, want map[uint64]bool) map[uint64]owner {
 	}
 	slices.Sort(pids)
 	for _, pid := range pids {
-		fdDir := filepath.Join(proc, strconv.Itoa(pid), "fd")
-		fds, err := os.ReadDir(fdDir)
+		inodes, err := fdSockets(proc, pid)
 		if err != nil {
 			continue
 		}
 		comm := ""
-		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err != nil {
-				continue
-			}
-			rest, ok := strings.CutPrefix(link, "socket:[")
-			if !ok {
-				continue
-			}
-			inode, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64)
-			if err != nil || !want[inode] {
+		for _, inode := range inodes {
+			if !want[inode] {
 				continue
 			}
 			if _, seen := out[inode]; seen {
