@@ -270,19 +270,8 @@ func makeTap(name string, uid, gid int) error {
 // tap is not an error (its pin, if any, is still removed); a link of any
 // other kind called name is, and is left alone.
 func (n *Net) DeleteTap(name string) error {
-	link, err := n.h.LinkByName(name)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return n.UnpinTap(name)
-	}
-	if err != nil {
-		return fmt.Errorf("hostnet: delete tap %s: %w", name, err)
-	}
-	if tap, ok := link.(*netlink.Tuntap); !ok || tap.Mode != netlink.TUNTAP_MODE_TAP {
-		return fmt.Errorf("hostnet: refusing to delete %s: it is a %s, not a tap", name, linkKind(link))
-	}
-	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("hostnet: delete tap %s: %w", name, err)
+	if err := n.DeleteTapLink(name); err != nil {
+		return err
 	}
 	return n.UnpinTap(name)
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Lending a tap's name (docs/snapshots.md, "One tap name, lent"): a VM
@@ -71,8 +72,9 @@ func (n *Net) RenameTap(from, to string) error {
 }
 
 // DeleteTapLink deletes the tap called name but, unlike DeleteTap, keeps
-// the pin of that name: it belongs to the tap whose name was lent. A
-// missing tap is not an error; a link of another kind is.
+// the pin of that name (during a lend it belongs to the tap whose name was
+// lent). A missing tap is not an error; a link of another kind is, and is
+// left alone.
 func (n *Net) DeleteTapLink(name string) error {
 	link, err := n.h.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
@@ -85,7 +87,7 @@ func (n *Net) DeleteTapLink(name string) error {
 	if linkKind(link) != "tap" {
 		return fmt.Errorf("hostnet: refusing to delete %s: it is a %s, not a tap", name, linkKind(link))
 	}
-	if err := n.h.LinkDel(link); err != nil {
+	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("hostnet: delete tap %s: %w", name, err)
 	}
 	return nil
