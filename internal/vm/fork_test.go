@@ -2,7 +2,6 @@ package vm
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,15 +14,9 @@ import (
 // the store and in the batch, and stay DNS labels for the longest source
 // names.
 func TestForkNames(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := testStore(t)
 	ctx := context.Background()
 	s := &Service{Store: st}
-	st.PutKernel(ctx, store.KernelRecord{ID: "k", Name: "k", Version: "k", Vmlinux: "/k"})
-	st.PutImage(ctx, store.ImageRecord{ID: "img", Name: "img", Rootfs: "/r", KernelID: "k"})
 	if err := st.InsertVM(ctx, store.VMRecord{ID: "a1", Name: "dev-fork-1", ImageID: "img", State: "stopped", GuestIP: "10.0.0.2"}); err != nil {
 		t.Fatal(err)
 	}

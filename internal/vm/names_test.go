@@ -14,19 +14,9 @@ import (
 // about once in 16 eight-way runs. A generated name that is taken is
 // replaced by a free one, even when every adjective-noun pair is taken.
 func TestGeneratedNameAvoidsTakenNames(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := testStore(t)
 	ctx := context.Background()
 	s := &Service{Store: st}
-	if err := st.PutKernel(ctx, store.KernelRecord{ID: "k", Name: "k", Version: "k", Vmlinux: "/k"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutImage(ctx, store.ImageRecord{ID: "img", Name: "img", Rootfs: "/r", KernelID: "k"}); err != nil {
-		t.Fatal(err)
-	}
 	i := 0
 	for _, a := range adjectives {
 		for _, n := range nouns {
@@ -49,4 +39,23 @@ func TestGeneratedNameAvoidsTakenNames(t *testing.T) {
 	if got := s.freeName(ctx, "calm-otter-x"); got != "calm-otter-x" {
 		t.Fatalf("a free name was replaced by %q", got)
 	}
+}
+
+// testStore is a fresh store on disk holding kernel "k" and image "img",
+// for VM records; it is closed when the test ends.
+func testStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	if err := st.PutKernel(ctx, store.KernelRecord{ID: "k", Name: "k", Version: "k", Vmlinux: "/k"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutImage(ctx, store.ImageRecord{ID: "img", Name: "img", Rootfs: "/r", KernelID: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
