@@ -91,8 +91,8 @@ type VMRuntime struct {
 	// VM's (its overlays' chain): none of them can be deleted first.
 	DiskParents []string `json:"disk_parents,omitempty"`
 	// SnapshotTap is the tap this VM's snapshot names when it is not the
-	// VM's own (a fork's is its parent's): it is restored in a network
-	// namespace of its own (docs/snapshots.md). Cleared by a cold boot.
+	// VM's own (a fork's is its parent's): each restore lends it that name
+	// for the load (docs/snapshots.md). Cleared by a cold boot.
 	SnapshotTap string `json:"snapshot_tap,omitempty"`
 	// NeedsIdentity: a fork that has not yet taken its own identity
 	// (MAC, IP, hostname, machine-id, SSH host keys) through its agent.
