@@ -110,7 +110,9 @@ func (c *Conn) Refresh(ctx context.Context, a RefreshArgs) (RefreshResult, error
 // identity (protocol 3; an older agent is refused with a message that says
 // so): the entropy and clock of [Conn.Refresh], then its machine-id,
 // hostname, MAC, IPv4 address and default route, and new SSH host keys,
-// which its SSH server serves once the call returns.
+// which its SSH server serves once the call returns. With a.HostKeys it asks
+// at protocol 4; an agent of protocol 3 is asked again without them, and
+// makes its own keys.
 //
 // The answer comes from an untrusted guest: more than [MaxHostKeys] host
 // keys, none, or one that is not a single authorized_keys line of at most
@@ -118,8 +120,23 @@ func (c *Conn) Refresh(ctx context.Context, a RefreshArgs) (RefreshResult, error
 // certificate), fails the call. HostKeys are returned in the form
 // "<type> <base64>", without comments.
 func (c *Conn) Identity(ctx context.Context, a IdentityArgs) (IdentityResult, error) {
+	v := identityProtocol
+	if len(a.HostKeys) > 0 {
+		v = identityKeysProtocol
+	}
 	var r checkedIdentity
-	if err := c.callV(ctx, identityProtocol, OpIdentity, a, &r); err != nil {
+	err := c.callV(ctx, v, OpIdentity, a, &r)
+	var old *oldAgentError
+	if errors.As(err, &old) && old.speaks < v {
+		if old.speaks < identityProtocol {
+			old.needs = identityProtocol
+			return IdentityResult{}, old
+		}
+		a.HostKeys = nil
+		r = checkedIdentity{}
+		err = c.callV(ctx, identityProtocol, OpIdentity, a, &r)
+	}
+	if err != nil {
 		return IdentityResult{}, err
 	}
 	return r.IdentityResult, nil
@@ -315,6 +332,20 @@ func checkListener(l *Listener) error {
 	return nil
 }
 
+// oldAgentError is an answer at another protocol version than asked: the
+// guest's agent does not speak it.
+type oldAgentError struct {
+	name, op      string
+	speaks, needs int
+}
+
+func (e *oldAgentError) Error() string {
+	if e.op == OpIdentity {
+		return fmt.Sprintf("%s: %s: the guest's banger-agent is too old for identity (it speaks protocol %d, identity needs %d); restarting the VM ('banger vm restart') or rebuilding its image updates it", e.name, e.op, e.speaks, e.needs)
+	}
+	return fmt.Sprintf("%s: %s: the guest's banger-agent speaks protocol %d and %s needs %d: it is older than this banger; restart the VM ('banger vm restart') to give it the current agent", e.name, e.op, e.speaks, e.op, e.needs)
+}
+
 // Close closes the stream.
 func (c *Conn) Close() error { return c.rw.Close() }
 
@@ -364,10 +395,7 @@ func (c *Conn) callV(ctx context.Context, v int, op string, args any, result any
 			continue // noise, or an answer to someone else's request
 		}
 		if resp.V != v {
-			if op == OpIdentity {
-				return fmt.Errorf("%s: %s: the guest's banger-agent is too old for identity (it speaks protocol %d, identity needs %d); restarting the VM ('banger vm restart') or rebuilding its image updates it", c.name, op, resp.V, v)
-			}
-			return fmt.Errorf("%s: %s: the guest's banger-agent speaks protocol %d and %s needs %d: it is older than this banger; restart the VM ('banger vm restart') to give it the current agent", c.name, op, resp.V, op, v)
+			return &oldAgentError{name: c.name, op: op, speaks: resp.V, needs: v}
 		}
 		if !resp.OK {
 			return fmt.Errorf("%s: %s: agent error: %s", c.name, op, cleanText(resp.Error, maxTextField))

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -33,11 +35,16 @@ import (
 //  5. the network interface (eth0), through netlink: MAC (link down, set,
 //     up), its IPv4 addresses replaced, the default route through the
 //     gateway restored, the new pair announced with a gratuitous ARP;
-//  6. new SSH host keys, made with the image's own tool (ssh-keygen or
-//     dropbearkey) once the RNG is fresh, and the SSH server made to serve
-//     them: OpenSSH's listener re-executes on SIGHUP; dropbear cannot reload,
-//     so its listener is ended and started again (by busybox init in the tiny
-//     image). identity returns once the server listens on new sockets.
+//  6. new SSH host keys: for OpenSSH those the host made (host_keys,
+//     protocol 4), else made with the image's own tool (ssh-keygen or
+//     dropbearkey) once the RNG is fresh; and the SSH server made to serve
+//     them. OpenSSH before 9.8 re-executes itself for every connection and
+//     that process reads the keys from disk, so the new files are served at
+//     once and nothing is signalled; a newer one (whose sshd-session takes
+//     its keys from the listener), or one run with -r, gets SIGHUP and
+//     re-executes; dropbear cannot reload, so its listener is ended and
+//     started again (by busybox init in the tiny image). After a restart,
+//     identity returns once the server listens on new sockets.
 //
 // Every effect goes through identityHooks, which the package's tests
 // replace.
@@ -116,6 +123,7 @@ type identityPlan struct {
 	addr     netip.Prefix
 	gw       netip.Addr
 	iface    string
+	keys     map[string]HostKeyPair // by type, public "<algorithm> <base64>"
 }
 
 func identity(a IdentityArgs) (IdentityResult, error) {
@@ -142,7 +150,7 @@ func identity(a IdentityArgs) (IdentityResult, error) {
 	if err := s.setNetwork(p.iface, p.mac, p.addr, p.gw); err != nil {
 		return IdentityResult{}, fmt.Errorf("identity: network: %w", err)
 	}
-	keys, err := s.renewHostKeys(p.hostname)
+	keys, err := s.renewHostKeys(p.hostname, p.keys)
 	if err != nil {
 		return IdentityResult{}, fmt.Errorf("identity: ssh host keys: %w", err)
 	}
@@ -226,7 +234,104 @@ func checkIdentityArgs(a IdentityArgs) (identityPlan, error) {
 	if len(p.iface) > 15 || p.iface == "." || p.iface == ".." || strings.Trim(p.iface, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != "" {
 		return p, fmt.Errorf("interface: %s is not a network interface name", q(a.Interface))
 	}
+
+	if len(a.HostKeys) > MaxHostKeys {
+		return p, fmt.Errorf("host_keys: %d keys, more than %d", len(a.HostKeys), MaxHostKeys)
+	}
+	for i, k := range a.HostKeys {
+		if p.keys == nil {
+			p.keys = map[string]HostKeyPair{}
+		}
+		if _, dup := p.keys[k.Type]; dup {
+			return p, fmt.Errorf("host_keys[%d]: a second %s key", i, q(k.Type))
+		}
+		pub, err := checkHostKeyPair(k)
+		if err != nil {
+			return p, fmt.Errorf("host_keys[%d]: %w", i, err)
+		}
+		p.keys[k.Type] = HostKeyPair{Type: k.Type, Private: k.Private, Public: pub}
+	}
 	return p, nil
+}
+
+// maxHostKeyPrivate caps a host-made private key (an ed25519 key's PEM is
+// about 400 bytes, a P-521 one's about 800).
+const maxHostKeyPrivate = 4 << 10
+
+// hostKeyAlgorithms is the public key algorithm of each type the host makes.
+var hostKeyAlgorithms = map[string][]string{
+	"ed25519": {"ssh-ed25519"},
+	"ecdsa":   {"ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"},
+}
+
+// checkHostKeyPair checks a host-made key: a known type, an unencrypted
+// OpenSSH private key of one key whose public half is Public, of that type.
+// It returns Public as "<algorithm> <base64>".
+func checkHostKeyPair(k HostKeyPair) (string, error) {
+	algs, ok := hostKeyAlgorithms[k.Type]
+	if !ok {
+		return "", fmt.Errorf("type %s is not ed25519 or ecdsa", strconv.Quote(cleanText(k.Type, 32)))
+	}
+	if len(k.Private) > maxHostKeyPrivate {
+		return "", fmt.Errorf("private: %d bytes, more than %d", len(k.Private), maxHostKeyPrivate)
+	}
+	blk, rest := pem.Decode([]byte(k.Private))
+	if blk == nil || blk.Type != "OPENSSH PRIVATE KEY" || strings.TrimSpace(string(rest)) != "" {
+		return "", errors.New("private: not one OPENSSH PRIVATE KEY PEM block")
+	}
+	blob, err := openSSHPublicBlob(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("private: %w", err)
+	}
+	pub := pubKeyLine(k.Public)
+	f := strings.Fields(pub)
+	if len(f) != 2 || !slices.Contains(algs, f[0]) {
+		return "", fmt.Errorf("public: not an %s public key line", k.Type)
+	}
+	if b, _ := base64.StdEncoding.DecodeString(f[1]); !bytes.Equal(b, blob) {
+		return "", errors.New("public: not the private key's public half")
+	}
+	return pub, nil
+}
+
+// openSSHPublicBlob reads the public key blob of an unencrypted one-key
+// openssh-key-v1 private key (PROTOCOL.key in OpenSSH's sources).
+func openSSHPublicBlob(b []byte) ([]byte, error) {
+	const magic = "openssh-key-v1\x00"
+	if !bytes.HasPrefix(b, []byte(magic)) {
+		return nil, errors.New("not an openssh-key-v1 key")
+	}
+	b = b[len(magic):]
+	str := func() ([]byte, bool) {
+		if len(b) < 4 {
+			return nil, false
+		}
+		n := binary.BigEndian.Uint32(b)
+		if uint64(n) > uint64(len(b)-4) {
+			return nil, false
+		}
+		v := b[4 : 4+n]
+		b = b[4+n:]
+		return v, true
+	}
+	cipher, ok1 := str()
+	kdf, ok2 := str()
+	_, ok3 := str() // kdf options
+	if !ok1 || !ok2 || !ok3 || len(b) < 4 {
+		return nil, errors.New("truncated openssh-key-v1 key")
+	}
+	if string(cipher) != "none" || string(kdf) != "none" {
+		return nil, errors.New("an encrypted key")
+	}
+	if n := binary.BigEndian.Uint32(b); n != 1 {
+		return nil, fmt.Errorf("%d keys, want 1", n)
+	}
+	b = b[4:]
+	pub, ok := str()
+	if !ok || len(pub) == 0 {
+		return nil, errors.New("truncated openssh-key-v1 key")
+	}
+	return pub, nil
 }
 
 // checkHostname: RFC 1123 labels (letters, digits, '-' inside), joined by
@@ -477,7 +582,7 @@ type hostKeyFile struct{ typ, path string }
 // renewHostKeys makes new host keys for the guest's SSH server, replaces
 // the old ones with them, has the server serve them, and returns their
 // public halves.
-func (s *identitySystem) renewHostKeys(hostname string) ([]string, error) {
+func (s *identitySystem) renewHostKeys(hostname string, given map[string]HostKeyPair) ([]string, error) {
 	srv, err := s.findSSHServer()
 	if err != nil {
 		return nil, err
@@ -485,7 +590,7 @@ func (s *identitySystem) renewHostKeys(hostname string) ([]string, error) {
 	if len(srv.keys) > MaxHostKeys {
 		return nil, fmt.Errorf("%s serves %d host keys, more than the %d banger takes", srv.kind, len(srv.keys), MaxHostKeys)
 	}
-	pubs, err := s.makeKeys(srv, hostname)
+	pubs, err := s.makeKeys(srv, hostname, given)
 	if err != nil {
 		return nil, err
 	}
@@ -634,10 +739,11 @@ func (s *identitySystem) dropbearSetup(srv *sshServer) error {
 	return nil
 }
 
-// makeKeys makes every new key beside the old one (<key>.banger-new), then
-// moves them over the old keys, and removes the stale OpenSSH host keys the
-// server no longer serves (a DSA key, say). It returns the public keys.
-func (s *identitySystem) makeKeys(srv *sshServer, hostname string) ([]string, error) {
+// makeKeys makes every new key beside the old one (<key>.banger-new), or
+// writes the host's key of its type there (OpenSSH only), then moves them
+// over the old keys, and removes the stale OpenSSH host keys the server no
+// longer serves (a DSA key, say). It returns the public keys.
+func (s *identitySystem) makeKeys(srv *sshServer, hostname string, given map[string]HostKeyPair) ([]string, error) {
 	type made struct{ tmp, dst string }
 	var moves []made
 	cleanup := func() {
@@ -658,7 +764,17 @@ func (s *identitySystem) makeKeys(srv *sshServer, hostname string) ([]string, er
 		}
 		moves = append(moves, made{tmp, dst})
 		var pub string
-		if srv.kind == openSSH {
+		if g, ok := given[k.typ]; ok && srv.kind == openSSH {
+			if err := os.WriteFile(tmp, []byte(g.Private), 0o600); err != nil {
+				cleanup()
+				return nil, err
+			}
+			if err := os.WriteFile(tmp+".pub", []byte(g.Public+" root@"+hostname+"\n"), 0o644); err != nil {
+				cleanup()
+				return nil, err
+			}
+			pub = g.Public
+		} else if srv.kind == openSSH {
 			if _, err := s.run("ssh-keygen", "-q", "-t", k.typ, "-N", "", "-C", "root@"+hostname, "-f", tmp); err != nil {
 				cleanup()
 				return nil, err
@@ -769,6 +885,9 @@ func (s *identitySystem) reloadSSH(srv *sshServer) error {
 		return true
 	}
 	if srv.kind == openSSH {
+		if s.sshdRereadsKeys(srv.pid) {
+			return nil
+		}
 		if err := s.signal(srv.pid, syscall.SIGHUP); err != nil {
 			return fmt.Errorf("SIGHUP sshd (pid %d): %w", srv.pid, err)
 		}
@@ -818,6 +937,35 @@ func (s *identitySystem) reloadSSH(srv *sshServer) error {
 		}
 		return true
 	})
+}
+
+// sshdSessionPaths are where OpenSSH 9.8 and later install sshd-session
+// (Debian, Fedora, upstream's default, Arch).
+var sshdSessionPaths = []string{"/usr/lib/openssh/sshd-session", "/usr/libexec/openssh/sshd-session", "/usr/libexec/sshd-session", "/usr/lib/ssh/sshd-session"}
+
+// sshdRereadsKeys reports whether the OpenSSH listener pid re-executes sshd
+// for each connection, the new process loading the host keys from disk
+// (OpenSSH before 9.8, without -r): then new key files are served without a
+// reload. From 9.8 the listener loads the keys and hands them to
+// sshd-session, so a reload is needed; so it is when in doubt.
+func (s *identitySystem) sshdRereadsKeys(pid int) bool {
+	for _, p := range sshdSessionPaths {
+		if s.exists(p) {
+			return false
+		}
+	}
+	exe, err := os.Readlink(filepath.Join(s.proc, strconv.Itoa(pid), "exe"))
+	if err != nil || !filepath.IsAbs(exe) || s.exists(filepath.Join(filepath.Dir(exe), "sshd-session")) {
+		return false
+	}
+	// The listener's title keeps its command line ("sshd: /usr/sbin/sshd -D
+	// [listener] …"); a flag group with r (-r, -Dr) means no re-exec.
+	for _, f := range strings.Fields(strings.ReplaceAll(s.readProc(strconv.Itoa(pid), "cmdline"), "\x00", " ")) {
+		if len(f) > 1 && f[0] == '-' && f[1] != '-' && strings.ContainsRune(f[1:], 'r') {
+			return false
+		}
+	}
+	return true
 }
 
 // waitListening polls the guest's TCP listening sockets until done says

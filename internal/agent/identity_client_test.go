@@ -161,3 +161,48 @@ func TestIdentityThroughServe(t *testing.T) {
 		t.Errorf("err = %v, want %s", err, want)
 	}
 }
+
+// TestIdentityClientHostKeys: with host keys, Identity asks at protocol 4
+// and sends them; an agent of protocol 3 refuses that version and is asked
+// again at 3 without them (it makes its own keys).
+func TestIdentityClientHostKeys(t *testing.T) {
+	hk, err := NewHostKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, speaks := range []int{4, 3} {
+		var got []Request
+		guestKey := testHostKey(t)
+		path := hostileGuestAgent(t, func(req Request, w io.Writer) {
+			got = append(got, req)
+			if req.V > speaks {
+				fmt.Fprintf(w, `{"v":%d,"id":%q,"ok":false,"error":"unsupported protocol version %d (this agent speaks 1 to %d)"}`+"\n", speaks, req.ID, req.V, speaks)
+				return
+			}
+			answerV(w, req, req.V, `{"clock_step_nanos":1,"host_keys":[`+jsonString(guestKey)+`]}`)
+		})
+		c, ctx := dialHostile(t, path, 10*time.Second)
+		a := validIdentityArgs()
+		a.HostKeys = hk
+		r, err := c.Identity(ctx, a)
+		if err != nil || !slices.Equal(r.HostKeys, []string{guestKey}) {
+			t.Fatalf("protocol %d agent: %+v %v", speaks, r, err)
+		}
+		wantV := []int{4}
+		if speaks == 3 {
+			wantV = []int{4, 3}
+		}
+		if len(got) != len(wantV) {
+			t.Fatalf("protocol %d agent: %d requests, want %d", speaks, len(got), len(wantV))
+		}
+		for i, req := range got {
+			var sent IdentityArgs
+			if err := json.Unmarshal(req.Args, &sent); err != nil || req.V != wantV[i] {
+				t.Errorf("request %d: v%d %v", i, req.V, err)
+			}
+			if withKeys := wantV[i] == 4; withKeys != (len(sent.HostKeys) == 2 && sent.HostKeys[0] == hk[0]) {
+				t.Errorf("request %d at v%d: host keys %+v", i, req.V, sent.HostKeys)
+			}
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -730,6 +731,7 @@ func TestIdentityRequest(t *testing.T) {
 		{`{"v":2,"id":"i","op":"identity","args":` + string(args) + `}`, "op identity needs protocol version 3"},
 		{`{"v":3,"id":"i","op":"identity","args":{"hostname":"x","shell":"rm -rf /"}}`, `identity: bad args: json: unknown field "shell"`},
 		{`{"v":3,"id":"i","op":"identity"}`, "identity: bad args: no args"},
+		{`{"v":3,"id":"i","op":"identity","args":{"host_keys":[{"type":"ed25519","private":"x","public":"y"}]}}`, "identity: host_keys needs protocol version 4"},
 		{`{"v":3,"id":"i","op":"identity","args":[1]}`, "identity: bad args: json: cannot unmarshal array"},
 		{`{"v":3,"id":"i","op":"identity","args":{"time_unix_nano":1777636800000000000,"entropy":"AAAA"}}`, "identity: entropy: must be 32-512 bytes, got 3"},
 	} {
@@ -783,6 +785,158 @@ func TestProcPPid(t *testing.T) {
 	} {
 		if got := procPPid(in); got != want {
 			t.Errorf("%q: %d, want %d", in, got, want)
+		}
+	}
+}
+
+// debian12 makes the fake sshd the one Debian 12 runs (OpenSSH 9.2): its
+// binary is /usr/sbin/sshd and no sshd-session is installed, so it
+// re-executes for every connection and reads its host keys from disk.
+func (g *fakeGuest) debian12() {
+	g.openSSH()
+	g.write("/usr/sbin/sshd", "")
+	g.link("/proc/100/exe", "/usr/sbin/sshd")
+}
+
+// TestIdentityOpenSSHHostKeys: keys the host made are written (0600, their
+// .pub beside them) instead of running ssh-keygen, and the answer carries
+// them. An OpenSSH that reads its keys for every connection (9.2) is not
+// signalled; one that does not (an sshd-session installed, where Debian
+// and upstream put it or beside sshd; or run with -r) gets SIGHUP. Without
+// host keys, ssh-keygen makes them as before.
+func TestIdentityOpenSSHHostKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		setup  func(g *fakeGuest)
+		nokeys bool
+		reload bool
+	}{
+		{"openssh 9.2", func(*fakeGuest) {}, false, false},
+		{"openssh 9.2, keys made in the guest", func(*fakeGuest) {}, true, false},
+		{"sshd-session installed", func(g *fakeGuest) { g.write("/usr/lib/openssh/sshd-session", "") }, false, true},
+		{"sshd-session upstream", func(g *fakeGuest) { g.write("/usr/libexec/sshd-session", "") }, false, true},
+		{"sshd-session beside sshd", func(g *fakeGuest) { g.write("/usr/sbin/sshd-session", "") }, false, true},
+		{"sshd -r", func(g *fakeGuest) {
+			g.process(100, "sshd", []string{"sshd: /usr/sbin/sshd -Dr [listener] 0 of 10-100 startups"}, 1)
+		}, false, true},
+		{"sshd's binary unknown", func(g *fakeGuest) { os.Remove(g.p("/proc/100/exe")) }, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newFakeGuest(t)
+			g.debian12()
+			tc.setup(g)
+			a := validIdentityArgs()
+			keys, err := NewHostKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.nokeys {
+				a.HostKeys = keys
+			}
+			r, err := identity(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := wantCallsUntilSSH(a)
+			if tc.nokeys {
+				want = append(want,
+					"keygen ssh-keygen -q -t ed25519 -N  -C root@child -f /etc/ssh/ssh_host_ed25519_key.banger-new",
+					"keygen ssh-keygen -q -t ecdsa -N  -C root@child -f /etc/ssh/ssh_host_ecdsa_key.banger-new")
+				keys = []HostKeyPair{{Public: g.pubs[0], Private: "NEW PRIVATE ed25519"}, {Public: g.pubs[1], Private: "NEW PRIVATE ecdsa"}}
+			}
+			if tc.reload {
+				want = append(want, "signal 100 hangup")
+			}
+			checkCalls(t, g.calls, want)
+			if !slices.Equal(r.HostKeys, []string{keys[0].Public, keys[1].Public}) {
+				t.Errorf("host keys %q, want those given", r.HostKeys)
+			}
+			for i, typ := range []string{"ed25519", "ecdsa"} {
+				path := "/etc/ssh/ssh_host_" + typ + "_key"
+				if got := g.read(path); got != keys[i].Private {
+					t.Errorf("%s = %q", path, got)
+				}
+				if got := g.read(path + ".pub"); got != keys[i].Public+" root@child\n" {
+					t.Errorf("%s.pub = %q", path, got)
+				}
+				if fi, err := os.Stat(g.p(path)); err != nil || fi.Mode().Perm()&0o077 != 0 {
+					t.Errorf("%s: %v %v, want no access but root's", path, fi.Mode(), err)
+				}
+			}
+			if got := g.read("/etc/ssh/ssh_host_dsa_key"); !strings.Contains(got, "no such file") {
+				t.Errorf("the stale DSA key stayed: %q", got)
+			}
+			if left, _ := filepath.Glob(g.p("/etc/ssh/*banger-new*")); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+// TestIdentityDropbearIgnoresHostKeys: dropbear reads its own key format,
+// so its keys are made with dropbearkey even when the host sent some.
+func TestIdentityDropbearIgnoresHostKeys(t *testing.T) {
+	g := newFakeGuest(t)
+	g.dropbear(true)
+	a := validIdentityArgs()
+	a.HostKeys, _ = NewHostKeys()
+	r, err := identity(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(slices.DeleteFunc(slices.Clone(g.calls), func(c string) bool { return !strings.HasPrefix(c, "keygen dropbearkey") })); n != 2 {
+		t.Errorf("calls %q: want two dropbearkey runs", g.calls)
+	}
+	if !slices.Equal(r.HostKeys, g.pubs) {
+		t.Errorf("host keys %q, want dropbearkey's %q", r.HostKeys, g.pubs)
+	}
+}
+
+// TestIdentityHostKeyArgs: a host key out of shape is refused, naming it,
+// before anything changes in the guest.
+func TestIdentityHostKeyArgs(t *testing.T) {
+	hk, err := NewHostKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := NewHostKeys()
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	enc, err := ssh.MarshalPrivateKeyWithPassphrase(edKey, "", []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edPub, _ := ssh.NewPublicKey(edKey.Public())
+	encrypted := HostKeyPair{Type: "ed25519", Private: string(pem.EncodeToMemory(enc)), Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(edPub)))}
+	nine := make([]HostKeyPair, 9)
+	for i := range nine {
+		nine[i] = hk[0]
+	}
+	for _, tc := range []struct {
+		keys []HostKeyPair
+		want string
+	}{
+		{nine, "host_keys: 9 keys, more than 8"},
+		{[]HostKeyPair{{Type: "rsa", Private: hk[0].Private, Public: hk[0].Public}}, `host_keys[0]: type "rsa" is not ed25519 or ecdsa`},
+		{[]HostKeyPair{hk[0], hk[1], other[0]}, `host_keys[2]: a second "ed25519" key`},
+		{[]HostKeyPair{{Type: "ed25519", Private: hk[0].Private, Public: other[0].Public}}, "host_keys[0]: public: not the private key's public half"},
+		{[]HostKeyPair{{Type: "ed25519", Private: hk[1].Private, Public: hk[1].Public}}, "host_keys[0]: public: not an ed25519 public key line"},
+		{[]HostKeyPair{{Type: "ecdsa", Private: hk[1].Private, Public: "garbage"}}, "host_keys[0]: public: not an ecdsa public key line"},
+		{[]HostKeyPair{{Type: "ed25519", Private: "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", Public: hk[0].Public}}, "host_keys[0]: private: not one OPENSSH PRIVATE KEY PEM block"},
+		{[]HostKeyPair{{Type: "ed25519", Private: hk[0].Private + hk[0].Private, Public: hk[0].Public}}, "host_keys[0]: private: not one OPENSSH PRIVATE KEY PEM block"},
+		{[]HostKeyPair{{Type: "ed25519", Private: strings.Repeat("x", 5000), Public: hk[0].Public}}, "host_keys[0]: private: 5000 bytes, more than 4096"},
+		{[]HostKeyPair{{Type: "ed25519", Private: string(pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: []byte("openssh-key-v1\x00\x00\x00")})), Public: hk[0].Public}}, "host_keys[0]: private: truncated openssh-key-v1 key"},
+		{[]HostKeyPair{encrypted}, "host_keys[0]: private: an encrypted key"},
+	} {
+		g := newFakeGuest(t)
+		g.debian12()
+		a := validIdentityArgs()
+		a.HostKeys = tc.keys
+		_, err := identity(a)
+		if err == nil || err.Error() != "identity: "+tc.want {
+			t.Errorf("err = %v, want %s", err, "identity: "+tc.want)
+		}
+		if len(g.calls) > 0 {
+			t.Errorf("%s: calls %q", tc.want, g.calls)
 		}
 	}
 }

@@ -30,15 +30,17 @@ import (
 var Version = "dev"
 
 // ProtocolVersion is the newest protocol version this package speaks.
-// Version 2 adds the refresh op, version 3 the identity op. Each op is asked
-// at the oldest version that has it (health and ports at 1, refresh at 2),
-// so an agent of an older banger still answers what it knows.
-const ProtocolVersion = 3
+// Version 2 adds the refresh op, version 3 the identity op, version 4
+// identity's host_keys (keys the host made). Each op is asked at the oldest
+// version that has it (health and ports at 1, refresh at 2), so an agent of
+// an older banger still answers what it knows.
+const ProtocolVersion = 4
 
 // The version each op needs (and is asked with).
 const (
-	refreshProtocol  = 2
-	identityProtocol = 3
+	refreshProtocol      = 2
+	identityProtocol     = 3
+	identityKeysProtocol = 4 // identity with host_keys
 )
 
 // minProtocol is the oldest version the agent accepts.
@@ -93,6 +95,19 @@ type IdentityArgs struct {
 	Address      string `json:"address"`             // IPv4 CIDR, e.g. 172.16.0.5/24
 	Gateway      string `json:"gateway"`             // IPv4
 	Interface    string `json:"interface,omitempty"` // default "eth0"
+	// HostKeys (protocol 4) are SSH host keys the host made, at most one per
+	// type: an OpenSSH server gets these instead of keys made with
+	// ssh-keygen in the guest, which under emulation is most of the op's
+	// time. A type the server serves that is not here (rsa), and every key
+	// of a dropbear server, is still made in the guest.
+	HostKeys []HostKeyPair `json:"host_keys,omitempty"`
+}
+
+// HostKeyPair is one SSH host key made by the host.
+type HostKeyPair struct {
+	Type    string `json:"type"`    // "ed25519" or "ecdsa" (ssh-keygen's -t)
+	Private string `json:"private"` // unencrypted "OPENSSH PRIVATE KEY" PEM, at most 4 KiB
+	Public  string `json:"public"`  // "<algorithm> <base64>": the private key's public half
 }
 
 // IdentityResult says what the identity op did.

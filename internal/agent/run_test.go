@@ -19,7 +19,7 @@ func TestMainFlags(t *testing.T) {
 		stdout string
 		stderr string
 	}{
-		{[]string{"--version"}, 0, "banger-agent " + Version + " (protocol 3)\n", ""},
+		{[]string{"--version"}, 0, "banger-agent " + Version + " (protocol 4)\n", ""},
 		{[]string{"--bogus"}, 2, "", "flag provided but not defined: -bogus"},
 		{[]string{"--listen", "1.2.3.4:5"}, 2, "", `listen address "1.2.3.4:5": want unix:/path or tcp:HOST:PORT`},
 		{[]string{"--vsock-port", "x"}, 2, "", "invalid value"},

@@ -62,6 +62,10 @@ func handle(line []byte) Response {
 			err = fmt.Errorf("identity: bad args: %s", jsonErr(err))
 			break
 		}
+		if len(a.HostKeys) > 0 && req.V < identityKeysProtocol {
+			err = fmt.Errorf("identity: host_keys needs protocol version %d", identityKeysProtocol)
+			break
+		}
 		result, err = identity(a)
 	default:
 		err = fmt.Errorf("unknown op %q (known ops: %s)", req.Op, knownOps)

@@ -82,8 +82,12 @@ func protocolSuite(t *testing.T, rw io.ReadWriter) {
 		t.Errorf("health at v3: %+v", r)
 	}
 	r = c.send(`{"v":4,"id":"v4","op":"health"}`+"\n", 1)[0]
-	if r.OK || r.ID != "v4" || r.Error != "unsupported protocol version 4 (this agent speaks 1 to 3)" || r.Result != nil || r.V != ProtocolVersion {
-		t.Errorf("v4: %+v", r)
+	if !r.OK || r.ID != "v4" || r.V != 4 {
+		t.Errorf("health at v4: %+v", r)
+	}
+	r = c.send(`{"v":5,"id":"v5","op":"health"}`+"\n", 1)[0]
+	if r.OK || r.ID != "v5" || r.Error != "unsupported protocol version 5 (this agent speaks 1 to 4)" || r.Result != nil || r.V != ProtocolVersion {
+		t.Errorf("v5: %+v", r)
 	}
 	r = c.send(`{"v":1,"id":"r1","op":"refresh","args":{"time_unix_nano":1,"entropy":""}}`+"\n", 1)[0]
 	if r.OK || r.Error != "op refresh needs protocol version 2" {

@@ -298,10 +298,17 @@ func (s *Service) takeIdentity(ctx context.Context, rec store.VMRecord) (store.V
 	if _, err := rand.Read(mid); err != nil {
 		return fail(err)
 	}
+	// Its SSH host keys are made here: ssh-keygen in an emulated guest is
+	// most of the op's time. An agent of protocol 3 (or dropbear) makes its own.
+	hostKeys, err := agent.NewHostKeys()
+	if err != nil {
+		return fail(err)
+	}
 	gw := gateway(s.Config.Network())
 	r, err := c.Identity(ctx, agent.IdentityArgs{
 		TimeUnixNano: time.Now().UnixNano(), Entropy: ent, MachineID: hex.EncodeToString(mid), Hostname: rec.Name,
 		MAC: rec.Runtime.MAC, Address: fmt.Sprintf("%s/%d", rec.GuestIP, gw.Bits()), Gateway: gw.Addr().String(),
+		HostKeys: hostKeys,
 	})
 	if err != nil {
 		return fail(err)

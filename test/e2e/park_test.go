@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/vmm"
+	"golang.org/x/crypto/ssh"
 )
 
 // TestVMParkWakeSurvivesDaemonKill ([P9]): a marker in /dev/shm (memory
@@ -128,5 +130,33 @@ func TestDevboxParkWakeCycles(t *testing.T) {
 			v.must("vm", "stop", "cyc")
 			v.must("vm", "start", "cyc")
 		}
+	}
+
+	// A fork of it ([P10]'s fast identity): OpenSSH 9.2 serves the host
+	// keys banger made on the host, from its files, without a reload; the
+	// fork's keys are its own, named for it, and are the ones banger pinned
+	// (vm exec checks them).
+	var fr api.VMForkResult
+	if err := json.Unmarshal([]byte(v.must("vm", "fork", "cyc", "--name", "kid", "--json")), &fr); err != nil || len(fr.Forks) != 1 {
+		t.Fatalf("vm fork --json: %v", err)
+	}
+	keys := pinnedKeys(t, filepath.Join(v.home, ".local", "state", "banger", "ssh", "known_hosts"))
+	parent, kid := keys[fr.Source.IP], keys[fr.Forks[0].IP]
+	if len(kid) != 2 || len(parent) != 2 {
+		t.Fatalf("pinned keys: parent %v, fork %v", parent, kid)
+	}
+	for _, k := range kid {
+		if slices.Contains(parent, k) {
+			t.Errorf("the fork serves its parent's host key %s", k)
+		}
+	}
+	out := v.must("vm", "exec", "kid", "--", "sh", "-c",
+		"cat /etc/ssh/ssh_host_ed25519_key.pub; stat -c %a /etc/ssh/ssh_host_ed25519_key; journalctl -q -b -u ssh.service --grep SIGHUP --no-pager | wc -l")
+	f := strings.Fields(out)
+	if len(f) != 5 || f[2] != "root@kid" || f[3] != "600" || f[4] != "0" {
+		t.Errorf("the fork's ed25519 key file, mode and sshd reloads: %q (want root@kid, 600, 0 reloads)", out)
+	}
+	if pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(out)); err != nil || !slices.Contains(kid, ssh.FingerprintSHA256(pub)) {
+		t.Errorf("the fork's key file holds %q, not a pinned key (%v)", out, err)
 	}
 }
