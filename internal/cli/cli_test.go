@@ -63,3 +63,33 @@ func TestUsageErrorsExit2(t *testing.T) {
 		t.Fatalf("run -d --rm: exit %d %q", code, errOut)
 	}
 }
+
+// TestUnknownSubcommand: in every command group an unknown subcommand is a
+// usage error (exit 2) naming the valid commands and suggesting the nearest;
+// a group called bare prints its help and exits 0.
+func TestUnknownSubcommand(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"vm", "frobnicate"}, []string{`banger: unknown command "frobnicate" for "banger vm"; valid commands: create, delete, exec, fork,`, "(see 'banger vm --help')"}},
+		{[]string{"vm", "frok"}, []string{`(did you mean fork?)`}},
+		{[]string{"frobnicate"}, []string{`unknown command "frobnicate" for "banger"; valid commands: `, "vm"}},
+		{[]string{"image", "cache", "prnue"}, []string{`unknown command "prnue" for "banger image cache" (did you mean prune?)`}},
+		{[]string{"daemon", "stat"}, []string{`(did you mean status or stop?)`}},
+	} {
+		out, stderr, code := run(tc.args...)
+		if code != ExitUsage || out != "" || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q: want exit 2 and one line", tc.args, code, out, stderr)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%v: stderr %q lacks %q", tc.args, stderr, w)
+			}
+		}
+	}
+	out, _, code := run("vm")
+	if code != 0 || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("banger vm: exit %d, %q", code, out)
+	}
+}

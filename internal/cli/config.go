@@ -11,6 +11,8 @@ func (a *app) configCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "config",
 		Short: "Inspect banger's configuration",
+		Example: `  banger config show          # effective settings and where each came from
+  banger config show --json`,
 	}
 	var asJSON bool
 	show := &cobra.Command{

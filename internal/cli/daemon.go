@@ -18,6 +18,8 @@ func (a *app) daemonCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Inspect and control the banger daemon (bangerd)",
+		Example: `  banger daemon status        # start it if needed and show it
+  banger daemon stop`,
 	}
 	cmd.AddCommand(a.daemonSocketCmd(), a.daemonStatusCmd(), a.daemonStopCmd())
 	return cmd

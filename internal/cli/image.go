@@ -96,6 +96,9 @@ func (a *app) imageCmd() *cobra.Command {
   - the image catalog (catalog.image_url): signed index, checked bundles;
   - any OCI registry: 'image pull docker.io/library/alpine:3.20';
   - a local ext4 file: 'image register', then 'image promote'.`,
+		Example: `  banger image list --available             # what the catalog offers
+  banger image pull docker.io/library/alpine:3.20
+  banger image warm debian-bookworm           # a warm-start template now`,
 	}
 	var asJSON, available bool
 	list := &cobra.Command{
@@ -301,7 +304,9 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 			return printImage(im, "promoted", false)
 		},
 	}
-	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache and derived images"}
+	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache and derived images",
+		Example: `  banger image cache prune --dry-run   # what would be deleted
+  banger image cache prune`}
 	var dryRun, pruneJSON bool
 	prune := &cobra.Command{
 		Use:   "prune",
@@ -407,6 +412,8 @@ func (a *app) kernelCmd() *cobra.Command {
 'kernel import' (also done on demand): an uncompressed vmlinux for
 Firecracker, plus the bzImage and an initramfs loading the virtio modules.
 Others come from the kernel catalog (catalog.kernel_url) with 'kernel pull'.`,
+		Example: `  banger kernel list
+  banger kernel list --available`,
 	}
 	var asJSON, available bool
 	list := &cobra.Command{

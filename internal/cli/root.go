@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/buildinfo"
@@ -116,7 +117,46 @@ daemon on demand; after 'banger system install' systemd runs it.`,
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
 	root.AddCommand(a.versionCmd(), a.daemonCmd(), a.configCmd(), a.vmCmd(), a.psCmd(), a.imageCmd(), a.kernelCmd(), a.doctorCmd(), a.systemCmd(), a.updateCmd(), a.internalCmd())
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes every command group (a command with
+// subcommands and nothing to run itself) print its help when called bare and
+// refuse an unknown subcommand as a usage error (exit 2) that suggests the
+// nearest ones and names the valid ones. Left alone, cobra prints the help
+// and exits 0 for "banger vm frobnicate", and exits 1 for "banger
+// frobnicate".
+func refuseUnknownSubcommands(c *cobra.Command) {
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			return unknownSubcommand(cmd, args[0])
+		}
+	}
+	for _, sub := range c.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+}
+
+func unknownSubcommand(cmd *cobra.Command, name string) error {
+	var valid []string
+	for _, sub := range cmd.Commands() {
+		if sub.IsAvailableCommand() {
+			valid = append(valid, sub.Name())
+		}
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", name, cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default
+	}
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+	}
+	return usageError{fmt.Errorf("%s; valid commands: %s (see '%s --help')", msg, strings.Join(valid, ", "), cmd.CommandPath())}
 }
 
 // layout resolves the paths for this invocation.

@@ -31,6 +31,8 @@ func (a *app) systemCmd() *cobra.Command {
 		Long: `Install and manage banger as two systemd services: bangerd.service (the
 daemon, running as the owner user) and bangerd-root.service (the root helper).
 Restarting either never stops a running VM.`,
+		Example: `  sudo banger system install --owner alice
+  banger system status`,
 	}
 	var owner string
 	var noImage bool

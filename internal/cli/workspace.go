@@ -21,6 +21,8 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "workspace",
 		Short: "Copy a repository into a VM, and bring the guest's changes back as a patch",
+		Example: `  banger vm workspace prepare dev ./repo
+  banger vm workspace --help   # every subcommand`,
 	}
 	var wf wsFlags
 	prepare := &cobra.Command{
