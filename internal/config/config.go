@@ -188,6 +188,8 @@ func (e *Error) Error() string {
 }
 
 // Load reads path over the defaults. A missing file is not an error.
+// vm_defaults.vcpu and memory_mib the file does not set come from the host's
+// size (their source says so).
 func Load(path string) (*Loaded, error) {
 	cfg := Default()
 	present := map[string]bool{}
@@ -226,6 +228,7 @@ func Load(path string) (*Loaded, error) {
 			}
 		}
 	}
+	hostSrc := sizeVMDefaults(&cfg, present)
 	if err := cfg.validate(); err != nil {
 		var ce *Error
 		if errors.As(err, &ce) {
@@ -239,6 +242,9 @@ func Load(path string) (*Loaded, error) {
 	l := &Loaded{Config: cfg, File: path}
 	for _, kv := range fields(reflect.ValueOf(cfg), "") {
 		src := "default"
+		if h, ok := hostSrc[kv.Key]; ok {
+			src = h
+		}
 		if present[kv.Key] {
 			src = fmt.Sprintf("%s:%d", path, lineOf(data, kv.Key))
 		}

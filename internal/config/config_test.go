@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -19,6 +20,9 @@ func write(t *testing.T, body string) string {
 }
 
 func TestMissingFileGivesDefaults(t *testing.T) {
+	saved := hostSize
+	t.Cleanup(func() { hostSize = saved })
+	hostSize = func() (int, int) { return 0, 0 } // host unknown: the static defaults
 	l, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +37,58 @@ func TestMissingFileGivesDefaults(t *testing.T) {
 	}
 }
 
+// TestVMDefaultsFromHostSize: vm_defaults.vcpu and memory_mib the file does
+// not set come from the host's size, and config show says so; a value the
+// file sets wins.
+func TestVMDefaultsFromHostSize(t *testing.T) {
+	saved := hostSize
+	t.Cleanup(func() { hostSize = saved })
+	for _, tc := range []struct {
+		cpus, mem, wantCPU, wantMem int
+	}{
+		{1, 1024, 1, 512},       // a tiny host: never more than it has, half its memory
+		{2, 24105, 2, 2816},     // this project's build machine
+		{4, 8192, 2, 1024},      // a laptop VM
+		{16, 65536, 8, 8192},    // a workstation
+		{128, 1 << 20, 8, 8192}, // capped
+	} {
+		hostSize = func() (int, int) { return tc.cpus, tc.mem }
+		l, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.VMDefaults.VCPU != tc.wantCPU || l.VMDefaults.MemoryMiB != tc.wantMem {
+			t.Errorf("host %d CPUs %d MiB: vcpu %d memory %d, want %d and %d", tc.cpus, tc.mem, l.VMDefaults.VCPU, l.VMDefaults.MemoryMiB, tc.wantCPU, tc.wantMem)
+		}
+		src := map[string]string{}
+		for _, e := range l.Entries {
+			src[e.Key] = e.Source
+		}
+		if want := fmt.Sprintf("host (%d CPUs)", tc.cpus); src["vm_defaults.vcpu"] != want {
+			t.Errorf("vcpu source %q, want %q", src["vm_defaults.vcpu"], want)
+		}
+		if want := fmt.Sprintf("host (%d MiB)", tc.mem); src["vm_defaults.memory_mib"] != want {
+			t.Errorf("memory source %q, want %q", src["vm_defaults.memory_mib"], want)
+		}
+	}
+	hostSize = func() (int, int) { return 16, 65536 }
+	p := write(t, "[vm_defaults]\nmemory_mib = 1536\n")
+	l, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.VMDefaults.MemoryMiB != 1536 || l.VMDefaults.VCPU != 8 {
+		t.Errorf("file memory 1536 on a 16-CPU host: got vcpu %d memory %d", l.VMDefaults.VCPU, l.VMDefaults.MemoryMiB)
+	}
+	if mt := memTotalMiB("/proc/meminfo"); mt <= 0 {
+		t.Errorf("MemTotal from /proc/meminfo: %d", mt)
+	}
+}
+
 func TestFileOverridesWithSource(t *testing.T) {
+	saved := hostSize
+	t.Cleanup(func() { hostSize = saved })
+	hostSize = func() (int, int) { return 0, 0 }
 	p := write(t, "log_level = \"debug\"\n\n[vm_defaults]\nvcpu = 3\n")
 	l, err := Load(p)
 	if err != nil {

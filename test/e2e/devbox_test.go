@@ -41,7 +41,7 @@ func newDevboxEnv(t testing.TB) *vmEnv {
 		t.Fatalf("dev box image: %v", err)
 	}
 	t.Logf("EnsureDevbox %s: %v", art.Key, time.Since(t0))
-	// The shipped defaults (2 vCPUs, 2 GiB, an 8G work disk): what a user gets.
+	// The defaults (vCPUs and memory sized from the host, an 8G work disk): what a user gets.
 	if err := os.WriteFile(v.configFile(), []byte("default_image = \"debian-bookworm\"\nstart = \"cold\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
