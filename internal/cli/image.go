@@ -100,6 +100,13 @@ func (a *app) imageCmd() *cobra.Command {
   banger image pull docker.io/library/alpine:3.20
   banger image warm debian-bookworm           # a warm-start template now`,
 	}
+	cmd.AddCommand(a.imageListCmd(), a.imageShowCmd(), a.imageDeleteCmd(), a.imageBuildCmd(), a.imagePullCmd(),
+		a.imageRegisterCmd(), a.imagePromoteCmd(), a.imageCacheCmd(), a.imageWarmCmd())
+	return cmd
+}
+
+// imageListCmd is 'image list'.
+func (a *app) imageListCmd() *cobra.Command {
 	var asJSON, available bool
 	list := &cobra.Command{
 		Use:     "list",
@@ -131,6 +138,11 @@ func (a *app) imageCmd() *cobra.Command {
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	list.Flags().BoolVar(&available, "available", false, "list the image catalog, with a pulled/available state")
+	return list
+}
+
+// imageShowCmd is 'image show'.
+func (a *app) imageShowCmd() *cobra.Command {
 	var showJSON bool
 	show := &cobra.Command{
 		Use:               "show NAME",
@@ -152,6 +164,11 @@ func (a *app) imageCmd() *cobra.Command {
 		},
 	}
 	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
+	return show
+}
+
+// imageDeleteCmd is 'image delete'.
+func (a *app) imageDeleteCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use:               "delete NAME",
 		Aliases:           []string{"rm"},
@@ -167,13 +184,11 @@ func (a *app) imageCmd() *cobra.Command {
 			return nil
 		},
 	}
-	printImage := func(im api.Image, verb string, asJSON bool) error {
-		if asJSON {
-			return output.JSON(a.stdout, im)
-		}
-		fmt.Fprintf(a.stdout, "%s %s (kernel %s, %s)\n", im.Name, verb, im.Kernel, mib(im.SizeBytes))
-		return nil
-	}
+	return del
+}
+
+// imageBuildCmd is 'image build'.
+func (a *app) imageBuildCmd() *cobra.Command {
 	var buildJSON bool
 	var buildFrom string
 	build := &cobra.Command{
@@ -208,7 +223,7 @@ this by itself. See docs/devbox.md.`,
 				if !r.Built {
 					verb = "up to date"
 				}
-				return printImage(r.Image, verb, buildJSON)
+				return a.printImage(r.Image, verb, buildJSON)
 			}
 			name := guestbuild.DevImage
 			if len(args) == 1 {
@@ -218,11 +233,16 @@ this by itself. See docs/devbox.md.`,
 			if err := a.longCall(cmd.Context(), "building "+name, api.MethodImageBuild, api.ImageBuildParams{Name: name}, &im); err != nil {
 				return err
 			}
-			return printImage(im, "built", buildJSON)
+			return a.printImage(im, "built", buildJSON)
 		},
 	}
 	build.Flags().StringVar(&buildFrom, "from", "", "build the derived image of this .banger/image.toml (or repository)")
 	build.Flags().BoolVar(&buildJSON, "json", false, "print the image as JSON")
+	return build
+}
+
+// imagePullCmd is 'image pull'.
+func (a *app) imagePullCmd() *cobra.Command {
 	var pp api.ImagePullParams
 	var pullJSON bool
 	pull := &cobra.Command{
@@ -245,13 +265,18 @@ server gets one from its package manager on first boot (needs --nat).`,
 			if err := a.longCall(cmd.Context(), "pulling "+args[0], api.MethodImagePull, pp, &im); err != nil {
 				return err
 			}
-			return printImage(im, "pulled", pullJSON)
+			return a.printImage(im, "pulled", pullJSON)
 		},
 	}
 	pull.Flags().StringVar(&pp.Name, "name", "", "image name (default: the catalog name, or derived from the reference)")
 	pull.Flags().StringVar(&pp.Kernel, "kernel", "", "registered kernel to boot an OCI image with (default: the built-in kernel)")
 	pull.Flags().BoolVar(&pp.Force, "force", false, "replace a registered image of that name")
 	pull.Flags().BoolVar(&pullJSON, "json", false, "print the image as JSON")
+	return pull
+}
+
+// imageRegisterCmd is 'image register'.
+func (a *app) imageRegisterCmd() *cobra.Command {
 	var rp api.ImageRegisterParams
 	register := &cobra.Command{
 		Use:   "register --name NAME --rootfs FILE [--kernel NAME | --vmlinux FILE [--initrd FILE]]",
@@ -281,7 +306,7 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 			if err := a.call(cmd.Context(), api.MethodImageRegister, rp, &im); err != nil {
 				return err
 			}
-			return printImage(im, "registered", false)
+			return a.printImage(im, "registered", false)
 		},
 	}
 	register.Flags().StringVar(&rp.Name, "name", "", "image name")
@@ -290,6 +315,11 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 	register.Flags().StringVar(&rp.Vmlinux, "vmlinux", "", "kernel `file` (registered as kernel NAME-kernel)")
 	register.Flags().StringVar(&rp.Initrd, "initrd", "", "initramfs `file` for --vmlinux")
 	register.Flags().StringVar(&rp.Init, "init", "", "init= for the kernel command line (a path inside the image)")
+	return register
+}
+
+// imagePromoteCmd is 'image promote'.
+func (a *app) imagePromoteCmd() *cobra.Command {
 	promote := &cobra.Command{
 		Use:               "promote NAME",
 		Short:             "Copy a registered image (and its kernel files) under banger's state dir",
@@ -301,9 +331,14 @@ directories, run 'banger image promote NAME' before creating VMs from it.`,
 			if err := a.longCall(cmd.Context(), "promoting "+args[0], api.MethodImagePromote, api.ImageRef{Name: args[0]}, &im); err != nil {
 				return err
 			}
-			return printImage(im, "promoted", false)
+			return a.printImage(im, "promoted", false)
 		},
 	}
+	return promote
+}
+
+// imageCacheCmd is 'image cache' and its 'prune'.
+func (a *app) imageCacheCmd() *cobra.Command {
 	cache := &cobra.Command{Use: "cache", Short: "Manage the OCI layer cache and derived images",
 		Example: `  banger image cache prune --dry-run   # what would be deleted
   banger image cache prune`}
@@ -345,8 +380,16 @@ freed.`,
 	prune.Flags().BoolVar(&dryRun, "dry-run", false, "report what would be freed; delete nothing")
 	prune.Flags().BoolVar(&pruneJSON, "json", false, "print JSON")
 	cache.AddCommand(prune)
-	cmd.AddCommand(list, show, del, build, pull, register, promote, cache, a.imageWarmCmd())
-	return cmd
+	return cache
+}
+
+// printImage reports an image a command made, or prints it as JSON.
+func (a *app) printImage(im api.Image, verb string, asJSON bool) error {
+	if asJSON {
+		return output.JSON(a.stdout, im)
+	}
+	fmt.Fprintf(a.stdout, "%s %s (kernel %s, %s)\n", im.Name, verb, im.Kernel, mib(im.SizeBytes))
+	return nil
 }
 
 func (a *app) imageWarmCmd() *cobra.Command {
@@ -402,146 +445,4 @@ its template in the background anyway; this makes it now, and waits.`,
 	cmd.Flags().StringVar(&disk, "disk-size", "", "size of the /root work disk (default: vm_defaults.disk_size)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func (a *app) kernelCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "kernel",
-		Short: "Import, pull and inspect kernels",
-		Long: `Kernels boot images. The built-in one is Debian's cloud kernel, made by
-'kernel import' (also done on demand): an uncompressed vmlinux for
-Firecracker, plus the bzImage and an initramfs loading the virtio modules.
-Others come from the kernel catalog (catalog.kernel_url) with 'kernel pull'.`,
-		Example: `  banger kernel list
-  banger kernel list --available`,
-	}
-	var asJSON, available bool
-	list := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List registered kernels (or, with --available, the kernel catalog)",
-		Example: "  banger kernel list\n  banger kernel list --available --json",
-		Args:    noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if available {
-				var cat api.Catalog
-				if err := a.call(cmd.Context(), api.MethodKernelCatalog, nil, &cat); err != nil {
-					return err
-				}
-				return a.printCatalog(cat, asJSON, false)
-			}
-			var ks []api.Kernel
-			if err := a.call(cmd.Context(), api.MethodKernelList, nil, &ks); err != nil {
-				return err
-			}
-			if asJSON {
-				return output.JSON(a.stdout, ks)
-			}
-			rows := [][]string{}
-			for _, k := range ks {
-				rows = append(rows, []string{k.Name, orDash(k.Version), mib(k.SizeBytes), orDash(strings.Join(k.UsedBy, ",")), age(k.CreatedAt)})
-			}
-			return output.Table(a.stdout, []string{"NAME", "VERSION", "SIZE", "USED BY", "AGE"}, rows)
-		},
-	}
-	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	list.Flags().BoolVar(&available, "available", false, "list the kernel catalog, with a pulled/available state")
-	var showJSON bool
-	show := &cobra.Command{
-		Use:               "show NAME",
-		Short:             "Show one kernel",
-		Example:           "  banger kernel show 6.1.0-28-cloud-amd64 --json",
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: a.completeNames(api.MethodKernelList),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var k api.Kernel
-			if err := a.call(cmd.Context(), api.MethodKernelShow, api.KernelRef{Name: args[0]}, &k); err != nil {
-				return err
-			}
-			if showJSON {
-				return output.JSON(a.stdout, k)
-			}
-			return output.KV(a.stdout, [][2]string{{"name", k.Name}, {"version", orDash(k.Version)}, {"vmlinux", k.Vmlinux},
-				{"vmlinuz", orDash(k.Vmlinuz)}, {"initrd", orDash(k.Initrd)}, {"modules", orDash(k.Modules)}, {"source", orDash(k.Source)},
-				{"managed", fmt.Sprint(k.Managed)}, {"used by", orDash(strings.Join(k.UsedBy, ", "))}, {"created", k.CreatedAt}})
-		},
-	}
-	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
-	rm := &cobra.Command{
-		Use:               "rm NAME",
-		Aliases:           []string{"delete"},
-		Short:             "Delete a kernel no image boots",
-		Example:           "  banger kernel rm generic-6.1",
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: a.completeNames(api.MethodKernelList),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.call(cmd.Context(), api.MethodKernelDelete, api.KernelRef{Name: args[0]}, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "%s deleted\n", args[0])
-			return nil
-		},
-	}
-	printKernel := func(k api.Kernel, verb string, asJSON bool) error {
-		if asJSON {
-			return output.JSON(a.stdout, k)
-		}
-		fmt.Fprintf(a.stdout, "kernel %s %s (%s)\n", k.Name, verb, orDash(k.Version))
-		return nil
-	}
-	var force, pullJSON bool
-	pull := &cobra.Command{
-		Use:     "pull NAME",
-		Short:   "Pull a kernel from the kernel catalog",
-		Example: "  banger kernel pull generic-6.1\n  banger kernel pull generic-6.1 --force",
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var k api.Kernel
-			if err := a.longCall(cmd.Context(), "pulling kernel "+args[0], api.MethodKernelPull, api.KernelRef{Name: args[0], Force: force}, &k); err != nil {
-				return err
-			}
-			return printKernel(k, "pulled", pullJSON)
-		},
-	}
-	pull.Flags().BoolVar(&force, "force", false, "pull again even if a kernel of that name is registered")
-	pull.Flags().BoolVar(&pullJSON, "json", false, "print the kernel as JSON")
-	var ip api.KernelImportParams
-	var importJSON bool
-	imp := &cobra.Command{
-		Use:   "import [--deb FILE] [--name NAME]",
-		Short: "Import Debian's cloud kernel package as a kernel",
-		Long: `Import linux-image-cloud-amd64 from the Debian archive (or a local
-linux-image-*.deb with --deb): the vmlinux Firecracker boots, the bzImage, an
-initramfs that loads the virtio modules, and the modules.`,
-		Example: "  banger kernel import\n  banger kernel import --deb ./linux-image-6.1.0-28-cloud-amd64_6.1.119-1_amd64.deb --name cloud-6.1",
-		Args:    noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if ip.Deb != "" {
-				var err error
-				if ip.Deb, err = absPath(ip.Deb); err != nil {
-					return err
-				}
-			}
-			var k api.Kernel
-			if err := a.longCall(cmd.Context(), "importing kernel", api.MethodKernelImport, ip, &k); err != nil {
-				return err
-			}
-			return printKernel(k, "imported", importJSON)
-		},
-	}
-	imp.Flags().StringVar(&ip.Deb, "deb", "", "local linux-image-*.deb `file` instead of the archive's")
-	imp.Flags().StringVar(&ip.Name, "name", "", "kernel name (default: the kernel version)")
-	imp.Flags().BoolVar(&importJSON, "json", false, "print the kernel as JSON")
-	cmd.AddCommand(list, show, rm, pull, imp)
-	return cmd
-}
-
-// absPath makes a path flag absolute against the CLI's working directory
-// (the daemon has its own).
-func absPath(p string) (string, error) {
-	a, err := filepath.Abs(p)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", p, err)
-	}
-	return a, nil
 }
