@@ -72,7 +72,7 @@ func TestUnknownSubcommand(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"vm", "frobnicate"}, []string{`banger: unknown command "frobnicate" for "banger vm"; valid commands: create, delete, exec, fork,`, "(see 'banger vm --help')"}},
+		{[]string{"vm", "frobnicate"}, []string{`banger: unknown command "frobnicate" for "banger vm"; valid commands: cp, create, delete, exec, fork,`, "(see 'banger vm --help')"}},
 		{[]string{"vm", "frok"}, []string{`(did you mean fork?)`}},
 		{[]string{"frobnicate"}, []string{`unknown command "frobnicate" for "banger"; valid commands: `, "vm"}},
 		{[]string{"image", "cache", "prnue"}, []string{`unknown command "prnue" for "banger image cache" (did you mean prune?)`}},
@@ -91,5 +91,46 @@ func TestUnknownSubcommand(t *testing.T) {
 	out, _, code := run("vm")
 	if code != 0 || !strings.Contains(out, "Available Commands:") {
 		t.Errorf("banger vm: exit %d, %q", code, out)
+	}
+}
+
+// TestVMCpArgs: which side is the VM's, and the usage errors (exit 2,
+// before any daemon is asked).
+func TestVMCpArgs(t *testing.T) {
+	for _, tc := range []struct {
+		arg, vm, path string
+		guest         bool
+	}{
+		{"dev:/root/x", "dev", "/root/x", true},
+		{"dev:", "dev", ".", true},
+		{"dev:rel/p", "dev", "rel/p", true},
+		{"./a:b", "", "", false},
+		{"/abs:x", "", "", false},
+		{"plain", "", "", false},
+		{"dir/a:b", "", "", false},
+		{":x", "", "", false},
+	} {
+		vm, path, guest := guestPath(tc.arg)
+		if vm != tc.vm || path != tc.path || guest != tc.guest {
+			t.Errorf("%q: %q %q %v", tc.arg, vm, path, guest)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "cp", "a:/x", "b:/y"}, "banger: vm cp copies between the host and a VM: only one of SRC and DST may be NAME:PATH\n"},
+		{[]string{"vm", "cp", "./x", "./y"}, "banger: vm cp needs a VM side: write it NAME:PATH (e.g. dev:/root/file)\n"},
+		{[]string{"vm", "cp", "./x"}, "banger: vm cp needs SRC and DST (got 1 arguments)\n"},
+		{[]string{"vm", "cp", "--max-size", "lots", "./x", "dev:"}, "banger: --max-size \"lots\": want a size like 64G or 512M\n"},
+	} {
+		_, stderr, code := run(tc.args...)
+		if code != ExitUsage || stderr != tc.want {
+			t.Errorf("%v: exit %d, %q; want 2, %q", tc.args, code, stderr, tc.want)
+		}
+	}
+	_, stderr, code := run("vm", "cp", "./no-such-file", "dev:/root/")
+	if code != ExitFailure || stderr != "banger: vm cp: lstat ./no-such-file: no such file or directory\n" {
+		t.Errorf("missing source: exit %d, %q", code, stderr)
 	}
 }
