@@ -38,6 +38,7 @@ TARGETS=(
 	"./internal/config FuzzLoad"
 	"./internal/config FuzzParseSize"
 	"./internal/imagespec FuzzParse"
+	"./internal/treecopy FuzzUnpack"
 )
 
 FUZZTIME=${FUZZTIME:-8s}
