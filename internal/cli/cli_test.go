@@ -55,7 +55,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		t.Fatalf("bad flag: exit %d %q", code, errOut)
 	}
 	_, errOut, code = run("vm", "exec", "onlyname")
-	if code != ExitUsage || !strings.Contains(errOut, "usage: banger vm exec NAME -- CMD") {
+	if code != ExitUsage || !strings.Contains(errOut, "usage: banger vm exec [-d] NAME -- CMD") {
 		t.Fatalf("exec without command: exit %d %q", code, errOut)
 	}
 	_, errOut, code = run("vm", "run", "-d", "--rm")
@@ -132,5 +132,28 @@ func TestVMCpArgs(t *testing.T) {
 	_, stderr, code := run("vm", "cp", "./no-such-file", "dev:/root/")
 	if code != ExitFailure || stderr != "banger: vm cp: lstat ./no-such-file: no such file or directory\n" {
 		t.Errorf("missing source: exit %d, %q", code, stderr)
+	}
+}
+
+// TestVMExecJobArgs: the background-job flags' usage errors exit 2 before
+// any daemon is asked.
+func TestVMExecJobArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "exec", "--list"}, "banger: usage: banger vm exec --list NAME\n"},
+		{[]string{"vm", "exec", "--list", "-d", "dev"}, "banger: vm exec: --list goes alone: banger vm exec --list NAME\n"},
+		{[]string{"vm", "exec", "--kill", "dev"}, "banger: usage: banger vm exec --kill NAME ID [--signal SIG]\n"},
+		{[]string{"vm", "exec", "--kill", "dev", "abc", "--signal", "BOGUS"}, "banger: --signal: \"BOGUS\" is not a signal (TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT or a number)\n"},
+		{[]string{"vm", "exec", "--signal", "INT", "dev", "--", "true"}, "banger: vm exec: --signal goes with --kill\n"},
+		{[]string{"vm", "exec", "-d", "dev"}, "banger: usage: banger vm exec [-d] NAME -- CMD [ARG...]\n"},
+		{[]string{"vm", "exec", "--json", "dev", "--", "true"}, "banger: vm exec: --json goes with --list\n"},
+		{[]string{"vm", "logs", "dev", "-f"}, "banger: vm logs: -f follows a background job: give --exec ID\n"},
+	} {
+		_, stderr, code := run(tc.args...)
+		if code != ExitUsage || stderr != tc.want {
+			t.Errorf("%v: exit %d %q, want 2 %q", tc.args, code, stderr, tc.want)
+		}
 	}
 }

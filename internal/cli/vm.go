@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -492,13 +493,22 @@ func pidStr(p int) string {
 }
 
 func (a *app) vmLogsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:               "logs NAME",
-		Short:             "Print a VM's serial console log",
-		Example:           "  banger vm logs dev | tail",
+	var job string
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME [--exec ID [-f]]",
+		Short: "Print a VM's serial console log, or a background job's output",
+		Example: `  banger vm logs dev | tail
+  banger vm logs dev --exec 3f2a9c01b7d4 -f   # follow a 'vm exec -d' job; exits with its status`,
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if job != "" {
+				return a.jobLogs(cmd.Context(), args[0], job, follow)
+			}
+			if follow {
+				return usageError{errors.New("vm logs: -f follows a background job: give --exec ID")}
+			}
 			var l api.VMLogs
 			if err := a.call(cmd.Context(), api.MethodVMLogs, api.VMRef{Name: args[0]}, &l); err != nil {
 				return err
@@ -510,4 +520,7 @@ func (a *app) vmLogsCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&job, "exec", "", "print the output of background job `ID` ('vm exec -d') instead")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "with --exec: follow the output until the job ends, then exit with its status")
+	return cmd
 }

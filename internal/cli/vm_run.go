@@ -285,33 +285,6 @@ func (a *app) vmSSHCmd() *cobra.Command {
 	}
 }
 
-func (a *app) vmExecCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "exec NAME -- CMD [ARG...]",
-		Short: "Run a command in a running VM (in its workspace, if one was prepared) and exit with its exit code",
-		Example: `  banger vm exec dev -- uname -a
-  banger vm exec dev -- sh -c 'echo $HOME'`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) < 2 || cmd.ArgsLenAtDash() != 1 {
-				return usageError{errors.New("usage: banger vm exec NAME -- CMD [ARG...]")}
-			}
-			return nil
-		},
-		ValidArgsFunction: a.completeVMs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var info api.SSHInfo
-			if err := a.sshInfo(cmd.Context(), c, args[0], &info); err != nil {
-				return err
-			}
-			return exitStatus(a.guestSession(cmd.Context(), c, args[0], a.inWorkspace(cmd.Context(), info, args[1:]), false))
-		},
-	}
-}
-
 // guestSession runs argv in the guest (or an interactive shell when argv is
 // empty) with banger's key and pinned host keys, and returns the exit code.
 func (a *app) guestSession(ctx context.Context, c *client.Client, name string, argv []string, remind bool) (int, error) {
