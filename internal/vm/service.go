@@ -26,9 +26,9 @@ import (
 	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/privops"
-	"github.com/banger-dev/banger/internal/rpcserver"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vmdir"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -222,7 +222,7 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	if _, err := s.Store.GetVM(ctx, p.Name); err == nil && !generated {
 		return api.VM{}, errdefs.AlreadyExistsf("a VM named %q already exists", p.Name)
 	}
-	rpcserver.SetStage(ctx, "resolving image "+imgName)
+	opstage.Set(ctx, "resolving image "+imgName)
 	res, err := s.Images.Resolve(ctx, imgName, progress)
 	if err != nil {
 		return api.VM{}, err
@@ -294,7 +294,7 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	st.did("record vm", func() error { return s.Store.DeleteVM(context.Background(), id) })
 	log.Info("vm recorded", "vm", p.Name, "id", id, "ip", ip.String())
 
-	rpcserver.SetStage(ctx, "preparing disks")
+	opstage.Set(ctx, "preparing disks")
 	st.did("vm dir", func() error {
 		return s.Ops.RemoveVMDir(context.Background(), privops.VMReq{ID: id})
 	})
@@ -401,7 +401,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		_ = s.Store.UpdateVM(context.Background(), rec)
 		return rec, err
 	}
-	rpcserver.SetStage(ctx, "network")
+	opstage.Set(ctx, "network")
 	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr())}); err != nil {
 		return failed(fmt.Errorf("bridge %s: %w", s.Config.BridgeName, err))
 	}
@@ -419,7 +419,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 		})
 		crashPoint("nat")
 	}
-	rpcserver.SetStage(ctx, "booting")
+	opstage.Set(ctx, "booting")
 	// Where this boot's console output starts in the (appended) serial log.
 	console := markConsole(vmdir.Dir(rec.Runtime.Dir).SerialLog())
 	lr, err := s.Ops.LaunchVMM(ctx, privops.LaunchReq{
@@ -444,7 +444,7 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 	log.Info("vmm launched", "pid", lr.PID, "vmm", lr.Kind)
 	crashPoint("launched")
 
-	rpcserver.SetStage(ctx, "waiting for ssh")
+	opstage.Set(ctx, "waiting for ssh")
 	wctx, cancel := context.WithTimeout(ctx, SSHReadyTimeout)
 	defer cancel()
 	// Pin the guest's SSH host keys from this boot's console, never from
@@ -579,7 +579,7 @@ func (s *Service) stop(ctx context.Context, rec store.VMRecord, reason string) (
 		}
 	}
 	if pid, ok := vmm.Running(d.PIDFile(), d.APISock()); ok {
-		rpcserver.SetStage(ctx, "shutting down the guest")
+		opstage.Set(ctx, "shutting down the guest")
 		rec.State = api.StateStopping
 		_ = s.Store.UpdateVM(ctx, rec)
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
