@@ -235,7 +235,7 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, specs []f
 		k := store.VMRecord{
 			ID: id, Name: name, ImageID: src.ImageID, State: api.StateCreated, VCPU: src.VCPU, MemoryMiB: src.MemoryMiB,
 			DiskBytes: src.DiskBytes, NAT: spec.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
-			Runtime: api.VMRuntime{
+			Runtime: store.RuntimeRecord{
 				Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
 				VMM: src.Runtime.VMM, VMMKind: src.Runtime.VMMKind, StartedAt: src.Runtime.StartedAt,
 				ForkOf: src.ID, DiskParents: append([]string{src.ID}, src.Runtime.DiskParents...),

@@ -116,16 +116,6 @@ func (s *Service) lockVMHeld(id string) func() {
 
 func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
 
-// ToAPI converts a record for the wire.
-func (s *Service) ToAPI(ctx context.Context, r store.VMRecord) api.VM {
-	img := r.ImageID
-	if im, err := s.Store.GetImage(ctx, r.ImageID); err == nil {
-		img = im.Name
-	}
-	return api.VM{ID: r.ID, Name: r.Name, Image: img, State: r.State, VCPU: r.VCPU, MemoryMiB: r.MemoryMiB,
-		DiskBytes: r.DiskBytes, NAT: r.NAT, IP: r.GuestIP, DNSName: r.Name + ".vm", CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Runtime: r.Runtime}
-}
-
 // steps records what a multi-step operation did, to unwind it in reverse.
 type steps struct {
 	log   *slog.Logger
@@ -280,7 +270,7 @@ func (s *Service) create(ctx context.Context, p api.VMCreateParams, workSeed str
 	rec := store.VMRecord{
 		ID: id, Name: p.Name, ImageID: res.Image.ID, State: api.StateCreated, VCPU: vcpu, MemoryMiB: mem,
 		DiskBytes: diskBytes, NAT: p.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
-		Runtime: api.VMRuntime{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
+		Runtime: store.RuntimeRecord{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
 			Template: template, Start: config.StartCold},
 	}
 	err = s.Store.InsertVM(ctx, rec)
@@ -898,7 +888,7 @@ func (s *Service) SSHInfo(ctx context.Context, name string) (api.SSHInfo, error)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
-	return api.SSHInfo{Name: rec.Name, State: rec.State, Host: rec.GuestIP, User: "root", KeyPath: s.KeyPath, KnownHosts: s.KnownHosts.Path(), Workspace: rec.Runtime.Workspace}, nil
+	return api.SSHInfo{Name: rec.Name, State: rec.State, Host: rec.GuestIP, User: "root", KeyPath: s.KeyPath, KnownHosts: s.KnownHosts.Path(), Workspace: workspaceToAPI(rec.Runtime.Workspace)}, nil
 }
 
 // RecordWorkspace remembers the workspace last prepared in a VM, so
@@ -912,9 +902,9 @@ func (s *Service) RecordWorkspace(ctx context.Context, p api.VMWorkspaceParams) 
 		return api.VM{}, err
 	}
 	defer unlock()
-	w := p.Workspace
+	w := workspaceFromAPI(&p.Workspace)
 	w.PreparedAt = now()
-	rec.Runtime.Workspace = &w
+	rec.Runtime.Workspace = w
 	rec.UpdatedAt = now()
 	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
 }
