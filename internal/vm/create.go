@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
@@ -252,15 +253,38 @@ func (s *Service) prepareDisks(ctx context.Context, st *steps, rec *store.VMReco
 
 // startFailed ends a create whose start failed with err. A guest that
 // booted but never answered SSH is kept (state error) so 'vm logs' can say
-// why; otherwise what st logged is unwound.
+// why. Anything else goes: a VMM the start launched (start leaves it, with
+// the VM's tap and NAT rules, once it runs), then what st logged.
 func (s *Service) startFailed(ctx context.Context, st *steps, rec store.VMRecord, err error) (api.VM, error) {
 	var nr *notReadyError
 	if errors.As(err, &nr) {
 		// Keep the evidence: the guest is up but silent.
 		return s.ToAPI(ctx, rec), err
 	}
+	if rec.Runtime.PID != 0 {
+		st.did("vmm", func() error { return s.discardBoot(rec) })
+	}
 	st.unwind()
 	return api.VM{}, err
+}
+
+// discardBoot ends what a start left running of a VM that is being
+// removed: its VMM (killed: its disks are going), tap, NAT rules, runtime
+// files and SSH host key pin.
+func (s *Service) discardBoot(rec store.VMRecord) error {
+	ctx := context.Background()
+	var errs []error
+	if err := s.Ops.KillVMM(ctx, privops.KillReq{ID: rec.ID, Signal: "KILL"}); err != nil {
+		errs = append(errs, fmt.Errorf("kill VMM: %w", err))
+	}
+	s.waitGone(ctx, rec.Runtime.PID, 10*time.Second)
+	if _, err := s.cleanup(ctx, rec, ""); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.KnownHosts.Remove(rec.GuestIP); err != nil {
+		errs = append(errs, fmt.Errorf("known_hosts: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // freeName returns name, or another generated name when name is taken
