@@ -91,9 +91,11 @@ func TestCreateRollsBackEachStep(t *testing.T) {
 		console string // what the guest prints on its console
 		wantErr string
 		// cleanup: the cleanup calls the create makes, in order; kept: the
-		// VM stays in state error (then Delete must leave nothing).
+		// VM stays in state error, with reason as its last error (then
+		// Delete must leave nothing).
 		cleanup []string
 		kept    bool
+		reason  string
 	}{
 		{name: "disk preparation", fail: "PrepareDisks", wantErr: "prepare disks: injected failure",
 			cleanup: []string{"RemoveVMDir"}},
@@ -103,8 +105,10 @@ func TestCreateRollsBackEachStep(t *testing.T) {
 			cleanup: []string{"DeleteTap", "RemoveVMDir"}},
 		{name: "VMM launch", fail: "LaunchVMM", wantErr: "launch VMM: injected failure",
 			cleanup: []string{"RemoveNAT", "DeleteTap", "RemoveVMDir"}},
-		{name: "SSH wait", console: booted, wantErr: "waiting for ssh on 127.111.0.2:22", kept: true},
-		{name: "host keys never on the console", console: "booting...\r\n", wantErr: "waiting for the guest's SSH host keys", kept: true},
+		{name: "SSH wait", console: booted, wantErr: "booted but its guest did not answer SSH", kept: true,
+			reason: "guest did not answer SSH: "},
+		{name: "host keys never on the console", console: "booting...\r\n", wantErr: "waiting for the guest's SSH host keys", kept: true,
+			reason: "pin the guest's SSH host keys: "},
 		// The guest is up, but its image prints no host keys: banger will
 		// not trust it, says to rebuild the image, and removes the VM
 		// (this used to leave its VMM, tap and NAT rules behind).
@@ -142,8 +146,8 @@ func TestCreateRollsBackEachStep(t *testing.T) {
 				}
 				return
 			}
-			if len(recs) != 1 || recs[0].State != api.StateError || recs[0].Runtime.LastError == "" || v.State != api.StateError || v.Name != "dev" {
-				t.Fatalf("kept VM: records %+v, result %+v; want dev in state error with its reason", recs, v)
+			if len(recs) != 1 || recs[0].State != api.StateError || !strings.HasPrefix(recs[0].Runtime.LastError, c.reason) || v.State != api.StateError || v.Name != "dev" {
+				t.Fatalf("kept VM: records %+v, result %+v; want dev in state error, last error %q...", recs, v, c.reason)
 			}
 			rec := recs[0]
 			want := []string{"dir " + rec.ID, "nat " + rec.GuestIP, "tap " + rec.Runtime.Tap}
