@@ -15,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/privops"
 	"github.com/banger-dev/banger/internal/rpcserver"
@@ -105,7 +106,7 @@ func (w logWriter) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
 		if line != "" {
 			logging.From(w.ctx).Info("progress", "msg", line)
-			rpcserver.SetStage(w.ctx, line)
+			opstage.Set(w.ctx, line)
 		}
 	}
 	return len(p), nil

@@ -22,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/safesock"
 )
 
@@ -346,7 +347,9 @@ func (s *Server) dispatch(line []byte, cred safesock.Cred) api.Response {
 		s.mu.Unlock()
 	}()
 	ctx := logging.WithOpID(logging.With(s.baseCtx, s.log), opID)
-	ctx = context.WithValue(ctx, stageKey{}, func(stage string) {
+	// What the handler reports through opstage.Set is the call's stage in
+	// InFlight (daemon.operations.list).
+	ctx = opstage.With(ctx, func(stage string) {
 		s.mu.Lock()
 		if op, ok := s.inflight[opID]; ok {
 			op.Stage = stage
@@ -398,14 +401,4 @@ func Decode(params json.RawMessage, v any) error {
 		return errdefs.New(errdefs.BadRequest, "bad parameters: %v", err)
 	}
 	return nil
-}
-
-type stageKey struct{}
-
-// SetStage records what the current call is doing, for progress displays
-// (daemon.operations.list shows it). It is a no-op outside a call.
-func SetStage(ctx context.Context, stage string) {
-	if f, ok := ctx.Value(stageKey{}).(func(string)); ok {
-		f(stage)
-	}
 }

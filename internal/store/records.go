@@ -7,7 +7,6 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 )
 
@@ -24,7 +23,59 @@ type VMRecord struct {
 	GuestIP   string
 	CreatedAt string
 	UpdatedAt string
-	Runtime   api.VMRuntime
+	Runtime   RuntimeRecord
+}
+
+// RuntimeRecord is a VM's runtime state, kept as JSON in vms.runtime_json.
+// The JSON names are that column's format: a name is never changed or
+// reused (rows written by older banger must load), and a new field is
+// omitempty so older rows read as its zero value. The wire has its own
+// type (api.VMRuntime); the VM service converts between them.
+type RuntimeRecord struct {
+	VMM         string `json:"vmm,omitempty"`      // binary path
+	VMMKind     string `json:"vmm_kind,omitempty"` // "firecracker" or "banger-vmm"
+	PID         int    `json:"pid,omitempty"`
+	Tap         string `json:"tap,omitempty"`
+	MAC         string `json:"mac,omitempty"`
+	Dir         string `json:"dir,omitempty"`
+	APISock     string `json:"api_sock,omitempty"`
+	SerialLog   string `json:"serial_log,omitempty"`
+	CloneMethod string `json:"clone_method,omitempty"` // set once the disks are complete
+	StartedAt   string `json:"started_at,omitempty"`
+	StoppedAt   string `json:"stopped_at,omitempty"`
+	// Workspace is the repository last prepared in the VM, if any.
+	Workspace *WorkspaceRecord `json:"workspace,omitempty"`
+	// StopReason says why a VM is not running when banger did not stop it.
+	StopReason string `json:"stop_reason,omitempty"`
+	LastError  string `json:"last_error,omitempty"`
+	// SnapshotBytes is the parked VM's snapshot on disk; ParkedAt when it
+	// was parked.
+	SnapshotBytes int64  `json:"snapshot_bytes,omitempty"`
+	ParkedAt      string `json:"parked_at,omitempty"`
+	// ForkOf is the id of the VM this one was forked from.
+	ForkOf string `json:"fork_of,omitempty"`
+	// DiskParents are the ids of the VMs whose frozen disks back this VM's.
+	DiskParents []string `json:"disk_parents,omitempty"`
+	// SnapshotTap is the tap the VM's snapshot names when it is not the
+	// VM's own (a fork's is its parent's).
+	SnapshotTap string `json:"snapshot_tap,omitempty"`
+	// NeedsIdentity: a fork that has not yet taken its own identity.
+	NeedsIdentity bool `json:"needs_identity,omitempty"`
+	// Template, on a warm-start template, is its key.
+	Template string `json:"template,omitempty"`
+	// Start is "warm" (from the template StartedFrom) or "cold".
+	Start       string `json:"start,omitempty"`
+	StartedFrom string `json:"started_from,omitempty"`
+}
+
+// WorkspaceRecord is the workspace last prepared in a VM (within
+// runtime_json; the same format rules apply).
+type WorkspaceRecord struct {
+	HostPath   string `json:"host_path"`
+	GuestPath  string `json:"guest_path"`
+	HeadCommit string `json:"head_commit"`
+	Mode       string `json:"mode"`
+	PreparedAt string `json:"prepared_at"`
 }
 
 // ImageRecord is a row of images joined with its kernel.

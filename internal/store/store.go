@@ -1,6 +1,8 @@
 // Package store is banger's SQLite store (modernc.org/sqlite, pure Go, WAL):
-// opening with automatic forward-only migrations, and inspecting a
-// database's schema state without changing it (bangerd --check-migrations).
+// opening with automatic forward-only migrations, inspecting a database's
+// schema state without changing it (bangerd --check-migrations), and the
+// rows as the store's own record types (records.go), which no wire type
+// shapes: the services convert at their boundary.
 package store
 
 import (

@@ -83,7 +83,7 @@ func (f *fakeGuests) run(d, after time.Duration, recs ...store.VMRecord) {
 }
 
 func running(id string, pid int) store.VMRecord {
-	return store.VMRecord{ID: id, Name: "vm-" + id, State: api.StateRunning, Runtime: api.VMRuntime{PID: pid}}
+	return store.VMRecord{ID: id, Name: "vm-" + id, State: api.StateRunning, Runtime: store.RuntimeRecord{PID: pid}}
 }
 
 func TestAutoParkAfterIdlePeriodNotBefore(t *testing.T) {

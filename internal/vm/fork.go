@@ -15,8 +15,8 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/privops"
-	"github.com/banger-dev/banger/internal/rpcserver"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vmdir"
 	"golang.org/x/crypto/ssh"
@@ -92,7 +92,7 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 	out.Source = s.ToAPI(ctx, src)
 	errs := []error{err} // the source's wake may have failed; its forks are made
 	for i := range kids {
-		rpcserver.SetStage(ctx, fmt.Sprintf("waking fork %s (%d of %d)", kids[i].Name, i+1, len(kids)))
+		opstage.Set(ctx, fmt.Sprintf("waking fork %s (%d of %d)", kids[i].Name, i+1, len(kids)))
 		if kids[i], err = s.wake(ctx, kids[i]); err != nil {
 			errs = append(errs, fmt.Errorf("fork %s: %w", kids[i].Name, err))
 		}
@@ -169,7 +169,7 @@ func (s *Service) forkOut(ctx context.Context, src *store.VMRecord, specs []fork
 		ids[i] = k.ID
 		unlocks = append(unlocks, s.lockVMHeld(k.ID))
 	}
-	rpcserver.SetStage(ctx, "making the forks' disks")
+	opstage.Set(ctx, "making the forks' disks")
 	fr, err := s.Ops.ForkDisks(ctx, privops.ForkReq{Src: src.ID, Children: ids})
 	if err != nil {
 		for _, k := range kids {
@@ -235,7 +235,7 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, specs []f
 		k := store.VMRecord{
 			ID: id, Name: name, ImageID: src.ImageID, State: api.StateCreated, VCPU: src.VCPU, MemoryMiB: src.MemoryMiB,
 			DiskBytes: src.DiskBytes, NAT: spec.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
-			Runtime: api.VMRuntime{
+			Runtime: store.RuntimeRecord{
 				Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
 				VMM: src.Runtime.VMM, VMMKind: src.Runtime.VMMKind, StartedAt: src.Runtime.StartedAt,
 				ForkOf: src.ID, DiskParents: append([]string{src.ID}, src.Runtime.DiskParents...),

@@ -11,8 +11,8 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/privops"
-	"github.com/banger-dev/banger/internal/rpcserver"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vmdir"
 )
@@ -121,7 +121,7 @@ func (s *Service) Park(ctx context.Context, name string) (api.VM, error) {
 // caller holds the VM's lock.
 func (s *Service) park(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
-	rpcserver.SetStage(ctx, "writing the guest's memory to its snapshot")
+	opstage.Set(ctx, "writing the guest's memory to its snapshot")
 	t0 := time.Now()
 	snap, err := s.Ops.SnapshotVMM(ctx, privops.VMReq{ID: rec.ID})
 	if err != nil {
@@ -183,7 +183,7 @@ func lent(rec store.VMRecord) bool {
 // On failure the VM stays parked with its snapshot and disks.
 func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord, error) {
 	log := logging.From(ctx).With("vm", rec.Name)
-	rpcserver.SetStage(ctx, "restoring the guest from its snapshot")
+	opstage.Set(ctx, "restoring the guest from its snapshot")
 	t0 := time.Now()
 	// After a host reboot nothing of the network is left.
 	gw := gateway(s.Config.Network())
@@ -238,7 +238,7 @@ func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord,
 	}
 	if rec.Runtime.NeedsIdentity {
 		// A fork: it must stop being its parent before it is reachable.
-		rpcserver.SetStage(ctx, "giving the fork its own identity")
+		opstage.Set(ctx, "giving the fork its own identity")
 		if rec, err = s.takeIdentity(ctx, rec); err != nil {
 			return rec, err
 		}

@@ -64,7 +64,7 @@ func hostileGuest(t *testing.T, ports func(id string, w io.Writer)) store.VMReco
 			}()
 		}
 	}()
-	return store.VMRecord{Name: "hostile", GuestIP: "172.30.0.66", State: api.StateRunning, Runtime: api.VMRuntime{Dir: dir}}
+	return store.VMRecord{Name: "hostile", GuestIP: "172.30.0.66", State: api.StateRunning, Runtime: store.RuntimeRecord{Dir: dir}}
 }
 
 // TestPortsHostileGuestHugeReply: the 16 MiB reply of 5.6 M empty listeners

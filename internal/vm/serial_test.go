@@ -151,7 +151,7 @@ func TestCapSerialLogsMonitorHook(t *testing.T) {
 		if err := os.WriteFile(p, big, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		recs = append(recs, store.VMRecord{ID: st, Name: st, State: st, Runtime: api.VMRuntime{SerialLog: p}})
+		recs = append(recs, store.VMRecord{ID: st, Name: st, State: st, Runtime: store.RuntimeRecord{SerialLog: p}})
 	}
 	(&Service{}).CapSerialLogs(context.Background(), recs)
 	for _, r := range recs {

@@ -18,7 +18,7 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
-	"github.com/banger-dev/banger/internal/rpcserver"
+	"github.com/banger-dev/banger/internal/opstage"
 	"github.com/banger-dev/banger/internal/store"
 )
 
@@ -102,7 +102,7 @@ var errNoTemplate = errors.New("the template is gone")
 // which takes its own identity, with the caller's name and NAT. On failure
 // nothing of the new VM is left.
 func (s *Service) warmStart(ctx context.Context, tmpl store.VMRecord, p api.VMCreateParams, generated bool) (api.VM, error) {
-	rpcserver.SetStage(ctx, "restoring template")
+	opstage.Set(ctx, "restoring template")
 	t0 := time.Now()
 	s.opMu.RLock()
 	defer s.opMu.RUnlock()
@@ -259,7 +259,7 @@ func (s *Service) Warm(ctx context.Context, p api.ImageWarmParams, progress io.W
 	if err != nil {
 		return api.ImageWarmResult{}, err
 	}
-	rpcserver.SetStage(ctx, "booting the template")
+	opstage.Set(ctx, "booting the template")
 	rec, existed, err := s.ensureTemplate(ctx, sh, key, true)
 	if err != nil {
 		return api.ImageWarmResult{}, err

@@ -11,6 +11,11 @@
 //	  agent.sock    the host side of the guest's vsock (handed to the owner)
 //	  vmm.pid       pidfile of the VMM, beside its socket
 //	  serial.log    the guest's serial console (the VMM's stdout/stderr; the owner's)
+//	  vm.snap       a parked VM's snapshot (device state), written by the VMM
+//	  vm.mem        a parked VM's memory, likewise
+//	  layout        the VMM got names relative to this directory (it runs in it)
+//	  frozen-N/     disks frozen at a fork: the backing files of the qcow2
+//	                overlays of this VM and its forks
 //	  seed-*/       transient: files copied into a fresh work disk
 package vmdir
 
@@ -47,9 +52,6 @@ func (d Dir) PIDFile() string { return filepath.Join(string(d), "vmm.pid") }
 
 // SerialLog is the guest console log.
 func (d Dir) SerialLog() string { return filepath.Join(string(d), "serial.log") }
-
-// VMMLog is the VMM's log file.
-func (d Dir) VMMLog() string { return filepath.Join(string(d), "vmm.log") }
 
 // Snapshot is the parked VM's snapshot record.
 func (d Dir) Snapshot() string { return filepath.Join(string(d), SnapshotName) }
