@@ -13,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
+	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
 	"github.com/banger-dev/banger/internal/updater"
 )
 
@@ -82,7 +83,7 @@ func (r *report) vmm(in DoctorInput) {
 			}
 		}
 	}
-	if KVMUsable() {
+	if kvmprobe.Usable() {
 		r.add("kvm", api.DoctorOK, "/dev/kvm is usable", "")
 	} else {
 		r.add("kvm", api.DoctorWarn, "no usable /dev/kvm: guests run under QEMU's TCG emulation (seconds to boot, slower CPU)", "")

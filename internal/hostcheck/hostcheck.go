@@ -1,12 +1,13 @@
-// Package hostcheck answers what this host offers banger: whether KVM is
-// usable, whether a directory's filesystem makes reflink copies, which VMM
-// to run, and the whole 'banger doctor' report. Its checks are quick and
-// change nothing (the reflink probe's two temporary files aside).
+// Package hostcheck answers what this host offers banger: which VMM to
+// run, whether a directory's filesystem makes reflink copies, and the whole
+// 'banger doctor' report; whether KVM is usable comes from its leaf package
+// kvmprobe. Its checks are quick and change nothing (the reflink probe's two
+// temporary files aside).
 //
-// The daemon imports it for the VMM choice and the doctor, banger-vmm
-// (internal/fcvmm) for the KVM probe. It imports no service package (vm,
-// image, store, privops, fcvmm): what the doctor needs of the running daemon
-// comes in a DoctorInput.
+// The daemon imports it (the VMM choice, the doctor), and vm for the
+// VMMChoice type. It imports no service package (vm, image, store, privops,
+// fcvmm): what the doctor needs of the running daemon comes in a
+// DoctorInput. banger-vmm (internal/fcvmm) imports kvmprobe alone.
 package hostcheck
 
 import (
@@ -16,6 +17,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
 )
 
 // VMM kinds.
@@ -36,7 +39,7 @@ type VMMChoice struct {
 // QEMU-backed VMM (BANGER_VMM_BIN, beside this executable, in
 // /usr/local/lib/banger, or on PATH).
 func ChooseVMM(firecrackerBin string) (VMMChoice, error) {
-	return chooseVMM(firecrackerBin, KVMUsable(), bangerVMMCandidates)
+	return chooseVMM(firecrackerBin, kvmprobe.Usable(), bangerVMMCandidates)
 }
 
 func chooseVMM(firecrackerBin string, kvm bool, candidates func() []string) (VMMChoice, error) {

@@ -83,22 +83,3 @@ func TestBangerVMMCandidates(t *testing.T) {
 		t.Fatalf("candidates %q, want %q", got, want)
 	}
 }
-
-func TestKVMUsable(t *testing.T) {
-	dir := t.TempDir()
-	noPVM := filepath.Join(dir, "no-kvm_pvm")
-	if kvmUsable(filepath.Join(dir, "kvm"), noPVM) {
-		t.Fatal("usable without a device")
-	}
-	// A device that opens but is not KVM (the ioctl fails).
-	if kvmUsable("/dev/null", noPVM) {
-		t.Fatal("/dev/null taken for KVM")
-	}
-	// The PVM flavour is refused whatever the device.
-	if kvmUsable("/dev/null", dir) {
-		t.Fatal("usable with kvm_pvm loaded")
-	}
-	if _, err := os.Stat("/dev/kvm"); err != nil && KVMUsable() {
-		t.Fatal("usable without /dev/kvm")
-	}
-}

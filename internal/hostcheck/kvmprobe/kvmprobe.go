@@ -1,4 +1,8 @@
-package hostcheck
+// Package kvmprobe is banger's one KVM probe: whether this process can run
+// a stock guest kernel under KVM. It is internal/hostcheck's leaf, with no
+// banger imports, so that banger-vmm (internal/fcvmm) can use it without
+// the rest of hostcheck's; hostcheck's VMM choice and doctor use it too.
+package kvmprobe
 
 import (
 	"os"
@@ -6,15 +10,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// KVMUsable reports whether this process can run a stock guest kernel under
+// Usable reports whether this process can run a stock guest kernel under
 // KVM: /dev/kvm must open read-write and answer KVM_GET_API_VERSION with
 // 12, and KVM must not be the PVM flavour (/sys/module/kvm_pvm), which only
 // runs PVM guest kernels.
-func KVMUsable() bool {
-	return kvmUsable("/dev/kvm", "/sys/module/kvm_pvm")
+func Usable() bool {
+	return usable("/dev/kvm", "/sys/module/kvm_pvm")
 }
 
-func kvmUsable(dev, pvmModule string) bool {
+func usable(dev, pvmModule string) bool {
 	if _, err := os.Stat(pvmModule); err == nil {
 		return false
 	}
