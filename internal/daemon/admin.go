@@ -27,7 +27,8 @@ func (d *Daemon) register() {
 // and runs.
 func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
 	in := hostcheck.DoctorInput{
-		VMM: d.vmm, VMMErr: d.vmmError,
+		VMM:          d.vmm,
+		VMMErr:       d.vmmError,
 		OpsMode:      d.opsMode,
 		DefaultImage: d.cfg.DefaultImage,
 		ImageKnown:   d.images.Known,
@@ -35,9 +36,11 @@ func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
 			_, err := d.store.GetImage(ctx, name)
 			return err
 		},
-		DNSListen: d.cfg.DNSListen, DNSErr: d.dnsErr,
-		GuestDNS: d.vms.GuestDNS,
-		StateDir: d.layout.StateDir, VMsDir: d.layout.VMsDir(),
+		DNSListen: d.cfg.DNSListen,
+		DNSErr:    d.dnsErr,
+		GuestDNS:  d.vms.GuestDNS,
+		StateDir:  d.layout.StateDir,
+		VMsDir:    d.layout.VMsDir(),
 	}
 	if d.helper != nil { // a nil *privops.Client must stay a nil Helper
 		in.Helper = d.helper
