@@ -8,6 +8,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/buildinfo"
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/logging"
 )
 
@@ -20,6 +21,31 @@ func (d *Daemon) register() {
 	d.srv.Handle(api.MethodDaemonDoctor, d.doctor)
 	d.registerVMs()
 	d.registerImages()
+}
+
+// doctor is 'banger doctor': the host checks, given what this daemon chose
+// and runs.
+func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
+	in := hostcheck.DoctorInput{
+		VMM:          d.vmm,
+		VMMErr:       d.vmmError,
+		OpsMode:      d.opsMode,
+		DefaultImage: d.cfg.DefaultImage,
+		ImageKnown:   d.images.Known,
+		ImageStored: func(ctx context.Context, name string) error {
+			_, err := d.store.GetImage(ctx, name)
+			return err
+		},
+		DNSListen: d.cfg.DNSListen,
+		DNSErr:    d.dnsErr,
+		GuestDNS:  d.vms.GuestDNS,
+		StateDir:  d.layout.StateDir,
+		VMsDir:    d.layout.VMsDir(),
+	}
+	if d.helper != nil { // a nil *privops.Client must stay a nil Helper
+		in.Helper = d.helper
+	}
+	return hostcheck.Doctor(ctx, in), nil
 }
 
 func (d *Daemon) ping(ctx context.Context, _ json.RawMessage) (any, error) {

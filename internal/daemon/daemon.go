@@ -24,6 +24,7 @@ import (
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/derive"
 	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
@@ -119,7 +120,7 @@ type Daemon struct {
 	images   *image.Service
 	vms      *vm.Service
 	derive   *derive.Service
-	vmm      vm.VMMChoice
+	vmm      hostcheck.VMMChoice
 	vmmError error
 	dnsErr   error // why the .vm DNS server is not serving
 }
@@ -164,7 +165,7 @@ func newDaemon(layout paths.Layout, stdout, stderr io.Writer) (*Daemon, error) {
 // wire builds the services, once.
 func (d *Daemon) wire() error {
 	ctx := logging.With(context.Background(), d.log)
-	d.vmm, d.vmmError = chooseVMM(d.cfg.Config)
+	d.vmm, d.vmmError = hostcheck.ChooseVMM(d.cfg.FirecrackerBin)
 	d.ops, d.helper, d.opsMode = chooseOps(ctx, d.layout, d.vmm)
 	d.images = &image.Service{Store: d.store, Layout: d.layout, Log: d.log, Catalog: d.cfg.Catalog, OCI: d.cfg.OCI}
 	keyPath := d.cfg.SSHKeyPath

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/roothelper"
@@ -43,7 +44,7 @@ func runRootHelper(l paths.Layout, ownerUID, ownerGID int, stderr io.Writer) int
 		fmt.Fprintf(stderr, "bangerd: root helper: %v\n", err)
 		return 1
 	}
-	v, verr := chooseVMM(cfg.Config)
+	v, verr := hostcheck.ChooseVMM(cfg.FirecrackerBin)
 	if verr != nil {
 		log.Warn("no VMM: launches will be refused", "error", verr)
 	}

@@ -21,7 +21,7 @@ func notSupported(what string) *apiError {
 // ServeHTTP answers one API request, holding the VMM lock for its whole
 // duration: Firecracker's API thread also handles requests one at a time.
 func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if v.isStopping() {
+	if v.sup.isStopping() {
 		// A signal is ending the VMM: the connection ends unanswered, as
 		// it would with Firecracker, which dies at once.
 		panic(http.ErrAbortHandler)
@@ -41,7 +41,7 @@ func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.isStopping() {
+	if v.sup.isStopping() {
 		panic(http.ErrAbortHandler) // the signal came while this request waited
 	}
 	if len(body) > 0 {
@@ -63,7 +63,7 @@ func (v *vmm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.Flush()
 		}
 		v.log.errorf("fc_main", "Firecracker exiting with error. exit_code=%d", exitGeneric)
-		v.finish(exitGeneric)
+		v.sup.finish(exitGeneric)
 	}
 }
 
@@ -112,260 +112,71 @@ func (v *vmm) reply(w http.ResponseWriter, status int, out any, aerr *apiError) 
 }
 
 // route dispatches like Firecracker's ParsedRequest::try_from: on the method,
-// the first path token and whether there is a body; the second token is a
-// resource id where one is expected.
+// whether there is a body, and the first path token (routes.go has the
+// table); the second token is a resource id where one is expected.
 func (v *vmm) route(method, uri string, body []byte) (int, any, *apiError) {
-	tokens := strings.Split(strings.TrimLeft(uri, "/"), "/")
-	for len(tokens) > 0 && tokens[len(tokens)-1] == "" {
-		tokens = tokens[:len(tokens)-1] // split_terminator drops a trailing empty token
-	}
-	path := ""
-	if len(tokens) > 0 {
-		path = tokens[0]
-	}
-	var next *string
-	if len(tokens) > 1 {
-		next = &tokens[1]
-	}
-	nextIs := func(s string) bool { return next != nil && *next == s }
-	hasBody := len(body) > 0
-
+	r := parseRequest(method, uri, body)
+	var table map[string]handler
 	switch method {
 	case http.MethodGet:
-		if !hasBody {
-			switch {
-			case path == "":
-				return 200, v.instanceInfo(), nil
-			case path == "balloon":
-				return v.getBalloon(tokens[1:])
-			case path == "version":
-				return 200, map[string]string{"firecracker_version": firecrackerVers}, nil
-			case path == "vm" && nextIs("config"):
-				return 200, v.fullConfig(), nil
-			case path == "machine-config":
-				return 200, v.cfg.machine, nil
-			case path == "mmds":
-				// The data store was never initialised (PUT /mmds is not
-				// supported): Firecracker answers an empty object then.
-				return 200, map[string]any{}, nil
-			case path == "hotplug" && nextIs("memory"):
-				return v.noDevice("Internal VMM error")
-			}
-		} else {
+		if len(body) > 0 {
 			return 0, nil, badRequest("GET request cannot have a body.")
 		}
+		table = getRoutes
 	case http.MethodPut:
-		if !hasBody {
+		if len(body) == 0 {
 			return 0, nil, badRequest("Empty PUT request.")
 		}
-		switch path {
-		case "actions":
-			return v.putActions(body)
-		case "boot-source":
-			return v.putBootSource(body)
-		case "drives":
-			return v.putDrive(body, next)
-		case "logger":
-			return v.putLogger(body)
-		case "machine-config":
-			return v.putMachineConfig(body)
-		case "metrics":
-			return v.putMetrics(body)
-		case "network-interfaces":
-			return v.putNetwork(body, next)
-		case "entropy":
-			return v.putEntropy(body)
-		case "serial":
-			return v.putSerial(body)
-		case "vsock":
-			return v.putVsock(body)
-		case "balloon":
-			return v.unsupported("the balloon device")
-		case "mmds":
-			switch {
-			case nextIs("config"):
-				return v.unsupported("MMDS")
-			case next != nil:
-				return 0, nil, badRequest("Unrecognized PUT request path `%s`.", *next)
-			}
-			if e := checkJSON(body); e != nil {
-				return 0, nil, e
-			}
-			return 0, nil, notSupported("MMDS")
-		case "cpu-config":
-			return v.unsupported("a custom CPU template")
-		case "pmem":
-			if _, e := checkedID(next); e != nil {
-				return 0, nil, e
-			}
-			return v.unsupported("virtio-pmem")
-		case "snapshot":
-			switch {
-			case nextIs("create"):
-				return v.putSnapshotCreate(body)
-			case nextIs("load"):
-				return v.putSnapshotLoad(body)
-			case next == nil:
-				return 0, nil, badRequest("Missing snapshot operation type.")
-			}
-			return 0, nil, badRequest("Invalid request method and/or path: PUT /snapshot/%s.", *next)
-		case "hotplug":
-			if nextIs("memory") {
-				return v.unsupported("memory hotplug")
-			}
-		}
+		table = putRoutes
 	case http.MethodPatch:
-		if path == "balloon" {
-			return v.patchBalloon(tokens[1:], body)
+		if r.path == "balloon" {
+			// Before the empty-body check: PATCH /balloon/hinting/start
+			// and /stop may come without a body.
+			return v.patchBalloon(r)
 		}
-		if !hasBody {
+		if len(body) == 0 {
 			return 0, nil, badRequest("Empty PATCH request.")
 		}
-		switch path {
-		case "drives":
-			return v.patchDrive(body, next)
-		case "machine-config":
-			return v.patchMachineConfig(body)
-		case "mmds":
-			if e := checkJSON(body); e != nil {
-				return 0, nil, e
-			}
-			// Firecracker's answer while no PUT /mmds initialised the store.
-			return 0, nil, badRequest("MMDS error: The MMDS data store is not initialized.")
-		case "network-interfaces":
-			return v.patchNetwork(body, next)
-		case "vm":
-			return v.patchVM(body)
-		case "hotplug":
-			if nextIs("memory") {
-				var req struct {
-					RequestedSizeMib *int64 `json:"requested_size_mib"`
-				}
-				if _, err := decodeBody(body, &req); err != nil {
-					return 0, nil, err.(*apiError)
-				}
-				if req.RequestedSizeMib == nil {
-					return 0, nil, deserializeError("missing field `requested_size_mib`")
-				}
-				return v.noDevice("Memory hotplug update error")
-			}
-		}
+		table = patchRoutes
 	}
-	return 0, nil, badRequest("Invalid request method and/or path: %s %s.", method, path)
+	if h, ok := table[r.path]; ok {
+		return h(v, r)
+	}
+	return r.invalid()
 }
 
-// unsupported answers a request that would configure a device banger-vmm
-// cannot provide (all of them are pre-boot in Firecracker): the post-boot
-// error after boot, as Firecracker checks the phase first, and otherwise
-// "not supported", where Firecracker would have accepted it.
-func (v *vmm) unsupported(what string) (int, any, *apiError) {
-	if v.started {
-		return 0, nil, errPostBoot
-	}
-	return 0, nil, notSupported(what)
+// request is an API request as route sees it.
+type request struct {
+	method string
+	tokens []string // the path's tokens
+	path   string   // the first token ("" for /)
+	next   *string  // the second token, if any
+	body   []byte
 }
 
-// Devices banger-vmm never has: a balloon and a memory hotplug device.
-// Requests that would create one are refused as not supported; requests on
-// the device get Firecracker's answers for a VMM where it was not
-// configured.
-
-// noDevice is Firecracker's answer to an operation on a device that was not
-// configured: the pre-boot error before boot, the device manager's "not
-// found" under the action's prefix after.
-func (v *vmm) noDevice(prefix string) (int, any, *apiError) {
-	if !v.started {
-		return 0, nil, errPreBoot
+// parseRequest splits uri into tokens as Firecracker does (split_terminator
+// on "/" after the leading slashes: a trailing empty token is dropped).
+func parseRequest(method, uri string, body []byte) request {
+	tokens := strings.Split(strings.TrimLeft(uri, "/"), "/")
+	for len(tokens) > 0 && tokens[len(tokens)-1] == "" {
+		tokens = tokens[:len(tokens)-1]
 	}
-	return 0, nil, badRequest("%s: Failed perform action on device: Device not found", prefix)
+	r := request{method: method, tokens: tokens, body: body}
+	if len(tokens) > 0 {
+		r.path = tokens[0]
+	}
+	if len(tokens) > 1 {
+		r.next = &tokens[1]
+	}
+	return r
 }
 
-// getBalloon is GET /balloon[/statistics | /hinting/status] without a
-// balloon device.
-func (v *vmm) getBalloon(rest []string) (int, any, *apiError) {
-	switch {
-	case len(rest) == 0 && !v.started:
-		return 0, nil, badRequest("Balloon config error: No balloon device found.")
-	case len(rest) == 0 || rest[0] == "statistics":
-		return v.noDevice("Internal VMM error")
-	case rest[0] != "hinting":
-		return 0, nil, badRequest("Unrecognized GET request path `%s`.", rest[0])
-	case len(rest) < 2:
-		return 0, nil, badRequest("Unrecognized GET request path `/hinting/`.")
-	case rest[1] != "status":
-		return 0, nil, badRequest("Unrecognized GET request path `/hinting/%s`.", rest[1])
-	}
-	return v.noDevice("Balloon update error")
-}
+// nextIs reports whether the second path token is s.
+func (r request) nextIs(s string) bool { return r.next != nil && *r.next == s }
 
-// patchBalloon is PATCH /balloon[/statistics | /hinting/start | stop]
-// without a balloon device; the body is checked first, as Firecracker
-// parses it before acting.
-func (v *vmm) patchBalloon(rest []string, body []byte) (int, any, *apiError) {
-	sub := ""
-	if len(rest) > 0 {
-		sub = rest[0]
-	}
-	switch {
-	case sub == "statistics" && len(body) > 0:
-		var req struct {
-			StatsPollingIntervalS *int64 `json:"stats_polling_interval_s"`
-		}
-		if e := decodeUint(body, &req, "stats_polling_interval_s", &req.StatsPollingIntervalS, 1<<16-1, "u16"); e != nil {
-			return 0, nil, e
-		}
-	case sub == "hinting":
-		switch {
-		case len(rest) < 2:
-			return 0, nil, badRequest("Unrecognized PATCH request path `/hinting/`.")
-		case rest[1] == "start":
-			if len(body) > 0 {
-				var req struct {
-					AcknowledgeOnStop *bool `json:"acknowledge_on_stop"`
-				}
-				if err := json.Unmarshal(body, &req); err != nil {
-					return 0, nil, deserializeError(serdeMessage(err))
-				}
-			}
-		case rest[1] != "stop":
-			return 0, nil, badRequest("Unrecognized PATCH request path `/hinting/%s`.", rest[1])
-		}
-	case len(body) > 0:
-		var req struct {
-			AmountMib *int64 `json:"amount_mib"`
-		}
-		if e := decodeUint(body, &req, "amount_mib", &req.AmountMib, 1<<32-1, "u32"); e != nil {
-			return 0, nil, e
-		}
-	default:
-		return 0, nil, badRequest("Empty PATCH request.")
-	}
-	return v.noDevice("Balloon update error")
-}
-
-// decodeUint decodes body into dst (a struct whose only field is *val,
-// named field) and checks the value is present and fits an unsigned type.
-func decodeUint(body []byte, dst any, field string, val **int64, max int64, typ string) *apiError {
-	if _, err := decodeBody(body, dst); err != nil {
-		return err.(*apiError)
-	}
-	switch {
-	case *val == nil:
-		return deserializeError(fmt.Sprintf("missing field `%s`", field))
-	case **val < 0 || **val > max:
-		return deserializeError(fmt.Sprintf("invalid value: integer `%d`, expected %s", **val, typ))
-	}
-	return nil
-}
-
-// checkJSON checks that body is JSON, as Firecracker parses an MMDS body
-// (any JSON value) before acting on it.
-func checkJSON(body []byte) *apiError {
-	var x any
-	if err := json.Unmarshal(body, &x); err != nil {
-		return deserializeError(serdeMessage(err))
-	}
-	return nil
+// invalid is Firecracker's answer to a method and path it has no route for.
+func (r request) invalid() (int, any, *apiError) {
+	return 0, nil, badRequest("Invalid request method and/or path: %s %s.", r.method, r.path)
 }
 
 // checkedID is Firecracker's checked_id for path ids.

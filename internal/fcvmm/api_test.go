@@ -32,12 +32,12 @@ func newTestVMM(t *testing.T) *testVMM {
 		t.Fatal(err)
 	}
 	tv.v = newVMM("test-vm", lg)
-	tv.v.exit = func(code int) { t.Errorf("the VMM wanted to exit %d", code) }
+	tv.v.sup.exit = func(code int) { t.Errorf("the VMM wanted to exit %d", code) }
 	l, err := listenAPI(tv.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tv.v.apiLn = l
+	tv.v.sup.apiLn = l
 	srv := &http.Server{Handler: tv.v}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })

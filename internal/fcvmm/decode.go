@@ -172,3 +172,20 @@ func validationMessage(err error) string {
 	}
 	return err.Error()
 }
+
+// validateModel runs a model's swagger validation; optional names fields
+// Firecracker v1.14.1 no longer requires although the SDK's v1.0.0 schema
+// does.
+func validateModel(m validatable, optional ...string) *apiError {
+	err := m.Validate(strfmt.Default)
+	if err == nil {
+		return nil
+	}
+	msg := validationMessage(err)
+	for _, o := range optional {
+		if msg == "missing field `"+o+"`" {
+			return nil
+		}
+	}
+	return deserializeError(msg)
+}

@@ -153,6 +153,36 @@ func fzCheckResponse(t *testing.T, what string, rec *httptest.ResponseRecorder) 
 	}
 }
 
+// fzSeeds are FuzzAPI's seed scripts.
+var fzSeeds = []string{
+	"GET /\nGET /version\nGET /vm/config\nGET /machine-config",
+	`PUT /machine-config {"vcpu_count":2,"mem_size_mib":256,"smt":false}` + "\n" + `PATCH /machine-config {"mem_size_mib":512,"huge_pages":"2M"}` + "\nGET /machine-config",
+	`PUT /boot-source {"kernel_image_path":"vmlinux","boot_args":"console=ttyS0 reboot=k panic=1"}` + "\n" +
+		`PUT /drives/rootfs {"drive_id":"rootfs","path_on_host":"rootfs","is_root_device":true,"is_read_only":false}` + "\n" +
+		`PUT /drives/data {"drive_id":"data","path_on_host":"data","is_root_device":false,"is_read_only":true}` + "\n" +
+		`PUT /network-interfaces/eth0 {"iface_id":"eth0","host_dev_name":"fztap0","guest_mac":"06:00:ac:1e:00:02"}` + "\n" +
+		`PUT /vsock {"guest_cid":3,"uds_path":"v.sock"}` + "\n" +
+		`PUT /logger {"log_path":"fc.log","level":"Debug","show_level":true,"show_log_origin":true}` + "\n" +
+		`PUT /metrics {"metrics_path":"metrics.json"}` + "\n" +
+		`PUT /entropy {}` + "\n" + `PUT /serial {"serial_out_path":"serial.log"}` + "\nGET /vm/config\n" +
+		`PUT /actions {"action_type":"InstanceStart"}`,
+	`PUT /drives/rootfs {"drive_id":"rootfs","path_on_host":"rootfs","is_root_device":true}` + "\nBOOT\n" +
+		`PUT /drives/evil {"drive_id":"evil","path_on_host":"data","is_root_device":false,"is_read_only":false}` + "\n" +
+		`PATCH /drives/rootfs {"drive_id":"rootfs","path_on_host":"data"}` + "\n" +
+		`PATCH /drives/rootfs {"drive_id":"rootfs","rate_limiter":{"bandwidth":{"size":1,"refill_time":100}}}` + "\n" +
+		`PUT /boot-source {"kernel_image_path":"data"}` + "\n" + `PUT /actions {"action_type":"FlushMetrics"}` + "\n" +
+		`PUT /actions {"action_type":"SendCtrlAltDel"}` + "\n" + `PATCH /vm {"state":"Paused"}` + "\n" +
+		`PUT /machine-config {"vcpu_count":1,"mem_size_mib":128}` + "\n" + `PUT /network-interfaces/eth1 {"iface_id":"eth1","host_dev_name":"fztap1"}`,
+	`PUT /drives/a {"drive_id":"b","path_on_host":"rootfs","is_root_device":false}` + "\n" + `PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true,"unknown":1}` + "\n" +
+		`PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true}` + "\n" + `PUT /drives/b {"drive_id":"b","path_on_host":"rootfs","is_root_device":true}`,
+	`PUT /machine-config {"vcpu_count":3,"mem_size_mib":1,"smt":true}` + "\n" + `PUT /machine-config {"vcpu_count":"x"}` + "\n" + `PUT /machine-config null` + "\n" + `GET / {"body":1}` + "\n" + `PUT /machine-config ` + strings.Repeat(" ", fzMaxBody),
+	`PUT /logger {"level":"loud"}` + "\n" + `PUT /vsock {"guest_cid":2,"uds_path":"v.sock","vsock_id":"x"}` + "\n" + `PUT /mmds/config {}` + "\n" + `DELETE /drives/a` + "\n" + `PUT /snapshot/load {}`,
+	`PUT /snapshot/load {"snapshot_path":"data","mem_backend":{"backend_path":"data","backend_type":"File"},"resume_vm":true}`,
+	`PUT /logger {"level":"info"}` + "\n" + `PUT /snapshot/load {"snapshot_path":"nope","mem_file_path":"data"}`,
+	`PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true}` + "\n" + `PUT /snapshot/load {"snapshot_path":"data","mem_file_path":"data"}`,
+	"BOOT\n" + `PUT /snapshot/create {"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Diff"}`,
+}
+
 // FuzzAPI feeds banger-vmm's API handler a script: one request per line,
 // "METHOD /path body", and "BOOT" to mark the microVM started (as
 // InstanceStart would, without QEMU). It never panics. Every answer is a
@@ -166,34 +196,7 @@ func fzCheckResponse(t *testing.T, what string, rec *httptest.ResponseRecorder) 
 // (Firecracker's post-boot rules; a PUT /drives after boot would attach a
 // host file to a running guest).
 func FuzzAPI(f *testing.F) {
-	for _, s := range []string{
-		"GET /\nGET /version\nGET /vm/config\nGET /machine-config",
-		`PUT /machine-config {"vcpu_count":2,"mem_size_mib":256,"smt":false}` + "\n" + `PATCH /machine-config {"mem_size_mib":512,"huge_pages":"2M"}` + "\nGET /machine-config",
-		`PUT /boot-source {"kernel_image_path":"vmlinux","boot_args":"console=ttyS0 reboot=k panic=1"}` + "\n" +
-			`PUT /drives/rootfs {"drive_id":"rootfs","path_on_host":"rootfs","is_root_device":true,"is_read_only":false}` + "\n" +
-			`PUT /drives/data {"drive_id":"data","path_on_host":"data","is_root_device":false,"is_read_only":true}` + "\n" +
-			`PUT /network-interfaces/eth0 {"iface_id":"eth0","host_dev_name":"fztap0","guest_mac":"06:00:ac:1e:00:02"}` + "\n" +
-			`PUT /vsock {"guest_cid":3,"uds_path":"v.sock"}` + "\n" +
-			`PUT /logger {"log_path":"fc.log","level":"Debug","show_level":true,"show_log_origin":true}` + "\n" +
-			`PUT /metrics {"metrics_path":"metrics.json"}` + "\n" +
-			`PUT /entropy {}` + "\n" + `PUT /serial {"serial_out_path":"serial.log"}` + "\nGET /vm/config\n" +
-			`PUT /actions {"action_type":"InstanceStart"}`,
-		`PUT /drives/rootfs {"drive_id":"rootfs","path_on_host":"rootfs","is_root_device":true}` + "\nBOOT\n" +
-			`PUT /drives/evil {"drive_id":"evil","path_on_host":"data","is_root_device":false,"is_read_only":false}` + "\n" +
-			`PATCH /drives/rootfs {"drive_id":"rootfs","path_on_host":"data"}` + "\n" +
-			`PATCH /drives/rootfs {"drive_id":"rootfs","rate_limiter":{"bandwidth":{"size":1,"refill_time":100}}}` + "\n" +
-			`PUT /boot-source {"kernel_image_path":"data"}` + "\n" + `PUT /actions {"action_type":"FlushMetrics"}` + "\n" +
-			`PUT /actions {"action_type":"SendCtrlAltDel"}` + "\n" + `PATCH /vm {"state":"Paused"}` + "\n" +
-			`PUT /machine-config {"vcpu_count":1,"mem_size_mib":128}` + "\n" + `PUT /network-interfaces/eth1 {"iface_id":"eth1","host_dev_name":"fztap1"}`,
-		`PUT /drives/a {"drive_id":"b","path_on_host":"rootfs","is_root_device":false}` + "\n" + `PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true,"unknown":1}` + "\n" +
-			`PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true}` + "\n" + `PUT /drives/b {"drive_id":"b","path_on_host":"rootfs","is_root_device":true}`,
-		`PUT /machine-config {"vcpu_count":3,"mem_size_mib":1,"smt":true}` + "\n" + `PUT /machine-config {"vcpu_count":"x"}` + "\n" + `PUT /machine-config null` + "\n" + `GET / {"body":1}` + "\n" + `PUT /machine-config ` + strings.Repeat(" ", fzMaxBody),
-		`PUT /logger {"level":"loud"}` + "\n" + `PUT /vsock {"guest_cid":2,"uds_path":"v.sock","vsock_id":"x"}` + "\n" + `PUT /mmds/config {}` + "\n" + `DELETE /drives/a` + "\n" + `PUT /snapshot/load {}`,
-		`PUT /snapshot/load {"snapshot_path":"data","mem_backend":{"backend_path":"data","backend_type":"File"},"resume_vm":true}`,
-		`PUT /logger {"level":"info"}` + "\n" + `PUT /snapshot/load {"snapshot_path":"nope","mem_file_path":"data"}`,
-		`PUT /drives/a {"drive_id":"a","path_on_host":"rootfs","is_root_device":true}` + "\n" + `PUT /snapshot/load {"snapshot_path":"data","mem_file_path":"data"}`,
-		"BOOT\n" + `PUT /snapshot/create {"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Diff"}`,
-	} {
+	for _, s := range fzSeeds {
 		f.Add([]byte(s))
 	}
 
@@ -213,7 +216,7 @@ func FuzzAPI(f *testing.F) {
 		v := newVMM("fuzz-vm", lg)
 		v.maxBody = fzMaxBody
 		exited := false
-		v.exit = func(code int) {
+		v.sup.exit = func(code int) {
 			// Only a failed snapshot load ends the VMM (after answering), as
 			// it ends Firecracker.
 			if !v.fatal || code != exitGeneric {
@@ -221,7 +224,7 @@ func FuzzAPI(f *testing.F) {
 			}
 			exited = true
 		}
-		v.stdoutFd = -1
+		v.sup.stdoutFd = -1
 		namespaced := fzRun(func() {})
 		defer fzRun(func() { fzRelease(v) })
 		if !namespaced {

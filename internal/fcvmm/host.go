@@ -43,23 +43,6 @@ func hostFacts() hostInfo {
 	return hostVal
 }
 
-// kvmUsable reports whether /dev/kvm can run a stock guest kernel: it must
-// open read-write and answer KVM_GET_API_VERSION with 12, and it must not be
-// the PVM flavour (/sys/module/kvm_pvm), which only runs PVM guest kernels.
-func kvmUsable() bool {
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
-		return false
-	}
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	const kvmGetAPIVersion = 0xAE00
-	v, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmGetAPIVersion, 0)
-	return errno == 0 && v == 12
-}
-
 var tscDetected = regexp.MustCompile(`tsc: (?:Refined TSC clocksource calibration: |Detected )([0-9]+)\.([0-9]{1,3})[0-9]* MHz`)
 
 // hostTSCkHz returns the host's TSC rate in kHz: the kernel's last

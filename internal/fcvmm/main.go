@@ -97,7 +97,7 @@ func Main(argv []string) int {
 	signal.Notify(sigs, append(append([]os.Signal{}, fatalSignals...), hupSignal)...)
 	go func() {
 		s := <-sigs
-		v.onSignal(s.(syscall.Signal))
+		v.sup.onSignal(s.(syscall.Signal))
 	}()
 
 	if !a.has("no-api") {
@@ -107,12 +107,10 @@ func Main(argv []string) int {
 			log.errorf("fc_main", "Failed to open the API socket at: %s. Check that it is not already used.", path)
 			return exitGeneric
 		}
-		v.procMu.Lock()
-		v.apiLn = l
-		v.procMu.Unlock()
+		v.sup.setAPIListener(l)
 		go func() {
 			srv := &http.Server{Handler: v}
-			if err := srv.Serve(l); err != nil && !v.isStopping() {
+			if err := srv.Serve(l); err != nil && !v.sup.isStopping() {
 				log.errorf("fc_api", "API server stopped: %v", err)
 			}
 		}()
@@ -129,6 +127,19 @@ func Main(argv []string) int {
 		}
 	}
 	select {} // the VMM ends by os.Exit (guest reboot, SIGHUP) or a signal
+}
+
+// ensureStdio points closed descriptors 0-2 at /dev/null, so no socket or
+// file the VMM opens later becomes "stdout" by accident.
+func ensureStdio() {
+	for fd := 0; fd <= 2; fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == unix.EBADF {
+			if n, err := unix.Open("/dev/null", unix.O_RDWR, 0); err == nil && n != fd {
+				unix.Dup2(n, fd)
+				unix.Close(n)
+			}
+		}
+	}
 }
 
 // listenAPI binds the API socket. It fails if anything exists at path, and

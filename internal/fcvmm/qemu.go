@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,7 +99,7 @@ func qemuBinary() string {
 }
 
 // useKVM decides the accelerator: BANGER_VMM_ACCEL=kvm|tcg forces it,
-// otherwise KVM when /dev/kvm can run a stock kernel.
+// otherwise KVM when /dev/kvm can run a stock kernel (kvmprobe.Usable).
 func useKVM() bool {
 	switch strings.ToLower(os.Getenv("BANGER_VMM_ACCEL")) {
 	case "kvm":
@@ -106,7 +107,7 @@ func useKVM() bool {
 	case "tcg":
 		return false
 	}
-	return kvmUsable()
+	return kvmprobe.Usable()
 }
 
 // planLaunch builds QEMU's argv. serial and qmp are QEMU's ends of the two

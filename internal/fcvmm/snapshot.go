@@ -136,8 +136,8 @@ func (v *vmm) putSnapshotCreate(body []byte) (int, any, *apiError) {
 	if !v.paused {
 		return 0, nil, createError("Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
 	}
-	q := v.currentProc()
-	if q == nil || v.poweredOff.Load() {
+	q := v.sup.currentProc()
+	if q == nil || v.sup.poweredOff.Load() {
 		return 0, nil, createError("Cannot save the microVM state: the guest is not running")
 	}
 	rec, err := v.record(q)
@@ -490,7 +490,7 @@ func (v *vmm) releaseConfig() {
 // incoming loads r's memory file into a QEMU launched with -S -incoming
 // defer, after checking it is the QEMU that made the snapshot, and resumes
 // the guest if asked.
-func (v *vmm) incoming(qp *qemuProc, r *restoreSpec) error {
+func (s *supervisor) incoming(qp *qemuProc, r *restoreSpec) error {
 	ver, err := qemuVersion(qp.qmp)
 	if err != nil {
 		return err
@@ -507,6 +507,6 @@ func (v *vmm) incoming(qp *qemuProc, r *restoreSpec) error {
 			return fmt.Errorf("Failed to resume microVM: %v", err)
 		}
 	}
-	v.log.info("fc_vmm", "Snapshot loaded in %v (resumed: %v)", time.Since(start).Round(time.Millisecond), r.resume)
+	s.log.info("fc_vmm", "Snapshot loaded in %v (resumed: %v)", time.Since(start).Round(time.Millisecond), r.resume)
 	return nil
 }

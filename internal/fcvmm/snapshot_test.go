@@ -70,7 +70,7 @@ func TestSnapshotLoadFailureEndsVMM(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			tv := newTestVMM(t)
 			exited := make(chan int, 1)
-			tv.v.exit = func(c int) { exited <- c }
+			tv.v.sup.exit = func(c int) { exited <- c }
 			expect(t, c.name, tv.do(t, "PUT", "/snapshot/load", `{"snapshot_path":"`+c.snap+`","mem_backend":{"backend_path":"`+mem+`","backend_type":"File"}}`), 400, c.want)
 			select {
 			case code := <-exited:
@@ -94,7 +94,7 @@ func TestSnapshotLoadFailureEndsVMM(t *testing.T) {
 func TestAPIStopsAtSignal(t *testing.T) {
 	tv := newTestVMM(t)
 	expect(t, "GET / before", tv.do(t, "GET", "/", ""), 200, "")
-	tv.v.beginStop()
+	tv.v.sup.beginStop()
 	for _, r := range []struct{ method, path, body string }{{"GET", "/", ""}, {"PATCH", "/vm", `{"state":"Paused"}`}} {
 		req, _ := http.NewRequest(r.method, "http://localhost"+r.path, strings.NewReader(r.body))
 		if resp, err := tv.client.Do(req); err == nil {

@@ -105,52 +105,30 @@ func takeLock(path string) (*os.File, error) {
 	return f, nil
 }
 
-func handle[Req any](f func(context.Context, Req) error) rpcserver.Handler {
-	return func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var r Req
-		if err := rpcserver.Decode(raw, &r); err != nil {
-			return nil, err
-		}
-		return struct{}{}, f(ctx, r)
-	}
-}
-
-func handleR[Req, Resp any](f func(context.Context, Req) (Resp, error)) rpcserver.Handler {
-	return func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var r Req
-		if err := rpcserver.Decode(raw, &r); err != nil {
-			return nil, err
-		}
-		return f(ctx, r)
-	}
-}
-
 func (h *Helper) register() {
 	o := h.ops
 	h.srv.Handle(api.MethodPing, func(ctx context.Context, _ json.RawMessage) (any, error) {
 		return api.PingResult{Build: buildinfo.Get(), PID: os.Getpid()}, nil
 	})
-	h.srv.Handle(privops.MethodEnsureBridge, handle(o.EnsureBridge))
-	h.srv.Handle(privops.MethodCreateTap, handle(o.CreateTap))
-	h.srv.Handle(privops.MethodDeleteTap, handle(o.DeleteTap))
-	h.srv.Handle(privops.MethodListTaps, func(ctx context.Context, _ json.RawMessage) (any, error) {
-		return o.ListTaps(ctx)
-	})
-	h.srv.Handle(privops.MethodAddNAT, handle(o.AddNAT))
-	h.srv.Handle(privops.MethodRemoveNAT, handle(o.RemoveNAT))
-	h.srv.Handle(privops.MethodPrepareDisks, handleR(o.PrepareDisks))
-	h.srv.Handle(privops.MethodRemoveVMDir, handle(o.RemoveVMDir))
-	h.srv.Handle(privops.MethodLaunchVMM, handleR(o.LaunchVMM))
-	h.srv.Handle(privops.MethodKillVMM, handle(o.KillVMM))
-	h.srv.Handle(privops.MethodStatusVMM, handleR(o.StatusVMM))
-	h.srv.Handle(privops.MethodCtrlAltDel, handle(o.CtrlAltDel))
-	h.srv.Handle(privops.MethodClearRuntime, handle(o.ClearRuntime))
-	h.srv.Handle(privops.MethodReleaseRootfs, handle(o.ReleaseRootfs))
-	h.srv.Handle(privops.MethodPauseVMM, handle(o.PauseVMM))
-	h.srv.Handle(privops.MethodSnapshotVMM, handleR(o.SnapshotVMM))
-	h.srv.Handle(privops.MethodRestoreVMM, handleR(o.RestoreVMM))
-	h.srv.Handle(privops.MethodDiscardSnapshot, handle(o.DiscardSnapshot))
-	h.srv.Handle(privops.MethodForkDisks, handleR(o.ForkDisks))
+	h.srv.Handle(privops.MethodEnsureBridge, rpcserver.TypedNoResult(o.EnsureBridge))
+	h.srv.Handle(privops.MethodCreateTap, rpcserver.TypedNoResult(o.CreateTap))
+	h.srv.Handle(privops.MethodDeleteTap, rpcserver.TypedNoResult(o.DeleteTap))
+	h.srv.Handle(privops.MethodListTaps, rpcserver.NoParams(o.ListTaps))
+	h.srv.Handle(privops.MethodAddNAT, rpcserver.TypedNoResult(o.AddNAT))
+	h.srv.Handle(privops.MethodRemoveNAT, rpcserver.TypedNoResult(o.RemoveNAT))
+	h.srv.Handle(privops.MethodPrepareDisks, rpcserver.Typed(o.PrepareDisks))
+	h.srv.Handle(privops.MethodRemoveVMDir, rpcserver.TypedNoResult(o.RemoveVMDir))
+	h.srv.Handle(privops.MethodLaunchVMM, rpcserver.Typed(o.LaunchVMM))
+	h.srv.Handle(privops.MethodKillVMM, rpcserver.TypedNoResult(o.KillVMM))
+	h.srv.Handle(privops.MethodStatusVMM, rpcserver.Typed(o.StatusVMM))
+	h.srv.Handle(privops.MethodCtrlAltDel, rpcserver.TypedNoResult(o.CtrlAltDel))
+	h.srv.Handle(privops.MethodClearRuntime, rpcserver.TypedNoResult(o.ClearRuntime))
+	h.srv.Handle(privops.MethodReleaseRootfs, rpcserver.TypedNoResult(o.ReleaseRootfs))
+	h.srv.Handle(privops.MethodPauseVMM, rpcserver.TypedNoResult(o.PauseVMM))
+	h.srv.Handle(privops.MethodSnapshotVMM, rpcserver.Typed(o.SnapshotVMM))
+	h.srv.Handle(privops.MethodRestoreVMM, rpcserver.Typed(o.RestoreVMM))
+	h.srv.Handle(privops.MethodDiscardSnapshot, rpcserver.TypedNoResult(o.DiscardSnapshot))
+	h.srv.Handle(privops.MethodForkDisks, rpcserver.Typed(o.ForkDisks))
 }
 
 // Methods lists the served methods.

@@ -15,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
@@ -59,7 +60,7 @@ func createService(t *testing.T, ops func(vmsDir string) *fakeOps) (*Service, *f
 	f := ops(layout.VMsDir())
 	s := &Service{
 		Store: st, Images: &image.Service{Store: st, Layout: layout, Log: discard}, Ops: f, Layout: layout, Config: cfg, Log: discard,
-		VMM:     VMMChoice{Binary: f.vmmBin, Kind: "banger-vmm"},
+		VMM:     hostcheck.VMMChoice{Binary: f.vmmBin, Kind: "banger-vmm"},
 		KeyPath: filepath.Join(layout.SSHDir(), "id_ed25519"), KnownHosts: guestssh.OpenKnownHosts(filepath.Join(layout.SSHDir(), "known_hosts")),
 	}
 	if err := s.Init(); err != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestssh"
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/privops"
@@ -45,7 +46,7 @@ type Service struct {
 	Layout paths.Layout
 	Config config.Config
 	Log    *slog.Logger
-	VMM    VMMChoice
+	VMM    hostcheck.VMMChoice
 
 	// GuestDNS are the nameservers passed to guests (banger.dns=).
 	GuestDNS []string
@@ -68,13 +69,6 @@ type Service struct {
 
 	tmplMu   sync.Mutex
 	building map[string]chan struct{} // warm-start templates being built, by key (warm.go)
-}
-
-// VMMChoice is the VMM binary in use and what it is.
-type VMMChoice struct {
-	Binary string
-	Kind   string // "firecracker" or "banger-vmm"
-	Reason string
 }
 
 // Init loads banger's SSH key (creating it if needed).
