@@ -17,7 +17,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
-	"github.com/banger-dev/banger/internal/updater"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // doctor checks what banger needs on this host and says how to fix what is
@@ -120,8 +120,8 @@ func (d *Daemon) doctor(ctx context.Context, _ json.RawMessage) (any, error) {
 	}
 
 	// Updates.
-	if updater.IsPlaceholderKey(updater.ReleasePublicKey()) {
-		add("release key", api.DoctorWarn, "this build has the placeholder release key: 'banger update' refuses real releases", "build from a tree with the real internal/updater/release-key.pub (docs/release-process.md)")
+	if trust.IsPlaceholderKey(trust.ReleasePublicKey()) {
+		add("release key", api.DoctorWarn, "this build has the placeholder release key: 'banger update' refuses real releases", "build from a tree with the real internal/trust/release-key.pub (docs/release-process.md)")
 	} else {
 		add("release key", api.DoctorOK, "embedded", "")
 	}
