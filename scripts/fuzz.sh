@@ -25,7 +25,7 @@ TARGETS=(
 	"./internal/updater FuzzParseSHA256Sums"
 	"./internal/updater FuzzParseManifest"
 	"./internal/updater FuzzVerifyManifest"
-	"./internal/updater FuzzVerifyBlobSignature"
+	"./internal/trust FuzzVerifyBlobSignature"
 	"./internal/updater FuzzStage"
 	"./internal/catalog FuzzParseIndex"
 	"./internal/catalog FuzzPullBundle"

@@ -19,6 +19,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/catalog"
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // bombSize is what each bomb would unpack to: 128 MiB of 0x01 bytes (not
@@ -159,7 +160,7 @@ func TestZstdBombRefusedWhileStreaming(t *testing.T) {
 				}
 			}
 			close(release)
-			if !errors.Is(err, catalog.ErrTooLarge) || !strings.Contains(err.Error(), "unpacks to more than") || !strings.Contains(err.Error(), "refusing") {
+			if !errors.Is(err, trust.ErrTooLarge) || !strings.Contains(err.Error(), "unpacks to more than") || !strings.Contains(err.Error(), "refusing") {
 				t.Fatalf("err = %v, want an ErrTooLarge refusal", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
@@ -204,7 +205,7 @@ func TestSignedUnpackedSize(t *testing.T) {
 	small.MaxUnpackedBytes = res.Entry.UnpackedSize - 1
 	dest := t.TempDir()
 	before := srv.bundleRequests()
-	if _, err := small.Pull(context.Background(), ix, ix.Entries[0], dest, nil); !errors.Is(err, catalog.ErrTooLarge) || !strings.Contains(err.Error(), "max_unpacked_size") {
+	if _, err := small.Pull(context.Background(), ix, ix.Entries[0], dest, nil); !errors.Is(err, trust.ErrTooLarge) || !strings.Contains(err.Error(), "max_unpacked_size") {
 		t.Fatalf("signed size over the cap: err = %v", err)
 	}
 	if srv.bundleRequests() != before {

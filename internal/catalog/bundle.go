@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // maxManifestBytes caps manifest.json inside a bundle.
@@ -238,7 +240,7 @@ func (c *cappedReader) Read(p []byte) (int, error) {
 }
 
 func (c *cappedReader) overflow() error {
-	return refuse(ErrTooLarge, "unpacks to more than %d bytes, %s", c.max, c.desc)
+	return trust.Refuse(trust.ErrTooLarge, "unpacks to more than %d bytes, %s", c.max, c.desc)
 }
 
 // extractBundle reads a zstd-compressed bundle tar of kind from r and writes
@@ -290,7 +292,7 @@ func (x *extractor) run(tr *tar.Reader) error {
 			break
 		}
 		if errors.Is(err, tar.ErrInsecurePath) && hdr != nil {
-			return refuse(ErrBadBundle, "entry %q is not a clean relative path", hdr.Name)
+			return trust.Refuse(ErrBadBundle, "entry %q is not a clean relative path", hdr.Name)
 		}
 		if err != nil {
 			return streamErr(err)
@@ -301,7 +303,7 @@ func (x *extractor) run(tr *tar.Reader) error {
 	}
 	for _, r := range requiredEntries(x.kind) {
 		if !x.seen[r] {
-			return refuse(ErrBadBundle, "%s bundle without %s", aKind(x.kind), r)
+			return trust.Refuse(ErrBadBundle, "%s bundle without %s", aKind(x.kind), r)
 		}
 	}
 	return nil
@@ -310,17 +312,16 @@ func (x *extractor) run(tr *tar.Reader) error {
 // streamErr classifies an error from the zstd/tar stream: a context or
 // network error is passed through, anything else is a corrupt bundle.
 func streamErr(err error) error {
-	var ce *classErr
-	if errors.As(err, &ce) || errors.Is(err, errBody) {
+	if trust.IsRefusal(err) || errors.Is(err, errBody) {
 		return err
 	}
-	return refuseWrap(ErrBadBundle, err, "corrupt bundle stream: %v", err)
+	return trust.RefuseWrap(ErrBadBundle, err, "corrupt bundle stream: %v", err)
 }
 
 func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 	x.entries++
 	if x.entries > x.lim.maxEntries {
-		return refuse(ErrBadBundle, "bundle has more than %d entries", x.lim.maxEntries)
+		return trust.Refuse(ErrBadBundle, "bundle has more than %d entries", x.lim.maxEntries)
 	}
 	name := hdr.Name
 	var t entryType
@@ -333,17 +334,17 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 	case tar.TypeSymlink:
 		t = typeSymlink
 	default:
-		return refuse(ErrBadBundle, "entry %q has tar type %q; a bundle holds only directories, regular files and symlinks", hdr.Name, hdr.Typeflag)
+		return trust.Refuse(ErrBadBundle, "entry %q has tar type %q; a bundle holds only directories, regular files and symlinks", hdr.Name, hdr.Typeflag)
 	}
 	if err := checkEntry(x.kind, name, t, hdr.Linkname); err != nil {
-		return refuse(ErrBadBundle, "%v", err)
+		return trust.Refuse(ErrBadBundle, "%v", err)
 	}
 	if x.seen[name] {
-		return refuse(ErrBadBundle, "entry %q appears twice", name)
+		return trust.Refuse(ErrBadBundle, "entry %q appears twice", name)
 	}
 	x.seen[name] = true
 	if parent := path.Dir(name); parent != "." && !x.dirs[parent] {
-		return refuse(ErrBadBundle, "entry %q comes before (or without) its directory %q", name, parent)
+		return trust.Refuse(ErrBadBundle, "entry %q comes before (or without) its directory %q", name, parent)
 	}
 	dst := filepath.Join(x.dir, filepath.FromSlash(name))
 	switch t {
@@ -357,12 +358,12 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 		return os.Symlink(hdr.Linkname, dst)
 	}
 	if hdr.Size < 0 {
-		return refuse(ErrBadBundle, "entry %q has a negative size", name)
+		return trust.Refuse(ErrBadBundle, "entry %q has a negative size", name)
 	}
 	// Refused before the file exists: its header says it takes the bundle
 	// past the cap, counted in stream bytes or in (sparse-expanded) file bytes.
 	if hdr.Size > x.lim.maxUnpacked-x.unpacked || hdr.Size > x.lim.maxUnpacked-x.stream.n {
-		return refuse(ErrTooLarge, "entry %q (%d bytes) unpacks to more than %d bytes, %s", name, hdr.Size, x.lim.maxUnpacked, x.lim.capDesc)
+		return trust.Refuse(trust.ErrTooLarge, "entry %q (%d bytes) unpacks to more than %d bytes, %s", name, hdr.Size, x.lim.maxUnpacked, x.lim.capDesc)
 	}
 	x.unpacked += hdr.Size
 	if name == ManifestFile {
@@ -373,7 +374,7 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 
 func (x *extractor) writeManifest(tr *tar.Reader, hdr *tar.Header, dst string) error {
 	if hdr.Size > maxManifestBytes {
-		return refuse(ErrBadBundle, "%s is %d bytes; the cap is %d", ManifestFile, hdr.Size, maxManifestBytes)
+		return trust.Refuse(ErrBadBundle, "%s is %d bytes; the cap is %d", ManifestFile, hdr.Size, maxManifestBytes)
 	}
 	data, err := io.ReadAll(tr)
 	if err != nil {
@@ -381,10 +382,10 @@ func (x *extractor) writeManifest(tr *tar.Reader, hdr *tar.Header, dst string) e
 	}
 	var m Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
-		return refuse(ErrBadBundle, "%s is not valid JSON: %v", ManifestFile, err)
+		return trust.Refuse(ErrBadBundle, "%s is not valid JSON: %v", ManifestFile, err)
 	}
 	if err := m.validate(x.kind); err != nil {
-		return refuse(ErrBadBundle, "%v", err)
+		return trust.Refuse(ErrBadBundle, "%v", err)
 	}
 	x.manifest = &m
 	return x.writeFile(bytes.NewReader(data), int64(len(data)), dst)

@@ -31,6 +31,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/banger-dev/banger/internal/catalog"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 const fzSum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -383,7 +384,7 @@ func FuzzPullBundle(f *testing.F) {
 			if ctx.Err() != nil {
 				t.Fatalf("Pull took over 30 s: %v", err)
 			}
-			if !errors.Is(err, catalog.ErrBadBundle) && !errors.Is(err, catalog.ErrTooLarge) {
+			if !errors.Is(err, catalog.ErrBadBundle) && !errors.Is(err, trust.ErrTooLarge) {
 				t.Fatalf("refusal is neither ErrBadBundle nor ErrTooLarge: %v", err)
 			}
 			fzOneLine(t, err)

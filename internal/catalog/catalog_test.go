@@ -19,7 +19,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/catalog"
 	"github.com/banger-dev/banger/internal/release"
-	"github.com/banger-dev/banger/internal/updater"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 func randomBytes(t *testing.T, n int) []byte {
@@ -269,7 +269,7 @@ func TestIndexSignatureRefusals(t *testing.T) {
 	good := signIndex(t, out, k, catalog.KindImage, e)
 	sigPath := filepath.Join(out, catalog.IndexFile+catalog.SignatureSuffix)
 	goodSig, _ := os.ReadFile(sigPath)
-	placeholder := []byte(updater.PlaceholderMarker + "\n")
+	placeholder := []byte(trust.PlaceholderMarker + "\n")
 
 	for _, tc := range []struct {
 		name   string

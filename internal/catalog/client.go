@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
 
-	"github.com/banger-dev/banger/internal/updater"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // Defaults for the Client's zero values.
@@ -46,7 +46,7 @@ type Client struct {
 	// may take long: see StallTimeout).
 	HTTP *http.Client
 	// PublicKeyPEM is the key the index signature must verify with; nil
-	// means updater.ReleasePublicKey().
+	// means trust.ReleasePublicKey().
 	PublicKeyPEM []byte
 	// KeyName names PublicKeyPEM in errors; "" means "the release key".
 	KeyName string
@@ -90,7 +90,7 @@ func (c *Client) publicKey() []byte {
 	if c.PublicKeyPEM != nil {
 		return c.PublicKeyPEM
 	}
-	return updater.ReleasePublicKey()
+	return trust.ReleasePublicKey()
 }
 
 func orDefault[T int | int64 | time.Duration](v, def T) T {
@@ -114,41 +114,41 @@ func (c *Client) FetchIndex(ctx context.Context, indexURL string, kind Kind) (*I
 	data, err := c.getSmall(ctx, indexURL, orDefault(c.MaxIndexBytes, DefaultMaxIndexBytes))
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrTooLarge) || ctx.Err() != nil:
-		return nil, refuseWrap(ErrFetch, err, "catalog %s: %v", indexURL, err)
+	case errors.Is(err, trust.ErrTooLarge) || ctx.Err() != nil:
+		return nil, trust.RefuseWrap(ErrFetch, err, "catalog %s: %v", indexURL, err)
 	default:
-		return nil, refuseWrap(ErrFetch, err, "catalog %s: %v; check the catalog URL and your network", indexURL, err)
+		return nil, trust.RefuseWrap(ErrFetch, err, "catalog %s: %v; check the catalog URL and your network", indexURL, err)
 	}
 	sigURL := indexURL + SignatureSuffix
 	sig, err := c.getSmall(ctx, sigURL, maxSignatureBytes)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
-		return nil, refuseWrap(ErrFetch, err, "catalog %s: %v", indexURL, err)
+		return nil, trust.RefuseWrap(ErrFetch, err, "catalog %s: %v", indexURL, err)
 	default:
-		return nil, refuseWrap(ErrSignature, err, "catalog %s: no signature at %s (%v); a catalog must publish one next to its index; refusing", indexURL, sigURL, err)
+		return nil, trust.RefuseWrap(ErrSignature, err, "catalog %s: no signature at %s (%v); a catalog must publish one next to its index; refusing", indexURL, sigURL, err)
 	}
-	if err := updater.VerifyBlobSignatureWithKey(data, sig, c.publicKey()); err != nil {
+	if err := trust.Verify(data, sig, c.publicKey(), "blob"); err != nil {
 		switch {
-		case errors.Is(err, updater.ErrBadSignature):
+		case errors.Is(err, trust.ErrBadSignature):
 			keyName := c.KeyName
 			if keyName == "" {
 				keyName = "the release key"
 			}
-			return nil, refuse(ErrSignature, "catalog %s: signature does not verify with %s (a mirror may have altered it); refusing", indexURL, keyName)
-		case errors.Is(err, updater.ErrMalformedSignature):
-			return nil, refuse(ErrSignature, "catalog %s: %s; refusing", indexURL,
+			return nil, trust.Refuse(ErrSignature, "catalog %s: signature does not verify with %s (a mirror may have altered it); refusing", indexURL, keyName)
+		case errors.Is(err, trust.ErrMalformedSignature):
+			return nil, trust.Refuse(ErrSignature, "catalog %s: %s; refusing", indexURL,
 				strings.Replace(err.Error(), "signature over blob", "signature "+sigURL, 1))
 		default:
-			return nil, refuse(ErrSignature, "catalog %s: cannot verify the index: %v", indexURL, err)
+			return nil, trust.Refuse(ErrSignature, "catalog %s: cannot verify the index: %v", indexURL, err)
 		}
 	}
 	ix, err := ParseIndex(data)
 	if err != nil {
-		return nil, refuseWrap(ErrBadIndex, err, "catalog %s: %v; refusing", indexURL, err)
+		return nil, trust.RefuseWrap(ErrBadIndex, err, "catalog %s: %v; refusing", indexURL, err)
 	}
 	if ix.Kind != kind {
-		return nil, refuse(ErrBadIndex, "catalog %s is %s catalog, not %s catalog; check the URL", indexURL, aKind(ix.Kind), aKind(kind))
+		return nil, trust.Refuse(ErrBadIndex, "catalog %s is %s catalog, not %s catalog; check the URL", indexURL, aKind(ix.Kind), aKind(kind))
 	}
 	ix.URL = indexURL
 	return ix, nil
@@ -162,41 +162,36 @@ func (c *Client) getSmall(ctx context.Context, u string, max int64) ([]byte, err
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > max {
-		return nil, refuse(ErrTooLarge, "%s is %d bytes, more than the cap of %d; refusing", path.Base(resp.Request.URL.Path), resp.ContentLength, max)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, refuseWrap(ErrFetch, ctx.Err(), "%v", ctx.Err())
-		}
-		return nil, refuseWrap(ErrFetch, err, "read: %v", err)
-	}
-	if int64(len(data)) > max {
-		return nil, refuse(ErrTooLarge, "%s is more than the cap of %d bytes; refusing", path.Base(resp.Request.URL.Path), max)
+	data, err := trust.ReadCapped(resp, max)
+	var big *trust.TooLargeError
+	switch {
+	case errors.As(err, &big) && big.Size >= 0:
+		return nil, trust.Refuse(trust.ErrTooLarge, "%s is %d bytes, more than the cap of %d; refusing", path.Base(resp.Request.URL.Path), big.Size, max)
+	case errors.As(err, &big):
+		return nil, trust.Refuse(trust.ErrTooLarge, "%s is more than the cap of %d bytes; refusing", path.Base(resp.Request.URL.Path), max)
+	case err != nil && ctx.Err() != nil:
+		return nil, trust.RefuseWrap(ErrFetch, ctx.Err(), "%v", ctx.Err())
+	case err != nil:
+		return nil, trust.RefuseWrap(ErrFetch, err, "read: %v", err)
 	}
 	return data, nil
 }
 
-// get GETs u and returns the response if it is a 200. Its errors do not
-// name u (the http package's own may): callers do.
+// get GETs u (trust.Get) and returns the response if it is a 200. Its
+// errors do not name u (the http package's own may): callers do.
 func (c *Client) get(ctx context.Context, u string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, refuseWrap(ErrFetch, err, "%v", err)
+	resp, err := trust.Get(ctx, c.http(), u, "")
+	var status *trust.StatusError
+	switch {
+	case err == nil:
+		return resp, nil
+	case errors.As(err, &status):
+		return nil, trust.Refuse(ErrFetch, "HTTP %s", status.Status)
+	case ctx.Err() != nil:
+		return nil, trust.RefuseWrap(ErrFetch, ctx.Err(), "%v", ctx.Err())
+	default:
+		return nil, trust.RefuseWrap(ErrFetch, err, "%v", err)
 	}
-	resp, err := c.http().Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, refuseWrap(ErrFetch, ctx.Err(), "%v", ctx.Err())
-		}
-		return nil, refuseWrap(ErrFetch, err, "%v", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, refuse(ErrFetch, "HTTP %s", resp.Status)
-	}
-	return resp, nil
 }
 
 // aKind is "an image" or "a kernel".
@@ -223,7 +218,7 @@ func aKind(k Kind) string {
 // joins another's download gets no progress calls.
 func (c *Client) Pull(ctx context.Context, ix *Index, e Entry, destRoot string, progress func(done, total int64)) (string, error) {
 	if ix == nil || !slices.Contains(ix.Entries, e) {
-		return "", refuse(ErrNotFound, "catalog entry %q is not in the index it is pulled from; fetch the index again", e.Name)
+		return "", trust.Refuse(ErrNotFound, "catalog entry %q is not in the index it is pulled from; fetch the index again", e.Name)
 	}
 	if err := ValidateEntry(ix.Kind, e); err != nil {
 		return "", err
@@ -353,7 +348,7 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 	lim.capDesc = "the cap for a bundle whose index gives no unpacked_size (catalog.max_unpacked_size)"
 	if e.UnpackedSize > 0 {
 		if e.UnpackedSize > lim.maxUnpacked {
-			return refuse(ErrTooLarge, "%s unpacks to %d bytes, more than the cap of %d (catalog.max_unpacked_size); refusing", what, e.UnpackedSize, lim.maxUnpacked)
+			return trust.Refuse(trust.ErrTooLarge, "%s unpacks to %d bytes, more than the cap of %d (catalog.max_unpacked_size); refusing", what, e.UnpackedSize, lim.maxUnpacked)
 		}
 		lim.maxUnpacked = e.UnpackedSize
 		lim.capDesc = "the size the signed index gives (a mirror may have altered the bundle)"
@@ -362,15 +357,15 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 	switch {
 	case err == nil:
 	case stalled.Load():
-		return refuse(ErrFetch, "%s: no response for %v; retry later", what, stall)
+		return trust.Refuse(ErrFetch, "%s: no response for %v; retry later", what, stall)
 	case ctx.Err() != nil:
-		return refuseWrap(ErrFetch, err, "%s: %v", what, err)
+		return trust.RefuseWrap(ErrFetch, err, "%s: %v", what, err)
 	default:
-		return refuseWrap(ErrFetch, err, "%s: %v; the catalog may have changed since its index was fetched: fetch it again (or check your network)", what, err)
+		return trust.RefuseWrap(ErrFetch, err, "%s: %v; the catalog may have changed since its index was fetched: fetch it again (or check your network)", what, err)
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > e.Size {
-		return refuse(ErrHashMismatch, "%s: the server sends %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, resp.ContentLength, e.Size)
+		return trust.Refuse(ErrHashMismatch, "%s: the server sends %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, resp.ContentLength, e.Size)
 	}
 	body := &bodyReader{r: resp.Body, max: e.Size, h: sha256.New(), progress: progress, total: e.Size,
 		touch: func() { timer.Reset(stall) }}
@@ -389,13 +384,13 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 		// A network, size-cap or cancellation error explains any later one.
 		switch {
 		case stalled.Load():
-			return refuse(ErrFetch, "%s: no data for %v; retry later", what, stall)
+			return trust.Refuse(ErrFetch, "%s: no data for %v; retry later", what, stall)
 		case ctx.Err() != nil:
-			return refuseWrap(ErrFetch, ctx.Err(), "%s: %v", what, ctx.Err())
-		case errors.Is(berr, ErrTooLarge):
-			return refuse(ErrHashMismatch, "%s: more than the %d bytes the signed index lists (a mirror may have altered it); refusing", what, e.Size)
+			return trust.RefuseWrap(ErrFetch, ctx.Err(), "%s: %v", what, ctx.Err())
+		case errors.Is(berr, trust.ErrTooLarge):
+			return trust.Refuse(ErrHashMismatch, "%s: more than the %d bytes the signed index lists (a mirror may have altered it); refusing", what, e.Size)
 		}
-		return refuseWrap(ErrFetch, berr, "%s: read: %v; retry, or check your network", what, berr)
+		return trust.RefuseWrap(ErrFetch, berr, "%s: read: %v; retry, or check your network", what, berr)
 	}
 	if xerr != nil {
 		// A bundle that fails to unpack may simply have been altered: if
@@ -403,31 +398,31 @@ func (c *Client) download(ctx context.Context, kind Kind, e Entry, bundleURL, st
 		if errors.Is(xerr, ErrBadBundle) {
 			if _, derr := io.Copy(io.Discard, body); derr == nil {
 				if body.n != e.Size {
-					return refuse(ErrHashMismatch, "%s: %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, body.n, e.Size)
+					return trust.Refuse(ErrHashMismatch, "%s: %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, body.n, e.Size)
 				}
 				if body.sum() != e.SHA256 {
-					return refuse(ErrHashMismatch, "%s: sha256 %s, the signed index says %s (a mirror may have altered it); refusing", what, body.sum(), e.SHA256)
+					return trust.Refuse(ErrHashMismatch, "%s: sha256 %s, the signed index says %s (a mirror may have altered it); refusing", what, body.sum(), e.SHA256)
 				}
 			}
-			return refuseWrap(ErrBadBundle, xerr, "%s: %v; refusing", what, xerr)
+			return trust.RefuseWrap(ErrBadBundle, xerr, "%s: %v; refusing", what, xerr)
 		}
-		if errors.Is(xerr, ErrTooLarge) {
+		if errors.Is(xerr, trust.ErrTooLarge) {
 			// Refused mid-stream: nothing more is read (or written).
-			return refuseWrap(ErrTooLarge, xerr, "%s: %v; refusing", what, xerr)
+			return trust.RefuseWrap(trust.ErrTooLarge, xerr, "%s: %v; refusing", what, xerr)
 		}
 		return fmt.Errorf("%s: unpack: %w", what, xerr)
 	}
 	if body.n != e.Size {
-		return refuse(ErrHashMismatch, "%s: %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, body.n, e.Size)
+		return trust.Refuse(ErrHashMismatch, "%s: %d bytes, the signed index says %d (a mirror may have altered it); refusing", what, body.n, e.Size)
 	}
 	if got := body.sum(); got != e.SHA256 {
-		return refuse(ErrHashMismatch, "%s: sha256 %s, the signed index says %s (a mirror may have altered it); refusing", what, got, e.SHA256)
+		return trust.Refuse(ErrHashMismatch, "%s: sha256 %s, the signed index says %s (a mirror may have altered it); refusing", what, got, e.SHA256)
 	}
 	if e.UnpackedSize > 0 && unpacked != e.UnpackedSize {
-		return refuse(ErrBadBundle, "%s: unpacks to %d bytes, the signed index says %d; the catalog is inconsistent, tell its publisher; refusing", what, unpacked, e.UnpackedSize)
+		return trust.Refuse(ErrBadBundle, "%s: unpacks to %d bytes, the signed index says %d; the catalog is inconsistent, tell its publisher; refusing", what, unpacked, e.UnpackedSize)
 	}
 	if err := man.matches(kind, e); err != nil {
-		return refuse(ErrBadBundle, "%s: %v; the catalog is inconsistent, tell its publisher; refusing", what, err)
+		return trust.Refuse(ErrBadBundle, "%s: %v; the catalog is inconsistent, tell its publisher; refusing", what, err)
 	}
 	if progress != nil {
 		progress(body.n, e.Size)
@@ -476,7 +471,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		}
 	}
 	if b.n > b.max {
-		return n, b.fail(refuse(ErrTooLarge, "more than %d bytes", b.max))
+		return n, b.fail(trust.Refuse(trust.ErrTooLarge, "more than %d bytes", b.max))
 	}
 	if err != nil && err != io.EOF {
 		return n, b.fail(err)

@@ -7,7 +7,7 @@
 //	index.json.sig             base64 of the DER ECDSA P-256 signature over index.json
 //	<sha256>.tar.zst           one bundle per entry, named by its own hash
 //
-// Trust flows from the release public key (internal/updater) alone. The
+// Trust flows from the release public key (internal/trust) alone. The
 // index signature is checked over the exact bytes of index.json before any
 // of it is parsed; every entry is then validated, and an entry pins its
 // bundle by SHA-256 and size. A bundle is streamed from the network through

@@ -1,17 +1,13 @@
 package catalog
 
-import (
-	"errors"
-	"fmt"
-)
+import "errors"
 
-// Error classes. Every refusal this package returns is one of these under
+// Error classes. Every refusal this package returns is one of these, or
+// trust.ErrTooLarge (a download or an unpacked bundle over its cap), under
 // errors.Is; its message is its own one-line text.
 var (
 	// ErrFetch: a request failed or the server did not answer 200.
 	ErrFetch = errors.New("catalog fetch failed")
-	// ErrTooLarge: a download exceeded its size cap.
-	ErrTooLarge = errors.New("download exceeds its size cap")
 	// ErrSignature: the index signature is missing, malformed, or does not
 	// verify with the release key (or the key is not configured).
 	ErrSignature = errors.New("catalog index signature refused")
@@ -25,25 +21,3 @@ var (
 	// lacks a required one, or its manifest does not match its entry.
 	ErrBadBundle = errors.New("unsafe or malformed bundle")
 )
-
-type classErr struct {
-	class error
-	msg   string
-	cause error
-}
-
-func (e *classErr) Error() string { return e.msg }
-
-func (e *classErr) Is(target error) bool { return target == e.class }
-
-func (e *classErr) Unwrap() error { return e.cause }
-
-func refuse(class error, format string, args ...any) error {
-	return &classErr{class: class, msg: fmt.Sprintf(format, args...)}
-}
-
-// refuseWrap is refuse that also keeps cause for errors.Is/As (e.g. a
-// context error).
-func refuseWrap(class, cause error, format string, args ...any) error {
-	return &classErr{class: class, msg: fmt.Sprintf(format, args...), cause: cause}
-}

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // Kind is what a catalog (and each of its bundles) holds.
@@ -150,19 +152,19 @@ func ParseIndex(data []byte) (*Index, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	var ix Index
 	if err := dec.Decode(&ix); err != nil {
-		return nil, refuse(ErrBadIndex, "index is not valid JSON: %v", err)
+		return nil, trust.Refuse(ErrBadIndex, "index is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, refuse(ErrBadIndex, "index has data after its JSON object")
+		return nil, trust.Refuse(ErrBadIndex, "index has data after its JSON object")
 	}
 	if ix.Schema != SchemaVersion {
-		return nil, refuse(ErrBadIndex, "index schema %d is not one this banger reads (want %d; upgrade banger)", ix.Schema, SchemaVersion)
+		return nil, trust.Refuse(ErrBadIndex, "index schema %d is not one this banger reads (want %d; upgrade banger)", ix.Schema, SchemaVersion)
 	}
 	if !ix.Kind.Valid() {
-		return nil, refuse(ErrBadIndex, "index kind %q is not %q or %q", ix.Kind, KindImage, KindKernel)
+		return nil, trust.Refuse(ErrBadIndex, "index kind %q is not %q or %q", ix.Kind, KindImage, KindKernel)
 	}
 	if _, err := time.Parse(time.RFC3339, ix.GeneratedAt); err != nil {
-		return nil, refuse(ErrBadIndex, "index generated_at %q is not RFC 3339", ix.GeneratedAt)
+		return nil, trust.Refuse(ErrBadIndex, "index generated_at %q is not RFC 3339", ix.GeneratedAt)
 	}
 	if ix.Entries == nil {
 		ix.Entries = []Entry{}
@@ -170,10 +172,10 @@ func ParseIndex(data []byte) (*Index, error) {
 	seen := map[string]bool{}
 	for i, e := range ix.Entries {
 		if err := ValidateEntry(ix.Kind, e); err != nil {
-			return nil, refuse(ErrBadIndex, "index entry %d: %v", i, err)
+			return nil, trust.Refuse(ErrBadIndex, "index entry %d: %v", i, err)
 		}
 		if seen[e.Name] {
-			return nil, refuse(ErrBadIndex, "index lists %q twice", e.Name)
+			return nil, trust.Refuse(ErrBadIndex, "index lists %q twice", e.Name)
 		}
 		seen[e.Name] = true
 	}
@@ -183,10 +185,10 @@ func ParseIndex(data []byte) (*Index, error) {
 // ValidateEntry checks one entry of a kind catalog.
 func ValidateEntry(kind Kind, e Entry) error {
 	if !SafeEntryName(e.Name) {
-		return refuse(ErrBadIndex, "name %q is not a safe entry name (^[a-z0-9][a-z0-9._-]{0,62}$)", e.Name)
+		return trust.Refuse(ErrBadIndex, "name %q is not a safe entry name (^[a-z0-9][a-z0-9._-]{0,62}$)", e.Name)
 	}
 	bad := func(format string, args ...any) error {
-		return refuse(ErrBadIndex, "%q: %s", e.Name, fmt.Sprintf(format, args...))
+		return trust.Refuse(ErrBadIndex, "%q: %s", e.Name, fmt.Sprintf(format, args...))
 	}
 	if !versionRE.MatchString(e.Version) {
 		return bad("version %q is not a plain version string", e.Version)
@@ -274,7 +276,7 @@ func parseBundleRef(bundle string) (*url.URL, error) {
 func parseIndexURL(indexURL string) (*url.URL, error) {
 	u, err := url.Parse(indexURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Fragment != "" {
-		return nil, refuse(ErrFetch, "catalog %q: not an absolute http(s) URL (without credentials or fragment); check the catalog URL", indexURL)
+		return nil, trust.Refuse(ErrFetch, "catalog %q: not an absolute http(s) URL (without credentials or fragment); check the catalog URL", indexURL)
 	}
 	return u, nil
 }
@@ -288,11 +290,11 @@ func ResolveBundleURL(indexURL, bundle string) (string, error) {
 	}
 	ref, err := parseBundleRef(bundle)
 	if err != nil {
-		return "", refuse(ErrBadIndex, "catalog %s: %v", indexURL, err)
+		return "", trust.Refuse(ErrBadIndex, "catalog %s: %v", indexURL, err)
 	}
 	u := base.ResolveReference(ref)
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return "", refuse(ErrBadIndex, "catalog %s: bundle URL %q does not resolve to an http(s) URL", indexURL, bundle)
+		return "", trust.Refuse(ErrBadIndex, "catalog %s: bundle URL %q does not resolve to an http(s) URL", indexURL, bundle)
 	}
 	return u.String(), nil
 }

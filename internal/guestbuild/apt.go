@@ -9,13 +9,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/atomicfile"
+	"github.com/banger-dev/banger/internal/digest"
 )
 
 // kernelMetaPackage names the Debian kernel flavour the guest boots.
@@ -223,7 +225,7 @@ func localKernelDeb(ctx context.Context, dpkgDeb, path string) (kver string, p d
 			f[k] = strings.TrimSpace(v)
 		}
 	}
-	sum, err := fileSHA256(abs)
+	sum, err := digest.FileSHA256(abs)
 	if err != nil {
 		return "", p, err
 	}
@@ -233,19 +235,6 @@ func localKernelDeb(ctx context.Context, dpkgDeb, path string) (kver string, p d
 	}
 	kver = strings.TrimSuffix(strings.TrimPrefix(p.Name, "linux-image-"), "-unsigned")
 	return kver, p, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // aptStateFingerprint summarises (name, size, mtime) of the apt package lists
@@ -301,7 +290,7 @@ func makePlan(ctx context.Context, root, kernelDeb string) (plan, error) {
 		}
 		memo = resolveMemo{Fingerprint: fp, KernelVer: pl.KernelVersion, Kernel: pl.Kernel, Userland: pl.Userland}
 		if b, err := json.MarshalIndent(memo, "", "  "); err == nil {
-			_ = writeFileAtomic(memoPath, b, 0o644) // only an optimisation
+			_ = atomicfile.WriteFile(memoPath, b, 0o644) // only an optimisation
 		}
 	}
 	deb := kernelDeb
@@ -333,29 +322,6 @@ func safeName(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-// writeFileAtomic writes via a temporary file and a rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // debFileName is the name a pinned package has in the .deb cache.
@@ -407,7 +373,7 @@ func fetchDebs(ctx context.Context, t hostTools, debDir, tmpDir string, pkgs []d
 		if len(ms) != 1 {
 			return nil, fmt.Errorf("apt-get download %s=%s left %d files", p.Name, p.Version, len(ms))
 		}
-		sum, err := fileSHA256(ms[0])
+		sum, err := digest.FileSHA256(ms[0])
 		if err != nil {
 			return nil, err
 		}
@@ -428,7 +394,7 @@ func fetchDebs(ctx context.Context, t hostTools, debDir, tmpDir string, pkgs []d
 
 // debCached reports whether the cache holds p with the right checksum.
 func debCached(debDir string, p debPkg) bool {
-	sum, err := fileSHA256(filepath.Join(debDir, debFileName(p)))
+	sum, err := digest.FileSHA256(filepath.Join(debDir, debFileName(p)))
 	return err == nil && sum == p.SHA256
 }
 

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/digest"
 )
 
 // TestGuestScriptsParse checks the embedded shell scripts with `sh -n`
@@ -134,7 +136,7 @@ func TestMakePlanKernelDebEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, _ := fileSHA256(deb)
+	sum, _ := digest.FileSHA256(deb)
 	if pl.KernelVersion != "6.1.0-77-cloud-amd64" || pl.Kernel.File != deb || pl.Kernel.SHA256 != sum ||
 		!strings.HasPrefix(pl.Key, "6.1.0-77-cloud-amd64-") {
 		t.Errorf("plan = %+v", pl)

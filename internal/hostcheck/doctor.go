@@ -14,7 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
-	"github.com/banger-dev/banger/internal/updater"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // Helper is the root helper as the doctor sees it.
@@ -173,8 +173,8 @@ func (r *report) reflink(in DoctorInput) {
 
 // releaseKey: this build can verify real releases.
 func (r *report) releaseKey() {
-	if updater.IsPlaceholderKey(updater.ReleasePublicKey()) {
-		r.add("release key", api.DoctorWarn, "this build has the placeholder release key: 'banger update' refuses real releases", "build from a tree with the real internal/updater/release-key.pub (docs/release-process.md)")
+	if trust.IsPlaceholderKey(trust.ReleasePublicKey()) {
+		r.add("release key", api.DoctorWarn, "this build has the placeholder release key: 'banger update' refuses real releases", "build from a tree with the real internal/trust/release-key.pub (docs/release-process.md)")
 	} else {
 		r.add("release key", api.DoctorOK, "embedded", "")
 	}

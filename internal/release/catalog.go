@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/catalog"
-	"github.com/banger-dev/banger/internal/updater"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // CatalogOptions describe one bundle to publish into a catalog directory.
@@ -37,7 +37,7 @@ type CatalogOptions struct {
 	Description   string
 	Distro        string // default "debian"
 	// VerifyPub, if set, is a public key file the new index signature must
-	// also verify with (e.g. internal/updater/release-key.pub).
+	// also verify with (e.g. internal/trust/release-key.pub).
 	VerifyPub string
 	// CreatedAt stamps the manifest and generated_at. Zero:
 	// SOURCE_DATE_EPOCH if set, else now.
@@ -78,11 +78,11 @@ func PublishCatalog(ctx context.Context, o CatalogOptions) (*CatalogResult, erro
 		}
 		// Fail before writing anything; the signature is checked with it
 		// again below.
-		want, err := updater.KeyFingerprint(verifyPEM)
+		want, err := trust.KeyFingerprint(verifyPEM)
 		if err != nil {
 			return nil, fmt.Errorf("--verify-pub %s: %w", o.VerifyPub, err)
 		}
-		if have, _ := updater.KeyFingerprint(pubPEM); have != want {
+		if have, _ := trust.KeyFingerprint(pubPEM); have != want {
 			return nil, fmt.Errorf("--key %s (%s) does not verify with --verify-pub %s (%s): signing key and published key differ", o.KeyPath, have, o.VerifyPub, want)
 		}
 	}
@@ -280,7 +280,7 @@ func (o *CatalogOptions) loadIndex(indexPath, sigPath string, pubPEM []byte) (*c
 	case err != nil:
 		return nil, err
 	default:
-		if err := updater.VerifyBlobSignatureWithKey(data, sig, pubPEM); err != nil {
+		if err := trust.Verify(data, sig, pubPEM, "blob"); err != nil {
 			return nil, fmt.Errorf("%s does not verify with --key (edited by hand, or signed with another key): %v; remove %s to adopt it as it is", indexPath, err, sigPath)
 		}
 	}

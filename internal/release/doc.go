@@ -14,10 +14,10 @@
 // SHA256SUMS`), and the DER output is base64-encoded: byte for byte the
 // format `cosign sign-blob` writes, so either tool can sign and either
 // `cosign verify-blob` or `openssl dgst -verify` can check. Before a release
-// is moved into place its signature is verified with internal/updater's own
-// verifier against the public half of the signing key (and, with VerifyPub,
-// against a given public key), so a release this package writes is one the
-// updater accepts. Binaries are built with `go build -trimpath` and the
+// is moved into place its signature is verified with the updater's own
+// verifier (internal/trust) against the public half of the signing key (and,
+// with VerifyPub, against a given public key), so a release this package
+// writes is one the updater accepts. Binaries are built with `go build -trimpath` and the
 // build tuple stamped into internal/buildinfo, or taken prebuilt.
 //
 // Everything is written under a temporary directory and renamed into place;

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-dev/banger/internal/atomicfile"
+	"github.com/banger-dev/banger/internal/trust"
 	"github.com/banger-dev/banger/internal/updater"
 )
 
@@ -66,7 +68,7 @@ func loadManifestAt(path, sigPath string, pubPEM []byte) (*updater.Manifest, err
 	case err != nil:
 		return nil, fmt.Errorf("manifest signature: %w", err)
 	default:
-		if err := updater.VerifyBlobSignatureWithKey(data, sig, pubPEM); err != nil {
+		if err := trust.Verify(data, sig, pubPEM, "blob"); err != nil {
 			return nil, fmt.Errorf("%s does not verify with the signing key (%v): it was changed by hand or signed with another key; remove %s to adopt it deliberately", path, err, sigPath)
 		}
 	}
@@ -126,10 +128,10 @@ func (s *manifestSigner) sign(ctx context.Context, work string, man *updater.Man
 // signature that do not match and refuses; it never sees an unsigned change.
 func placeManifest(outDir string, data, sig []byte) (manPath, sigPath string, err error) {
 	manPath, sigPath = filepath.Join(outDir, ManifestFile), filepath.Join(outDir, ManifestSigFile)
-	if err := writeFileAtomic(manPath, data, 0o644); err != nil {
+	if err := atomicfile.WriteFile(manPath, data, 0o644); err != nil {
 		return "", "", err
 	}
-	if err := writeFileAtomic(sigPath, sig, 0o644); err != nil {
+	if err := atomicfile.WriteFile(sigPath, sig, 0o644); err != nil {
 		return "", "", err
 	}
 	return manPath, sigPath, nil

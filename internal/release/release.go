@@ -5,9 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-dev/banger/internal/digest"
+	"github.com/banger-dev/banger/internal/trust"
 	"github.com/banger-dev/banger/internal/updater"
 )
 
@@ -55,7 +55,7 @@ type Options struct {
 	// RepoDir is the module root to build in; default ".".
 	RepoDir string
 	// VerifyPub, if set, is a public key file the new signature must also
-	// verify with (e.g. internal/updater/release-key.pub), so a release signed
+	// verify with (e.g. internal/trust/release-key.pub), so a release signed
 	// with the wrong key is never published.
 	VerifyPub string
 	// BuiltAt stamps buildinfo.BuiltAt, published_at and the tar mtimes.
@@ -130,7 +130,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := writeTarball(tarPath, o.Binaries, bins, o.BuiltAt); err != nil {
 		return nil, fmt.Errorf("write %s: %w", tarName, err)
 	}
-	sum, err := fileSHA256(tarPath)
+	sum, err := digest.FileSHA256(tarPath)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func Keygen(ctx context.Context, openssl, keyPath, pubPath string) (string, erro
 	}
 	pub, err := run(ctx, "", nil, openssl, "ec", "-in", keyPath, "-pubout")
 	if err == nil {
-		_, err = updater.KeyFingerprint(pub)
+		_, err = trust.KeyFingerprint(pub)
 	}
 	if err == nil {
 		err = writeNew(pubPath, pub, 0o644)
@@ -311,11 +311,11 @@ func signFile(ctx context.Context, openssl, keyPath, what, path string, blob, pu
 		return nil, fmt.Errorf("sign %s: %w", what, err)
 	}
 	sig := []byte(base64.StdEncoding.EncodeToString(der))
-	if err := updater.VerifyBlobSignatureWithKey(blob, sig, pubPEM); err != nil {
+	if err := trust.Verify(blob, sig, pubPEM, "blob"); err != nil {
 		return nil, fmt.Errorf("self-check of the new signature: %w", err)
 	}
 	if verifyPEM != nil {
-		if err := updater.VerifyBlobSignatureWithKey(blob, sig, verifyPEM); err != nil {
+		if err := trust.Verify(blob, sig, verifyPEM, "blob"); err != nil {
 			return nil, fmt.Errorf("signature does not verify with %s (signing key and published key differ?): %w", verifyName, err)
 		}
 	}
@@ -348,7 +348,7 @@ func signingPublicKey(ctx context.Context, openssl, keyPath string) ([]byte, err
 	if err != nil {
 		return nil, fmt.Errorf("--key %s: %w", keyPath, err)
 	}
-	if _, err := updater.KeyFingerprint(pub); err != nil {
+	if _, err := trust.KeyFingerprint(pub); err != nil {
 		return nil, fmt.Errorf("--key %s: %w", keyPath, err)
 	}
 	return pub, nil
@@ -484,19 +484,6 @@ func addFile(tw *tar.Writer, name, path string, mtime time.Time) error {
 	return nil
 }
 
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 func joinURL(base string, elem ...string) string {
 	s, err := url.JoinPath(base, elem...)
 	if err != nil { // base was validated in defaults
@@ -520,30 +507,6 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // run executes name with args (never a shell) in dir, with extra environment

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/release"
+	"github.com/banger-dev/banger/internal/trust"
 	"github.com/banger-dev/banger/internal/updater"
 )
 
@@ -162,7 +163,7 @@ func TestReleaseEndToEnd(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "other.pem")
 	mainOK(t, "--keygen", other)
 	otherPub, _ := os.ReadFile(release.PubPathFor(other))
-	if _, err := updater.FetchAndVerifySignatureWithKey(ctx, hc, rel, otherPub); !errors.Is(err, updater.ErrBadSignature) {
+	if _, err := updater.FetchAndVerifySignatureWithKey(ctx, hc, rel, otherPub); !errors.Is(err, trust.ErrBadSignature) {
 		t.Fatalf("other key: err = %v", err)
 	}
 	var stderr bytes.Buffer
@@ -195,14 +196,14 @@ func TestBuildRefusesWrongVerifyPub(t *testing.T) {
 	}
 	// The placeholder as --verify-pub is refused too.
 	placeholder := filepath.Join(t.TempDir(), "placeholder.pub")
-	if err := os.WriteFile(placeholder, []byte(updater.PlaceholderMarker+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(placeholder, []byte(trust.PlaceholderMarker+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	_, err = release.Build(context.Background(), release.Options{
 		Version: "v0.1.0", OutDir: tree, KeyPath: key, BaseURL: "http://127.0.0.1:1/",
 		Prebuilt: fakeBinaries(t, "v0.1.0"), VerifyPub: placeholder,
 	})
-	if !errors.Is(err, updater.ErrKeyNotConfigured) {
+	if !errors.Is(err, trust.ErrKeyNotConfigured) {
 		t.Fatalf("placeholder --verify-pub: err = %v", err)
 	}
 }
@@ -230,7 +231,7 @@ func TestKeygenRefusesOverwriteAndBadKeys(t *testing.T) {
 	_, err := release.Build(context.Background(), release.Options{
 		Version: "v0.1.0", OutDir: t.TempDir(), KeyPath: p384, BaseURL: "http://127.0.0.1:1/", Prebuilt: fakeBinaries(t, "v0.1.0"),
 	})
-	if !errors.Is(err, updater.ErrBadKey) {
+	if !errors.Is(err, trust.ErrBadKey) {
 		t.Fatalf("P-384 key: err = %v", err)
 	}
 }

@@ -100,7 +100,7 @@ func (b backup) restore() error {
 		}
 		return err
 	}
-	return WriteFileAtomic(b.path, b.data, b.mode)
+	return writeFile(b.path, b.data, b.mode)
 }
 
 // Install installs the binaries found in srcDir for owner and starts both
@@ -143,7 +143,7 @@ func (in *Installer) Install(ctx context.Context, owner, srcDir string) (err err
 			return err
 		}
 		backups = append(backups, b)
-		return WriteFileAtomic(path, data, mode)
+		return writeFile(path, data, mode)
 	}
 	for _, b := range Binaries {
 		data, err := os.ReadFile(filepath.Join(srcDir, b.Name))

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/banger-dev/banger/internal/atomicfile"
 )
 
 // Meta is /etc/banger/install.toml.
@@ -55,38 +57,14 @@ func WriteMeta(path string, m Meta) error {
 		return err
 	}
 	b = append([]byte("# Written by 'banger system install' and 'banger update'. Do not edit.\n"), b...)
-	return WriteFileAtomic(path, b, 0o644)
+	return writeFile(path, b, 0o644)
 }
 
-// WriteFileAtomic writes data to a temp file beside path and renames it
-// into place, so readers see the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+// writeFile replaces path with data atomically (atomicfile.WriteFile),
+// creating its directory first if need be.
+func writeFile(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	f.Close()
-	if err := os.Chmod(tmp, mode); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.WriteFile(path, data, mode)
 }

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // DownloadVerified streams rawURL into destPath+".partial" while hashing it,
@@ -41,7 +43,7 @@ func DownloadVerified(ctx context.Context, hc *http.Client, rawURL, wantSHA256, 
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > MaxTarballBytes {
-		return refuse(ErrTooLarge, "tarball at %s is %d bytes, over the %d-byte cap", rawURL, resp.ContentLength, MaxTarballBytes)
+		return trust.Refuse(trust.ErrTooLarge, "tarball at %s is %d bytes, over the %d-byte cap", rawURL, resp.ContentLength, MaxTarballBytes)
 	}
 
 	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL|nofollow, 0o600)
@@ -63,13 +65,13 @@ func DownloadVerified(ctx context.Context, hc *http.Client, rawURL, wantSHA256, 
 		return fmt.Errorf("download %s: %w", rawURL, err)
 	}
 	if n > MaxTarballBytes {
-		return refuse(ErrTooLarge, "tarball at %s is over the %d-byte cap", rawURL, MaxTarballBytes)
+		return trust.Refuse(trust.ErrTooLarge, "tarball at %s is over the %d-byte cap", rawURL, MaxTarballBytes)
 	}
 	if resp.ContentLength >= 0 && n != resp.ContentLength {
 		return fmt.Errorf("download %s: got %d bytes, Content-Length said %d", rawURL, n, resp.ContentLength)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return refuse(ErrHashMismatch, "%s does not match the signed SHA256SUMS: sha256 %s, want %s", rawURL, got, want)
+		return trust.Refuse(ErrHashMismatch, "%s does not match the signed SHA256SUMS: sha256 %s, want %s", rawURL, got, want)
 	}
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("download %s: sync: %w", rawURL, err)

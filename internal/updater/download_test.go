@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 func sha(b []byte) string {
@@ -93,7 +95,7 @@ func TestDownloadVerifiedOverCap(t *testing.T) {
 		srv := payloadServer(t, body, chunked)
 		dest := filepath.Join(t.TempDir(), "t.tar.gz")
 		err := DownloadVerified(context.Background(), srv.Client(), srv.URL+"/f", sha(body), dest)
-		if !errors.Is(err, ErrTooLarge) {
+		if !errors.Is(err, trust.ErrTooLarge) {
 			t.Fatalf("chunked=%v: err = %v, want ErrTooLarge", chunked, err)
 		}
 		assertAbsent(t, dest, dest+".partial")

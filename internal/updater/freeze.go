@@ -7,8 +7,6 @@ package updater
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/atomicfile"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // Error classes of the signed-manifest checks (see also errors.go).
@@ -67,27 +68,7 @@ func (c ManifestCheck) key() []byte {
 	if c.PublicKeyPEM != nil {
 		return c.PublicKeyPEM
 	}
-	return releaseKeyPEM
-}
-
-// PublicKey returns the release public key `banger update` uses: the PEM in
-// file, or, for "", the embedded key. Either is refused unless it is a
-// P-256 PKIX key (the placeholder is ErrKeyNotConfigured).
-func PublicKey(file string) ([]byte, error) {
-	if file == "" {
-		if err := CheckReleaseKey(); err != nil {
-			return nil, err
-		}
-		return ReleasePublicKey(), nil
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("public key file: %w", err)
-	}
-	if _, err := parsePublicKey(b); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return trust.ReleasePublicKey()
 }
 
 // VerifyManifest authenticates and parses manifest.json. In order:
@@ -102,7 +83,7 @@ func PublicKey(file string) ([]byte, error) {
 //  5. with c.Record, it becomes the newest accepted manifest.
 func VerifyManifest(data, sig []byte, c ManifestCheck) (*Manifest, error) {
 	key := c.key()
-	if err := verifyBlob(data, sig, key, "the release manifest"); err != nil {
+	if err := trust.Verify(data, sig, key, "the release manifest"); err != nil {
 		return nil, err
 	}
 	m, err := ParseManifest(data)
@@ -110,7 +91,7 @@ func VerifyManifest(data, sig []byte, c ManifestCheck) (*Manifest, error) {
 		return nil, err
 	}
 	if m.Issued == "" || m.Expires == "" {
-		return nil, refuse(ErrBadManifest, "signed release manifest has no issued or expires time; refusing (publish it with a current banger-release)")
+		return nil, trust.Refuse(ErrBadManifest, "signed release manifest has no issued or expires time; refusing (publish it with a current banger-release)")
 	}
 	issued, _ := time.Parse(time.RFC3339, m.Issued) // ParseManifest checked both
 	expires, _ := time.Parse(time.RFC3339, m.Expires)
@@ -119,13 +100,13 @@ func VerifyManifest(data, sig []byte, c ManifestCheck) (*Manifest, error) {
 		now = time.Now()
 	}
 	if !now.Before(expires) {
-		return nil, refuse(ErrManifestExpired, "release manifest expired at %s (issued %s; now %s): the server is serving a stale copy; refusing",
+		return nil, trust.Refuse(ErrManifestExpired, "release manifest expired at %s (issued %s; now %s): the server is serving a stale copy; refusing",
 			m.Expires, m.Issued, now.UTC().Format(time.RFC3339))
 	}
 	if c.StatePath == "" {
 		return m, nil
 	}
-	fp, err := KeyFingerprint(key)
+	fp, err := trust.KeyFingerprint(key)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +130,7 @@ func VerifyManifest(data, sig []byte, c ManifestCheck) (*Manifest, error) {
 // updateState is the update state file.
 type updateState struct {
 	Schema int `json:"schema"`
-	// Keys maps a release key's fingerprint (KeyFingerprint) to the newest
+	// Keys maps a release key's fingerprint (trust.KeyFingerprint) to the newest
 	// manifest accepted with it.
 	Keys map[string]seenManifest `json:"keys"`
 }
@@ -167,7 +148,7 @@ func (s seenManifest) admit(m *Manifest, issued time.Time) (seenManifest, error)
 	if s.Issued != "" {
 		prev, _ := time.Parse(time.RFC3339, s.Issued) // loadState checked it
 		if issued.Before(prev) {
-			return s, refuse(ErrManifestReplay, "release manifest issued %s is older than one this host already accepted (issued %s): a mirror may be replaying an old manifest; refusing",
+			return s, trust.Refuse(ErrManifestReplay, "release manifest issued %s is older than one this host already accepted (issued %s): a mirror may be replaying an old manifest; refusing",
 				m.Issued, s.Issued)
 		}
 		if !issued.After(prev) {
@@ -180,7 +161,7 @@ func (s seenManifest) admit(m *Manifest, issued time.Time) (seenManifest, error)
 			if shown == "" {
 				shown = "none"
 			}
-			return s, refuse(ErrManifestReplay, "release manifest's newest release (%s) is older than %s, which this host has already seen: a mirror may be hiding newer releases; refusing",
+			return s, trust.Refuse(ErrManifestReplay, "release manifest's newest release (%s) is older than %s, which this host has already seen: a mirror may be hiding newer releases; refusing",
 				shown, s.HighestVersion)
 		} else if c == 0 {
 			next.HighestVersion = s.HighestVersion
@@ -207,22 +188,22 @@ func loadState(path string) (*updateState, error) {
 		return st, nil
 	}
 	if err != nil {
-		return nil, refuse(ErrState, "update state %s: %v", path, err)
+		return nil, trust.Refuse(ErrState, "update state %s: %v", path, err)
 	}
 	defer f.Close()
 	var fst unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
-		return nil, refuse(ErrState, "update state %s: %v", path, err)
+		return nil, trust.Refuse(ErrState, "update state %s: %v", path, err)
 	}
 	if fst.Mode&unix.S_IFMT != unix.S_IFREG || !trustedOwner(fst.Uid, fst.Mode) {
-		return nil, refuse(ErrState, "update state %s is not a regular file owned by root and writable only by it; refusing to trust it (remove it to start over)", path)
+		return nil, trust.Refuse(ErrState, "update state %s is not a regular file owned by root and writable only by it; refusing to trust it (remove it to start over)", path)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxStateBytes+1))
 	if err != nil {
-		return nil, refuse(ErrState, "update state %s: %v", path, err)
+		return nil, trust.Refuse(ErrState, "update state %s: %v", path, err)
 	}
 	bad := func(why string) error {
-		return refuse(ErrState, "update state %s is corrupt (%s); remove it to start over", path, why)
+		return trust.Refuse(ErrState, "update state %s is corrupt (%s); remove it to start over", path, why)
 	}
 	if len(data) > maxStateBytes {
 		return nil, bad("too large")
@@ -252,8 +233,8 @@ func loadState(path string) (*updateState, error) {
 // saveState replaces the state file atomically. Its directory must already
 // exist, be a real directory (not a symlink) owned by root and writable by
 // no one else; the file is written through that directory's descriptor
-// (O_EXCL|O_NOFOLLOW temporary, fsync, renameat, fsync of the directory),
-// so no other user can redirect the write.
+// (atomicfile.WriteFileAt: O_EXCL|O_NOFOLLOW temporary, fsync, renameat,
+// fsync of the directory), so no other user can redirect the write.
 func saveState(path string, st *updateState) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
@@ -261,50 +242,24 @@ func saveState(path string, st *updateState) error {
 	}
 	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return refuse(ErrState, "update state directory %s: %v", dir, err)
+		return trust.Refuse(ErrState, "update state directory %s: %v", dir, err)
 	}
-	defer unix.Close(dfd)
+	d := os.NewFile(uintptr(dfd), dir)
+	defer d.Close()
 	var dst unix.Stat_t
 	if err := unix.Fstat(dfd, &dst); err != nil {
-		return refuse(ErrState, "update state directory %s: %v", dir, err)
+		return trust.Refuse(ErrState, "update state directory %s: %v", dir, err)
 	}
 	if !trustedOwner(dst.Uid, dst.Mode) {
-		return refuse(ErrState, "update state directory %s is not owned by root or is writable by others; refusing to keep update state there", dir)
+		return trust.Refuse(ErrState, "update state directory %s is not owned by root or is writable by others; refusing to keep update state there", dir)
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
 	data = append(data, '\n')
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return err
-	}
-	tmp := "." + base + ".tmp-" + hex.EncodeToString(rnd[:])
-	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return refuse(ErrState, "update state %s: %v", path, err)
-	}
-	f := os.NewFile(uintptr(fd), filepath.Join(dir, tmp))
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o644) // whatever the umask
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = unix.Renameat(dfd, tmp, dfd, base)
-	}
-	if err != nil {
-		_ = unix.Unlinkat(dfd, tmp, 0)
-		return refuse(ErrState, "update state %s: %v", path, err)
-	}
-	if err := unix.Fsync(dfd); err != nil {
-		return refuse(ErrState, "update state %s: sync directory: %v", path, err)
+	if err := atomicfile.WriteFileAt(d, base, data, 0o644); err != nil {
+		return trust.Refuse(ErrState, "update state %s: %v", path, err)
 	}
 	return nil
 }

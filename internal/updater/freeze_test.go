@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // mirror is a release mirror over real HTTP: /manifest.json and
@@ -99,9 +100,9 @@ func TestUnsignedManifestRefused(t *testing.T) {
 		t.Fatalf("undated: err = %v", err)
 	}
 	// The embedded placeholder key verifies nothing.
-	if IsPlaceholderKey(ReleasePublicKey()) {
+	if trust.IsPlaceholderKey(trust.ReleasePublicKey()) {
 		mi.serve(body, k.Sign(t, []byte(body)))
-		if _, err := mi.fetch(ManifestCheck{}); !errors.Is(err, ErrKeyNotConfigured) {
+		if _, err := mi.fetch(ManifestCheck{}); !errors.Is(err, trust.ErrKeyNotConfigured) {
 			t.Fatalf("placeholder key: err = %v", err)
 		}
 	}
@@ -120,20 +121,20 @@ func TestTamperedManifestRefused(t *testing.T) {
 	tampered := strings.Replace(body, `"latest_stable":"v1.0.0"`, `"latest_stable":"v1.1.0"`, 1)
 	mi.serve(tampered, sig)
 	_, err := mi.fetch(mc)
-	if !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "release manifest does not verify") {
+	if !errors.Is(err, trust.ErrBadSignature) || !strings.Contains(err.Error(), "release manifest does not verify") {
 		t.Fatalf("tampered: err = %v", err)
 	}
 	oneLine(t, err)
 	mi.serve(`{"schema_version":`, sig)
-	if _, err := mi.fetch(mc); !errors.Is(err, ErrBadSignature) {
+	if _, err := mi.fetch(mc); !errors.Is(err, trust.ErrBadSignature) {
 		t.Fatalf("tampered non-JSON: err = %v (the signature must be checked before parsing)", err)
 	}
 	mi.serve(body, testutil.NewOpenSSLKey(t, "prime256v1").Sign(t, []byte(body)))
-	if _, err := mi.fetch(mc); !errors.Is(err, ErrBadSignature) {
+	if _, err := mi.fetch(mc); !errors.Is(err, trust.ErrBadSignature) {
 		t.Fatalf("other key: err = %v", err)
 	}
 	mi.serve(body, []byte("not a signature"))
-	if _, err := mi.fetch(mc); !errors.Is(err, ErrMalformedSignature) {
+	if _, err := mi.fetch(mc); !errors.Is(err, trust.ErrMalformedSignature) {
 		t.Fatalf("malformed signature: err = %v", err)
 	}
 	mi.serve(body, sig)
@@ -230,7 +231,7 @@ func TestReplayedOlderManifestRefused(t *testing.T) {
 	if err := json.Unmarshal(b, &st); err != nil {
 		t.Fatal(err)
 	}
-	fp, _ := KeyFingerprint(k.PubPEM)
+	fp, _ := trust.KeyFingerprint(k.PubPEM)
 	if got := st.Keys[fp]; got.HighestVersion != "v1.2.0" || got.Issued != now.Add(time.Minute).Format(time.RFC3339) {
 		t.Fatalf("state %s", b)
 	}

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // ManifestSchemaVersion is the only manifest schema this binary reads.
@@ -76,7 +78,7 @@ func (r Release) TarballName() string { return TarballName(r.Version) }
 func (r Release) TarballSHA256(sums map[string]string) (string, error) {
 	h, ok := sums[r.TarballName()]
 	if !ok {
-		return "", refuse(ErrBadSums, "signed SHA256SUMS for %s has no entry for %s", r.Version, r.TarballName())
+		return "", trust.Refuse(ErrBadSums, "signed SHA256SUMS for %s has no entry for %s", r.Version, r.TarballName())
 	}
 	return h, nil
 }
@@ -100,9 +102,9 @@ func FetchManifest(ctx context.Context, hc *http.Client, c ManifestCheck) (*Mani
 func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string, c ManifestCheck) (*Manifest, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
-		return nil, refuse(ErrBadManifest, "manifest URL %q is not an absolute http(s) URL", rawURL)
+		return nil, trust.Refuse(ErrBadManifest, "manifest URL %q is not an absolute http(s) URL", rawURL)
 	}
-	if _, err := parsePublicKey(c.key()); err != nil {
+	if err := trust.CheckKey(c.key()); err != nil {
 		return nil, err
 	}
 	body, err := fetchCapped(ctx, hc, rawURL, MaxManifestBytes, "manifest")
@@ -114,10 +116,10 @@ func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string, c Ma
 	sigURL := su.String()
 	sig, err := fetchCapped(ctx, hc, sigURL, MaxSignatureBytes, "manifest signature")
 	if err != nil {
-		if errors.Is(err, ErrTooLarge) {
+		if errors.Is(err, trust.ErrTooLarge) {
 			return nil, err
 		}
-		return nil, refuse(ErrSignatureRequired, "release manifest %s: no signature at %s (%v); refusing an unsigned manifest", rawURL, sigURL, err)
+		return nil, trust.Refuse(ErrSignatureRequired, "release manifest %s: no signature at %s (%v); refusing an unsigned manifest", rawURL, sigURL, err)
 	}
 	m, err := VerifyManifest(body, sig, c)
 	if err != nil {
@@ -127,7 +129,7 @@ func FetchManifestFrom(ctx context.Context, hc *http.Client, rawURL string, c Ma
 		for _, r := range m.Releases {
 			for _, s := range []string{r.TarballURL, r.SHA256SumsURL, r.SignatureURL} {
 				if s != "" && !strings.HasPrefix(s, "https://") {
-					return nil, refuse(ErrBadManifest, "manifest fetched over https names a non-https URL for %s: %s", r.Version, s)
+					return nil, trust.Refuse(ErrBadManifest, "manifest fetched over https names a non-https URL for %s: %s", r.Version, s)
 				}
 			}
 		}
@@ -149,22 +151,22 @@ func ParseManifest(data []byte) (*Manifest, error) {
 		SchemaVersion *int `json:"schema_version"`
 	}
 	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, refuse(ErrBadManifest, "manifest is not valid JSON: %v", err)
+		return nil, trust.Refuse(ErrBadManifest, "manifest is not valid JSON: %v", err)
 	}
 	if probe.SchemaVersion == nil {
-		return nil, refuse(ErrBadManifest, "manifest has no schema_version")
+		return nil, trust.Refuse(ErrBadManifest, "manifest has no schema_version")
 	}
 	if *probe.SchemaVersion != ManifestSchemaVersion {
-		return nil, refuse(ErrUnknownSchema, "manifest schema_version %d is not supported (this banger reads %d); update banger by hand",
+		return nil, trust.Refuse(ErrUnknownSchema, "manifest schema_version %d is not supported (this banger reads %d); update banger by hand",
 			*probe.SchemaVersion, ManifestSchemaVersion)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	var m Manifest
 	if err := dec.Decode(&m); err != nil {
-		return nil, refuse(ErrBadManifest, "manifest is not valid JSON: %v", err)
+		return nil, trust.Refuse(ErrBadManifest, "manifest is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, refuse(ErrBadManifest, "manifest has trailing data after the JSON object")
+		return nil, trust.Refuse(ErrBadManifest, "manifest has trailing data after the JSON object")
 	}
 	var issued, expires time.Time
 	for _, f := range []struct {
@@ -176,20 +178,20 @@ func ParseManifest(data []byte) (*Manifest, error) {
 		}
 		t, err := time.Parse(time.RFC3339, f.val)
 		if err != nil {
-			return nil, refuse(ErrBadManifest, "manifest %s %.40q is not an RFC 3339 time", f.name, f.val)
+			return nil, trust.Refuse(ErrBadManifest, "manifest %s %.40q is not an RFC 3339 time", f.name, f.val)
 		}
 		*f.t = t
 	}
 	if m.Issued != "" && m.Expires != "" && !expires.After(issued) {
-		return nil, refuse(ErrBadManifest, "manifest expires (%s) is not after issued (%s)", m.Expires, m.Issued)
+		return nil, trust.Refuse(ErrBadManifest, "manifest expires (%s) is not after issued (%s)", m.Expires, m.Issued)
 	}
 	seen := map[string]bool{}
 	for i, r := range m.Releases {
 		if err := checkVersionName(r.Version); err != nil {
-			return nil, refuse(ErrBadManifest, "manifest release #%d: %v", i+1, err)
+			return nil, trust.Refuse(ErrBadManifest, "manifest release #%d: %v", i+1, err)
 		}
 		if seen[r.Version] {
-			return nil, refuse(ErrBadManifest, "manifest lists %s twice", r.Version)
+			return nil, trust.Refuse(ErrBadManifest, "manifest lists %s twice", r.Version)
 		}
 		seen[r.Version] = true
 		for _, f := range []struct{ name, val string }{
@@ -199,12 +201,12 @@ func ParseManifest(data []byte) (*Manifest, error) {
 				continue
 			}
 			if err := checkHTTPURL(f.val); err != nil {
-				return nil, refuse(ErrBadManifest, "manifest release %s: %s: %v", r.Version, f.name, err)
+				return nil, trust.Refuse(ErrBadManifest, "manifest release %s: %s: %v", r.Version, f.name, err)
 			}
 		}
 	}
 	if m.LatestStable != "" && !seen[m.LatestStable] {
-		return nil, refuse(ErrBadManifest, "manifest latest_stable %s is not among its releases", m.LatestStable)
+		return nil, trust.Refuse(ErrBadManifest, "manifest latest_stable %s is not among its releases", m.LatestStable)
 	}
 	return &m, nil
 }
@@ -241,7 +243,7 @@ func (m *Manifest) Resolve(to string) (Release, error) {
 	want := to
 	if want == "" {
 		if m.LatestStable == "" {
-			return Release{}, refuse(ErrUnknownVersion, "manifest names no latest_stable release (available: %s)", m.available())
+			return Release{}, trust.Refuse(ErrUnknownVersion, "manifest names no latest_stable release (available: %s)", m.available())
 		}
 		want = m.LatestStable
 	}
@@ -250,7 +252,7 @@ func (m *Manifest) Resolve(to string) (Release, error) {
 			return r, nil
 		}
 	}
-	return Release{}, refuse(ErrUnknownVersion, "version %s is not in the manifest (available: %s)", want, m.available())
+	return Release{}, trust.Refuse(ErrUnknownVersion, "version %s is not in the manifest (available: %s)", want, m.available())
 }
 
 func (m *Manifest) available() string {
@@ -302,35 +304,29 @@ func fetchCapped(ctx context.Context, hc *http.Client, rawURL string, limit int6
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > limit {
-		return nil, refuse(ErrTooLarge, "%s at %s is %d bytes, over the %d-byte cap", what, rawURL, resp.ContentLength, limit)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
+	body, err := trust.ReadCapped(resp, limit)
+	var big *trust.TooLargeError
+	switch {
+	case errors.As(err, &big) && big.Size >= 0:
+		return nil, trust.Refuse(trust.ErrTooLarge, "%s at %s is %d bytes, over the %d-byte cap", what, rawURL, big.Size, limit)
+	case errors.As(err, &big):
+		return nil, trust.Refuse(trust.ErrTooLarge, "%s at %s is over the %d-byte cap", what, rawURL, limit)
+	case err != nil:
 		return nil, fmt.Errorf("read %s from %s: %w", what, rawURL, err)
-	}
-	if int64(len(body)) > limit {
-		return nil, refuse(ErrTooLarge, "%s at %s is over the %d-byte cap", what, rawURL, limit)
 	}
 	return body, nil
 }
 
+// get GETs rawURL (trust.Get, as banger-updater) and returns the response if
+// it is a 200; its errors name what was fetched.
 func get(ctx context.Context, hc *http.Client, rawURL, what string) (*http.Response, error) {
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
-	if err != nil {
+	resp, err := trust.Get(ctx, hc, rawURL, "banger-updater")
+	var status *trust.StatusError
+	switch {
+	case errors.As(err, &status):
+		return nil, fmt.Errorf("fetch %s: GET %s: %s", what, rawURL, status.Status)
+	case err != nil:
 		return nil, fmt.Errorf("fetch %s: %w", what, err)
-	}
-	req.Header.Set("User-Agent", "banger-updater")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", what, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("fetch %s: GET %s: %s", what, rawURL, resp.Status)
 	}
 	return resp, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // serveSigned serves body at every path and k's signature of it at every
@@ -184,7 +185,7 @@ func TestOversizeManifestRefused(t *testing.T) {
 			}))
 			defer srv.Close()
 			_, err := FetchManifestFrom(context.Background(), srv.Client(), srv.URL, ManifestCheck{PublicKeyPEM: k.PubPEM})
-			if !errors.Is(err, ErrTooLarge) {
+			if !errors.Is(err, trust.ErrTooLarge) {
 				t.Fatalf("err = %v, want ErrTooLarge", err)
 			}
 			select {

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 const nofollow = syscall.O_NOFOLLOW
@@ -55,7 +57,7 @@ func Stage(tarballPath, stageDir string, want []string) (staged map[string]strin
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
 	if err != nil {
-		return nil, refuse(ErrUnsafeArchive, "release tarball %s is not gzip: %v", filepath.Base(tarballPath), err)
+		return nil, trust.Refuse(ErrUnsafeArchive, "release tarball %s is not gzip: %v", filepath.Base(tarballPath), err)
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
@@ -68,17 +70,17 @@ func Stage(tarballPath, stageDir string, want []string) (staged map[string]strin
 			break
 		}
 		if err != nil {
-			return nil, refuse(ErrUnsafeArchive, "release tarball is not a valid tar archive: %v", err)
+			return nil, trust.Refuse(ErrUnsafeArchive, "release tarball is not a valid tar archive: %v", err)
 		}
 		name := hdr.Name
 		if err := checkEntry(hdr, want); err != nil {
 			return nil, err
 		}
 		if _, dup := staged[name]; dup {
-			return nil, refuse(ErrUnsafeArchive, "release tarball has %q twice", name)
+			return nil, trust.Refuse(ErrUnsafeArchive, "release tarball has %q twice", name)
 		}
 		if hdr.Size < 0 || total+hdr.Size > MaxStagedBytes {
-			return nil, refuse(ErrUnsafeArchive, "release tarball unpacks to more than %d bytes", MaxStagedBytes)
+			return nil, trust.Refuse(ErrUnsafeArchive, "release tarball unpacks to more than %d bytes", MaxStagedBytes)
 		}
 		total += hdr.Size
 		dst := filepath.Join(dir, name)
@@ -89,7 +91,7 @@ func Stage(tarballPath, stageDir string, want []string) (staged map[string]strin
 	}
 	// Read the gzip stream to its end so its CRC and length are checked.
 	if _, err := io.Copy(io.Discard, io.LimitReader(zr, 1<<20)); err != nil {
-		return nil, refuse(ErrUnsafeArchive, "release tarball is corrupt: %v", err)
+		return nil, trust.Refuse(ErrUnsafeArchive, "release tarball is corrupt: %v", err)
 	}
 	var missing []string
 	for _, w := range want {
@@ -98,7 +100,7 @@ func Stage(tarballPath, stageDir string, want []string) (staged map[string]strin
 		}
 	}
 	if len(missing) > 0 {
-		return nil, refuse(ErrUnsafeArchive, "release tarball is missing %s", strings.Join(missing, ", "))
+		return nil, trust.Refuse(ErrUnsafeArchive, "release tarball is missing %s", strings.Join(missing, ", "))
 	}
 	if err := syncDir(dir); err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
@@ -132,28 +134,28 @@ func checkEntry(hdr *tar.Header, want []string) error {
 	name := hdr.Name
 	switch {
 	case strings.HasPrefix(name, "/"):
-		return refuse(ErrUnsafeArchive, "release tarball entry %q is an absolute path", name)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q is an absolute path", name)
 	case slices.Contains(strings.Split(strings.ReplaceAll(name, "\\", "/"), "/"), ".."):
-		return refuse(ErrUnsafeArchive, "release tarball entry %q escapes the archive (path traversal)", name)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q escapes the archive (path traversal)", name)
 	}
 	switch hdr.Typeflag {
 	case tar.TypeReg: // archive/tar already maps the legacy TypeRegA here
 	case tar.TypeDir:
-		return refuse(ErrUnsafeArchive, "release tarball has a directory entry %q; only regular files are allowed", name)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball has a directory entry %q; only regular files are allowed", name)
 	case tar.TypeSymlink:
-		return refuse(ErrUnsafeArchive, "release tarball entry %q is a symlink (to %q); only regular files are allowed", name, hdr.Linkname)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q is a symlink (to %q); only regular files are allowed", name, hdr.Linkname)
 	case tar.TypeLink:
-		return refuse(ErrUnsafeArchive, "release tarball entry %q is a hardlink (to %q); only regular files are allowed", name, hdr.Linkname)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q is a hardlink (to %q); only regular files are allowed", name, hdr.Linkname)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		return refuse(ErrUnsafeArchive, "release tarball entry %q is a device or fifo; only regular files are allowed", name)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q is a device or fifo; only regular files are allowed", name)
 	default:
-		return refuse(ErrUnsafeArchive, "release tarball entry %q has type %q; only regular files are allowed", name, string(hdr.Typeflag))
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q has type %q; only regular files are allowed", name, string(hdr.Typeflag))
 	}
 	if !slices.Contains(want, name) {
 		if strings.Contains(name, "/") {
-			return refuse(ErrUnsafeArchive, "release tarball entry %q is not at the archive root", name)
+			return trust.Refuse(ErrUnsafeArchive, "release tarball entry %q is not at the archive root", name)
 		}
-		return refuse(ErrUnsafeArchive, "release tarball has unexpected entry %q (want exactly %s)", name, strings.Join(want, ", "))
+		return trust.Refuse(ErrUnsafeArchive, "release tarball has unexpected entry %q (want exactly %s)", name, strings.Join(want, ", "))
 	}
 	return nil
 }
@@ -170,10 +172,10 @@ func writeStaged(dst string, r io.Reader, size int64) (err error) {
 	}()
 	n, err := io.Copy(out, io.LimitReader(r, size))
 	if err != nil {
-		return refuse(ErrUnsafeArchive, "release tarball is truncated or corrupt: %v", err)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball is truncated or corrupt: %v", err)
 	}
 	if n != size {
-		return refuse(ErrUnsafeArchive, "release tarball entry is truncated: %d of %d bytes", n, size)
+		return trust.Refuse(ErrUnsafeArchive, "release tarball entry is truncated: %d of %d bytes", n, size)
 	}
 	if err := out.Chmod(0o755); err != nil { // explicit: independent of umask
 		return err

@@ -7,12 +7,14 @@ import (
 	"encoding/hex"
 	"net/http"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 // FetchAndVerifySignature is FetchAndVerifySignatureWithKey with the
 // embedded release key.
 func FetchAndVerifySignature(ctx context.Context, hc *http.Client, rel Release) (map[string]string, error) {
-	return FetchAndVerifySignatureWithKey(ctx, hc, rel, releaseKeyPEM)
+	return FetchAndVerifySignatureWithKey(ctx, hc, rel, trust.ReleasePublicKey())
 }
 
 // FetchAndVerifySignatureWithKey downloads rel's SHA256SUMS and its signature
@@ -21,16 +23,16 @@ func FetchAndVerifySignature(ctx context.Context, hc *http.Client, rel Release) 
 // a signature URL and a placeholder key are refused before any download.
 func FetchAndVerifySignatureWithKey(ctx context.Context, hc *http.Client, rel Release, pubKeyPEM []byte) (map[string]string, error) {
 	if strings.TrimSpace(rel.SignatureURL) == "" {
-		return nil, refuse(ErrSignatureRequired, "release %s has no signature URL; refusing an unsigned release", rel.Version)
+		return nil, trust.Refuse(ErrSignatureRequired, "release %s has no signature URL; refusing an unsigned release", rel.Version)
 	}
-	if _, err := parsePublicKey(pubKeyPEM); err != nil {
+	if err := trust.CheckKey(pubKeyPEM); err != nil {
 		return nil, err
 	}
 	if err := checkHTTPURL(rel.SHA256SumsURL); err != nil {
-		return nil, refuse(ErrBadManifest, "release %s: sha256sums_url: %v", rel.Version, err)
+		return nil, trust.Refuse(ErrBadManifest, "release %s: sha256sums_url: %v", rel.Version, err)
 	}
 	if err := checkHTTPURL(rel.SignatureURL); err != nil {
-		return nil, refuse(ErrBadManifest, "release %s: signature_url: %v", rel.Version, err)
+		return nil, trust.Refuse(ErrBadManifest, "release %s: signature_url: %v", rel.Version, err)
 	}
 	sums, err := fetchCapped(ctx, hc, rel.SHA256SumsURL, MaxSumsBytes, "SHA256SUMS")
 	if err != nil {
@@ -40,7 +42,7 @@ func FetchAndVerifySignatureWithKey(ctx context.Context, hc *http.Client, rel Re
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyBlob(sums, sig, pubKeyPEM, "SHA256SUMS of "+rel.Version); err != nil {
+	if err := trust.Verify(sums, sig, pubKeyPEM, "SHA256SUMS of "+rel.Version); err != nil {
 		return nil, err
 	}
 	return ParseSHA256Sums(sums)
@@ -64,18 +66,18 @@ func ParseSHA256Sums(data []byte) (map[string]string, error) {
 		}
 		name, digest, ok := parseSumLine(line)
 		if !ok {
-			return nil, refuse(ErrBadSums, "SHA256SUMS line %d is malformed: %.80q", n, line)
+			return nil, trust.Refuse(ErrBadSums, "SHA256SUMS line %d is malformed: %.80q", n, line)
 		}
 		if _, dup := out[name]; dup {
-			return nil, refuse(ErrBadSums, "SHA256SUMS lists %s twice", name)
+			return nil, trust.Refuse(ErrBadSums, "SHA256SUMS lists %s twice", name)
 		}
 		out[name] = digest
 	}
 	if err := sc.Err(); err != nil {
-		return nil, refuse(ErrBadSums, "SHA256SUMS unreadable: %v", err)
+		return nil, trust.Refuse(ErrBadSums, "SHA256SUMS unreadable: %v", err)
 	}
 	if len(out) == 0 {
-		return nil, refuse(ErrBadSums, "SHA256SUMS has no entries")
+		return nil, trust.Refuse(ErrBadSums, "SHA256SUMS has no entries")
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/trust"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -61,8 +62,8 @@ func TestFetchAndVerifySignature(t *testing.T) {
 		t.Fatalf("other version: err = %v", err)
 	}
 	// The embedded key is the placeholder in this tree: refused.
-	if IsPlaceholderKey(ReleasePublicKey()) {
-		if _, err := FetchAndVerifySignature(context.Background(), srv.Client(), rel); !errors.Is(err, ErrKeyNotConfigured) {
+	if trust.IsPlaceholderKey(trust.ReleasePublicKey()) {
+		if _, err := FetchAndVerifySignature(context.Background(), srv.Client(), rel); !errors.Is(err, trust.ErrKeyNotConfigured) {
 			t.Fatalf("embedded placeholder: err = %v", err)
 		}
 	}
@@ -75,17 +76,17 @@ func TestTamperedSumsRefused(t *testing.T) {
 	tampered := []byte(hexB + "  " + TarballName("v1.2.3") + "\n")
 	srv, _ := sumsServer(t, tampered, sig)
 	_, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM)
-	if !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "signature over SHA256SUMS of v1.2.3 does not verify with the release key") {
+	if !errors.Is(err, trust.ErrBadSignature) || !strings.Contains(err.Error(), "signature over SHA256SUMS of v1.2.3 does not verify with the release key") {
 		t.Fatalf("err = %v", err)
 	}
 	// Wrong key.
 	srv2, _ := sumsServer(t, sums, sig)
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), testutil.NewOpenSSLKey(t, "prime256v1").PubPEM); !errors.Is(err, ErrBadSignature) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), testutil.NewOpenSSLKey(t, "prime256v1").PubPEM); !errors.Is(err, trust.ErrBadSignature) {
 		t.Fatalf("wrong key: err = %v", err)
 	}
 	// Malformed signature.
 	srv3, _ := sumsServer(t, sums, []byte("bm90IGEgc2lnbmF0dXJl"))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv3.Client(), relAt(srv3), k.PubPEM); !errors.Is(err, ErrMalformedSignature) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv3.Client(), relAt(srv3), k.PubPEM); !errors.Is(err, trust.ErrMalformedSignature) {
 		t.Fatalf("malformed: err = %v", err)
 	}
 }
@@ -134,12 +135,12 @@ func TestOversizeSumsAndSignatureRefused(t *testing.T) {
 	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	big := []byte(strings.Repeat(hexA+"  x\n", int(MaxSumsBytes)/67+1))
 	srv, _ := sumsServer(t, big, k.Sign(t, big))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM); !errors.Is(err, ErrTooLarge) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv.Client(), relAt(srv), k.PubPEM); !errors.Is(err, trust.ErrTooLarge) {
 		t.Fatalf("oversize sums: err = %v", err)
 	}
 	sums := []byte(hexA + "  x\n")
 	srv2, _ := sumsServer(t, sums, []byte(strings.Repeat("A", int(MaxSignatureBytes)+4)))
-	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), k.PubPEM); !errors.Is(err, ErrTooLarge) {
+	if _, err := FetchAndVerifySignatureWithKey(context.Background(), srv2.Client(), relAt(srv2), k.PubPEM); !errors.Is(err, trust.ErrTooLarge) {
 		t.Fatalf("oversize signature: err = %v", err)
 	}
 }

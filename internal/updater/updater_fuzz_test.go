@@ -14,7 +14,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -22,7 +21,6 @@ import (
 	"io"
 	"io/fs"
 	"maps"
-	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +31,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/trust"
 )
 
 const (
@@ -258,77 +257,6 @@ func fzNewSigner(tb testing.TB) fzSigner {
 	return fzSigner{OpenSSLKey: k, priv: priv}
 }
 
-// FuzzVerifyBlobSignature: with a real key, VerifyBlobSignatureWithKey never
-// panics and refuses only with ErrMalformedSignature or ErrBadSignature, in
-// one line. A signature it accepts is over one of the blobs really signed
-// here (openssl-made, so an independent implementation), is canonical strict
-// base64 of canonical DER with positive r and s (no second encoding of the
-// same signature passes), and stops verifying when the blob changes by one
-// byte. The embedded key, while it is the placeholder, refuses everything.
-func FuzzVerifyBlobSignature(f *testing.F) {
-	k := fzNewSigner(f)
-	signed := map[string]bool{}
-	sums := []byte(fzHexA + "  " + TarballName("v1.2.3") + "\n")
-	index := []byte(`{"schema":1,"kind":"image","generated_at":"2026-01-02T03:04:05Z","entries":[]}`)
-	for _, blob := range [][]byte{sums, index, {}} {
-		sig := k.Sign(f, blob)
-		signed[string(blob)] = true
-		f.Add(blob, sig)
-		f.Add(blob, append(append([]byte(" "), sig...), '\n'))
-		der, _ := base64.StdEncoding.DecodeString(string(sig))
-		f.Add(blob, []byte(base64.StdEncoding.EncodeToString(append(der, 0))))
-	}
-	f.Add(sums, []byte("MAYCAQACAQA="))
-	f.Add(sums, []byte("not base64!"))
-	f.Fuzz(func(t *testing.T, blob, sig []byte) {
-		if IsPlaceholderKey(ReleasePublicKey()) {
-			if err := VerifyBlobSignature(blob, sig); !errors.Is(err, ErrKeyNotConfigured) {
-				t.Fatalf("the placeholder key did not refuse: %v", err)
-			}
-		}
-		err := VerifyBlobSignatureWithKey(blob, sig, k.PubPEM)
-		if err != nil {
-			if !errors.Is(err, ErrMalformedSignature) && !errors.Is(err, ErrBadSignature) {
-				t.Fatalf("refusal of an unexpected class: %v", err)
-			}
-			fzOneLine(t, err)
-			return
-		}
-		if !signed[string(blob)] {
-			t.Fatalf("a signature verified over a blob nobody signed: blob %q sig %q", blob, sig)
-		}
-		trimmed := bytes.TrimSpace(sig)
-		der, err := base64.StdEncoding.Strict().DecodeString(string(trimmed))
-		if err != nil {
-			t.Fatalf("accepted signature is not strict base64: %v", err)
-		}
-		if base64.StdEncoding.EncodeToString(der) != string(trimmed) {
-			t.Fatalf("accepted a non-canonical base64 encoding %q", trimmed)
-		}
-		var rs struct{ R, S *big.Int }
-		rest, err := asn1.Unmarshal(der, &rs)
-		if err != nil || len(rest) != 0 || rs.R.Sign() <= 0 || rs.S.Sign() <= 0 {
-			t.Fatalf("accepted DER %x: %v, %d trailing bytes", der, err, len(rest))
-		}
-		if canon, _ := asn1.Marshal(rs); !bytes.Equal(canon, der) {
-			t.Fatalf("accepted a non-canonical DER encoding %x (canonical %x)", der, canon)
-		}
-		for _, i := range []int{0, len(blob) / 2, len(blob) - 1} {
-			if len(blob) == 0 {
-				break
-			}
-			tampered := bytes.Clone(blob)
-			tampered[i] ^= 0x01
-			if err := VerifyBlobSignatureWithKey(tampered, sig, k.PubPEM); !errors.Is(err, ErrBadSignature) {
-				t.Fatalf("byte %d changed, still: %v", i, err)
-			}
-		}
-		if err := VerifyBlobSignatureWithKey(append(bytes.Clone(blob), '\n'), sig, k.PubPEM); !errors.Is(err, ErrBadSignature) {
-			t.Fatalf("blob with a byte appended, still: %v", err)
-		}
-	})
-}
-
 // fzTimes reads a manifest's issued and expires times through its JSON
 // form (so the target does not depend on how they are spelt in Go).
 func fzTimes(t *testing.T, m *Manifest) (issued, expires time.Time) {
@@ -408,7 +336,7 @@ func FuzzVerifyManifest(f *testing.F) {
 			if len(data) > 0 {
 				tampered := bytes.Clone(data)
 				tampered[len(data)/2] ^= 0x20
-				if _, err := VerifyManifest(tampered, sig, ManifestCheck{PublicKeyPEM: k.PubPEM, Now: now}); !errors.Is(err, ErrBadSignature) {
+				if _, err := VerifyManifest(tampered, sig, ManifestCheck{PublicKeyPEM: k.PubPEM, Now: now}); !errors.Is(err, trust.ErrBadSignature) {
 					t.Fatalf("a changed byte still verifies: %v", err)
 				}
 			}

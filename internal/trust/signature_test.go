@@ -1,4 +1,4 @@
-package updater
+package trust
 
 import (
 	"crypto/ecdsa"
@@ -10,12 +10,13 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
-	"github.com/banger-dev/banger/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/testutil"
 )
 
 var testBlob = []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  banger-v1.2.3-linux-amd64.tar.gz\n")
@@ -23,11 +24,11 @@ var testBlob = []byte("0123456789abcdef0123456789abcdef0123456789abcdef012345678
 func TestOpenSSLSignedBlobVerifies(t *testing.T) {
 	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sig := k.Sign(t, testBlob)
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, k.PubPEM); err != nil {
+	if err := Verify(testBlob, sig, k.PubPEM, "blob"); err != nil {
 		t.Fatalf("openssl-signed blob refused: %v", err)
 	}
 	// cosign and `base64` without -w0 end the file with a newline.
-	if err := VerifyBlobSignatureWithKey(testBlob, append(append([]byte{}, sig...), '\n'), k.PubPEM); err != nil {
+	if err := Verify(testBlob, append(append([]byte{}, sig...), '\n'), k.PubPEM, "blob"); err != nil {
 		t.Fatalf("signature with trailing newline refused: %v", err)
 	}
 }
@@ -38,7 +39,7 @@ func TestOneChangedByteRefused(t *testing.T) {
 	for _, i := range []int{0, len(testBlob) / 2, len(testBlob) - 1} {
 		tampered := append([]byte{}, testBlob...)
 		tampered[i] ^= 0x01
-		err := VerifyBlobSignatureWithKey(tampered, sig, k.PubPEM)
+		err := Verify(tampered, sig, k.PubPEM, "blob")
 		if !errors.Is(err, ErrBadSignature) {
 			t.Fatalf("byte %d changed: err = %v, want ErrBadSignature", i, err)
 		}
@@ -51,7 +52,7 @@ func TestOneChangedByteRefused(t *testing.T) {
 func TestSignatureByAnotherKeyRefused(t *testing.T) {
 	signer, other := testutil.NewOpenSSLKey(t, "prime256v1"), testutil.NewOpenSSLKey(t, "prime256v1")
 	sig := signer.Sign(t, testBlob)
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, other.PubPEM); !errors.Is(err, ErrBadSignature) {
+	if err := Verify(testBlob, sig, other.PubPEM, "blob"); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("err = %v, want ErrBadSignature", err)
 	}
 }
@@ -78,7 +79,7 @@ func TestMalformedSignatureRefused(t *testing.T) {
 	}
 	for name, sig := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := VerifyBlobSignatureWithKey(testBlob, sig, k.PubPEM)
+			err := Verify(testBlob, sig, k.PubPEM, "blob")
 			if !errors.Is(err, ErrMalformedSignature) {
 				t.Fatalf("err = %v, want ErrMalformedSignature", err)
 			}
@@ -116,7 +117,7 @@ func TestGoSignedOpenSSLVerifies(t *testing.T) {
 		t.Fatalf("openssl says %q", out)
 	}
 	// And the Go verifier agrees with itself on the same bytes.
-	if err := VerifyBlobSignatureWithKey(testBlob, []byte(base64.StdEncoding.EncodeToString(der)), pubPEM); err != nil {
+	if err := Verify(testBlob, []byte(base64.StdEncoding.EncodeToString(der)), pubPEM, "blob"); err != nil {
 		t.Fatal(err)
 	}
 	// openssl must refuse the Go signature over a changed blob: the pin works
@@ -140,7 +141,7 @@ func TestEmbeddedKeyPlaceholderRefused(t *testing.T) {
 	embedded := ReleasePublicKey()
 	if !IsPlaceholderKey(embedded) {
 		// A real key has been committed: it must be a usable P-256 key.
-		if err := CheckReleaseKey(); err != nil {
+		if err := CheckKey(embedded); err != nil {
 			t.Fatalf("committed release key is not usable: %v", err)
 		}
 		t.Skip("a real release key is committed; placeholder refusal is covered by TestPlaceholderKeyRefused")
@@ -148,15 +149,15 @@ func TestEmbeddedKeyPlaceholderRefused(t *testing.T) {
 	if !strings.HasPrefix(string(embedded), PlaceholderMarker+"\n") {
 		t.Errorf("placeholder file should start with the marker line %q", PlaceholderMarker)
 	}
-	err := CheckReleaseKey()
+	err := CheckKey(embedded)
 	if !errors.Is(err, ErrKeyNotConfigured) || !strings.Contains(err.Error(), "release key not configured") {
-		t.Fatalf("CheckReleaseKey = %v, want release key not configured", err)
+		t.Fatalf("CheckKey(embedded) = %v, want release key not configured", err)
 	}
 	k := testutil.NewOpenSSLKey(t, "prime256v1")
 	sig := k.Sign(t, testBlob)
-	err = VerifyBlobSignature(testBlob, sig)
+	err = Verify(testBlob, sig, embedded, "blob")
 	if !errors.Is(err, ErrKeyNotConfigured) || !strings.Contains(err.Error(), "release key not configured") {
-		t.Fatalf("VerifyBlobSignature with the placeholder = %v, want release key not configured", err)
+		t.Fatalf("Verify with the placeholder = %v, want release key not configured", err)
 	}
 	if _, err := KeyFingerprint(embedded); !errors.Is(err, ErrKeyNotConfigured) {
 		t.Fatalf("KeyFingerprint(placeholder) = %v", err)
@@ -168,10 +169,10 @@ func TestPlaceholderKeyRefused(t *testing.T) {
 	sig := k.Sign(t, testBlob)
 	// The marker wins even when a real, matching key follows it.
 	marked := append([]byte(PlaceholderMarker+"\n"), k.PubPEM...)
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, marked); !errors.Is(err, ErrKeyNotConfigured) {
+	if err := Verify(testBlob, sig, marked, "blob"); !errors.Is(err, ErrKeyNotConfigured) {
 		t.Fatalf("marked key: err = %v, want ErrKeyNotConfigured", err)
 	}
-	if err := VerifyBlobSignatureWithKey(testBlob, sig, []byte("  \n")); !errors.Is(err, ErrKeyNotConfigured) {
+	if err := Verify(testBlob, sig, []byte("  \n"), "blob"); !errors.Is(err, ErrKeyNotConfigured) {
 		t.Fatalf("empty key: err = %v, want ErrKeyNotConfigured", err)
 	}
 }
@@ -203,7 +204,7 @@ func TestNonP256KeysRefused(t *testing.T) {
 	}
 	for name, key := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := VerifyBlobSignatureWithKey(testBlob, sig, key)
+			err := Verify(testBlob, sig, key, "blob")
 			if !errors.Is(err, ErrBadKey) {
 				t.Fatalf("err = %v, want ErrBadKey", err)
 			}
