@@ -43,21 +43,27 @@ const (
 	StateParked = "parked"
 )
 
+// States lists every VM state.
+var States = []string{StateCreated, StateStarting, StateRunning, StateStopping, StateStopped, StateError, StatePaused, StateParked}
+
 // VM is a VM as the daemon reports it.
 type VM struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Image     string    `json:"image"`
-	State     string    `json:"state"`
-	VCPU      int       `json:"vcpu"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskBytes int64     `json:"disk_bytes"`
-	NAT       bool      `json:"nat"`
-	IP        string    `json:"ip"`
-	DNSName   string    `json:"dns_name"` // <name>.vm, answered by the daemon's DNS (docs/dns.md)
-	CreatedAt string    `json:"created_at"`
-	UpdatedAt string    `json:"updated_at"`
-	Runtime   VMRuntime `json:"runtime"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Image     string `json:"image"`
+	State     string `json:"state"`
+	VCPU      int    `json:"vcpu"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskBytes int64  `json:"disk_bytes"`
+	NAT       bool   `json:"nat"`
+	IP        string `json:"ip"`
+	DNSName   string `json:"dns_name"` // <name>.vm, answered by the daemon's DNS (docs/dns.md)
+	CreatedAt string `json:"created_at"`
+	UpdatedAt string `json:"updated_at"`
+	// Labels are the user's key=value tags (vm create --label, vm set
+	// --label), for finding VMs by purpose (vm list --filter label=k=v).
+	Labels  map[string]string `json:"labels,omitempty"`
+	Runtime VMRuntime         `json:"runtime"`
 	// Warnings are for the user, from the call that returned the VM
 	// (e.g. a warm-start template that could not be used).
 	Warnings []string `json:"warnings,omitempty"`
@@ -118,6 +124,14 @@ type VMCreateParams struct {
 	NoStart   bool    `json:"no_start,omitempty"`
 	// Cold boots the VM even when a warm-start template matches.
 	Cold bool `json:"cold,omitempty"`
+	// Labels tag the VM (docs/vm.md, "Labels").
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// VMListParams narrows vm.list: every filter must match ("label=k=v",
+// "label=k", "state=S", "image=NAME"). No params list every VM.
+type VMListParams struct {
+	Filters []string `json:"filters,omitempty"`
 }
 
 // VMRef names a VM by name or id.
@@ -161,6 +175,10 @@ type VMSetParams struct {
 	Name      string `json:"name"`
 	VCPU      *int   `json:"vcpu,omitempty"`
 	MemoryMiB *int   `json:"memory_mib,omitempty"`
+	// Labels are set (added or changed), RemoveLabels removed; unlike vCPUs
+	// and memory, labels change in any state.
+	Labels       map[string]string `json:"labels,omitempty"`
+	RemoveLabels []string          `json:"remove_labels,omitempty"`
 }
 
 // VMPruneResult lists the deleted VMs.

@@ -157,3 +157,28 @@ func TestVMExecJobArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestLabelFlag: --label wants KEY=VALUE; vm set also takes KEY- to remove.
+func TestLabelFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "create", "--label", "novalue"}, `banger: invalid argument "novalue" for "--label" flag: "novalue": want KEY=VALUE (see 'banger vm create --help')` + "\n"},
+		{[]string{"vm", "set", "dev", "--label", "x"}, `banger: invalid argument "x" for "--label" flag: "x": want KEY=VALUE (or KEY- to remove a label) (see 'banger vm set --help')` + "\n"},
+	} {
+		_, stderr, code := run(tc.args...)
+		if code != ExitUsage || stderr != tc.want {
+			t.Errorf("%v: exit %d %q, want 2 %q", tc.args, code, stderr, tc.want)
+		}
+	}
+	l := labelsValue{removable: true}
+	for _, s := range []string{"a=1", "b=", "c-", "d=x=y"} {
+		if err := l.Set(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if labelString(l.set) != "a=1,b=,d=x=y" || len(l.remove) != 1 || l.remove[0] != "c" {
+		t.Errorf("set %v remove %v", l.set, l.remove)
+	}
+}

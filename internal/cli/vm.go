@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,6 +56,7 @@ type createFlags struct {
 	name, image, disk string
 	vcpu, memory      int
 	nat, cold         bool
+	labels            labelsValue
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -65,10 +67,11 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.disk, "disk-size", "", "size of the /root work disk, like 2G (default: vm_defaults.disk_size)")
 	cmd.Flags().BoolVar(&f.nat, "nat", false, "give the guest outbound network access through NAT")
 	cmd.Flags().BoolVar(&f.cold, "cold", false, "boot, even when a warm-start template of this shape exists (config: start)")
+	cmd.Flags().Var(&f.labels, "label", "tag the VM with `KEY=VALUE` (repeatable; vm list --filter label=KEY=VALUE finds it)")
 }
 
 func (f *createFlags) params(cmd *cobra.Command) api.VMCreateParams {
-	p := api.VMCreateParams{Name: f.name, Image: f.image, NAT: f.nat, Cold: f.cold}
+	p := api.VMCreateParams{Name: f.name, Image: f.image, NAT: f.nat, Cold: f.cold, Labels: f.labels.set}
 	if cmd.Flags().Changed("vcpu") {
 		v := f.vcpu
 		p.VCPU = &v
@@ -92,7 +95,8 @@ func (a *app) vmCreateCmd() *cobra.Command {
 		Short: "Create a VM (and start it, unless --no-start)",
 		Example: `  banger vm create --name dev
   banger vm create --name big --vcpu 2 --memory 2048 --disk-size 4G --nat
-  banger vm create --name later --no-start`,
+  banger vm create --name later --no-start
+  banger vm create --name api --label team=web --label env=dev`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, _, err := a.daemon(cmd.Context())
@@ -349,10 +353,12 @@ func (a *app) vmPruneCmd() *cobra.Command {
 
 func (a *app) vmSetCmd() *cobra.Command {
 	var vcpu, mem int
+	labels := labelsValue{removable: true}
 	cmd := &cobra.Command{
-		Use:               "set NAME",
-		Short:             "Change a stopped VM's vCPUs or memory",
-		Example:           "  banger vm set dev --vcpu 2 --memory 2048",
+		Use:   "set NAME",
+		Short: "Change a stopped VM's vCPUs or memory, or any VM's labels",
+		Example: `  banger vm set dev --vcpu 2 --memory 2048
+  banger vm set dev --label env=staging --label owner-   # set env, remove owner`,
 		Args:              exactlyOneVM,
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -367,16 +373,18 @@ func (a *app) vmSetCmd() *cobra.Command {
 			if cmd.Flags().Changed("memory") {
 				p.MemoryMiB = &mem
 			}
+			p.Labels, p.RemoveLabels = labels.set, labels.remove
 			var v api.VM
 			if err := c.Call(cmd.Context(), api.MethodVMSet, p, &v); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%s: %d vcpu, %d MiB\n", v.Name, v.VCPU, v.MemoryMiB)
+			fmt.Fprintf(a.stdout, "%s: %d vcpu, %d MiB, labels %s\n", v.Name, v.VCPU, v.MemoryMiB, orDash(labelString(v.Labels)))
 			return nil
 		},
 	}
 	cmd.Flags().IntVar(&vcpu, "vcpu", 0, "vCPUs (1-32)")
 	cmd.Flags().IntVar(&mem, "memory", 0, "memory in MiB (at least 128)")
+	cmd.Flags().Var(&labels, "label", "set label `KEY=VALUE`, or remove KEY with KEY- (repeatable)")
 	return cmd
 }
 
@@ -399,28 +407,41 @@ func age(ts string) string {
 
 func (a *app) vmListCmd() *cobra.Command {
 	var asJSON bool
+	var filters []string
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List VMs",
-		Example: "  banger vm list\n  banger vm list --json | jq -r '.[].name'",
-		Args:    noArgs,
+		Example: `  banger vm list
+  banger vm list --json | jq -r '.[].name'
+  banger vm list --filter label=team=web --filter state=running`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var vms []api.VM
-			if err := a.call(cmd.Context(), api.MethodVMList, nil, &vms); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMList, api.VMListParams{Filters: filters}, &vms); err != nil {
 				return err
 			}
 			if asJSON {
 				return output.JSON(a.stdout, vms)
 			}
+			head := []string{"NAME", "STATE", "IP", "VCPU", "MEM", "IMAGE", "VMM", "AGE"}
+			labelled := slices.ContainsFunc(vms, func(v api.VM) bool { return len(v.Labels) > 0 })
+			if labelled {
+				head = append(head, "LABELS")
+			}
 			rows := make([][]string, 0, len(vms))
 			for _, v := range vms {
-				rows = append(rows, []string{v.Name, v.State, v.IP, fmt.Sprint(v.VCPU), fmt.Sprintf("%dM", v.MemoryMiB), v.Image, orDash(v.Runtime.VMMKind), age(v.CreatedAt)})
+				row := []string{v.Name, v.State, v.IP, fmt.Sprint(v.VCPU), fmt.Sprintf("%dM", v.MemoryMiB), v.Image, orDash(v.Runtime.VMMKind), age(v.CreatedAt)}
+				if labelled {
+					row = append(row, orDash(labelString(v.Labels)))
+				}
+				rows = append(rows, row)
 			}
-			return output.Table(a.stdout, []string{"NAME", "STATE", "IP", "VCPU", "MEM", "IMAGE", "VMM", "AGE"}, rows)
+			return output.Table(a.stdout, head, rows)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringArrayVar(&filters, "filter", nil, "only VMs matching `FIELD=VALUE`: label=KEY=VALUE, label=KEY, state=STATE, image=NAME (repeatable: all must match)")
 	return cmd
 }
 
@@ -453,6 +474,7 @@ func (a *app) vmShowCmd() *cobra.Command {
 				{"work disk", fmt.Sprintf("%d MiB", v.DiskBytes>>20)}, {"nat", fmt.Sprint(v.NAT)},
 				{"vmm", orDash(v.Runtime.VMMKind)}, {"vmm binary", orDash(v.Runtime.VMM)}, {"vmm pid", orDash(pidStr(v.Runtime.PID))},
 				{"tap", v.Runtime.Tap}, {"root disk", orDash(v.Runtime.CloneMethod)}, {"created", v.CreatedAt},
+				{"labels", orDash(labelString(v.Labels))},
 			}
 			switch {
 			case v.Runtime.Start == "warm":

@@ -79,7 +79,7 @@ func (d *Daemon) registerVMs() {
 	}))
 	h(api.MethodVMPrune, rpcserver.NoParams(s.Prune))
 	h(api.MethodVMSet, rpcserver.Typed(s.Set))
-	h(api.MethodVMList, rpcserver.NoParams(s.List))
+	h(api.MethodVMList, rpcserver.Typed(s.List))
 	h(api.MethodVMLogs, byVMName(s.Logs))
 	h(api.MethodVMSSHInfo, byVMName(s.SSHInfo))
 	h(api.MethodVMPorts, rpcserver.Typed(func(ctx context.Context, p api.VMPortsParams) ([]api.VMPorts, error) {

@@ -66,6 +66,9 @@ type RuntimeRecord struct {
 	// Start is "warm" (from the template StartedFrom) or "cold".
 	Start       string `json:"start,omitempty"`
 	StartedFrom string `json:"started_from,omitempty"`
+	// Labels are the VM's user labels (api.VM.Labels; kept here so that no
+	// schema change is needed, and an older banger reading the row skips them).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // WorkspaceRecord is the workspace last prepared in a VM (within

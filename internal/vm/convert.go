@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"maps"
 	"slices"
 
 	"github.com/banger-dev/banger/internal/api"
@@ -10,7 +11,8 @@ import (
 
 // The store keeps its own record types; the wire has api's. These are the
 // only conversions between them (convert_test.go checks that every field
-// crosses, both ways).
+// crosses, both ways). The labels the store keeps in the runtime record are
+// api.VM's own field on the wire (ToAPI).
 
 // ToAPI converts a record for the wire.
 func (s *Service) ToAPI(ctx context.Context, r store.VMRecord) api.VM {
@@ -20,7 +22,7 @@ func (s *Service) ToAPI(ctx context.Context, r store.VMRecord) api.VM {
 	}
 	return api.VM{ID: r.ID, Name: r.Name, Image: img, State: r.State, VCPU: r.VCPU, MemoryMiB: r.MemoryMiB,
 		DiskBytes: r.DiskBytes, NAT: r.NAT, IP: r.GuestIP, DNSName: r.Name + ".vm", CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-		Runtime: runtimeToAPI(r.Runtime)}
+		Labels: maps.Clone(r.Runtime.Labels), Runtime: runtimeToAPI(r.Runtime)}
 }
 
 // runtimeToAPI is a VM's stored runtime state as the wire shows it.

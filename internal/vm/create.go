@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 	"time"
 
@@ -143,6 +144,9 @@ func (s *Service) checkCreate(ctx context.Context, p *api.VMCreateParams) (gener
 	if err := ValidateName(p.Name); err != nil {
 		return false, shape{}, err
 	}
+	if err := checkLabels(p.Labels); err != nil {
+		return false, shape{}, err
+	}
 	vcpu, mem, diskBytes, err := s.resources(p.VCPU, p.MemoryMiB, p.DiskSize)
 	if err != nil {
 		return false, shape{}, err
@@ -208,7 +212,7 @@ func (s *Service) recordVM(ctx context.Context, p api.VMCreateParams, generated 
 		ID: id, Name: p.Name, ImageID: sh.res.Image.ID, State: api.StateCreated, VCPU: sh.vcpu, MemoryMiB: sh.mem,
 		DiskBytes: sh.disk, NAT: p.NAT, GuestIP: ip.String(), CreatedAt: now(), UpdatedAt: now(),
 		Runtime: store.RuntimeRecord{Tap: tapFor(id), MAC: macFor(ip), Dir: dir.Path(), APISock: dir.APISock(), SerialLog: dir.SerialLog(),
-			Template: template, Start: config.StartCold},
+			Template: template, Start: config.StartCold, Labels: maps.Clone(p.Labels)},
 	}
 	if err := s.Store.InsertVM(ctx, rec); err != nil {
 		return store.VMRecord{}, err

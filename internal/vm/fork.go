@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -84,6 +85,7 @@ func (s *Service) Fork(ctx context.Context, p api.VMForkParams) (api.VMForkResul
 			specs[i].Name = p.Names[i]
 		}
 		specs[i].NAT = src.NAT
+		specs[i].Labels = src.Runtime.Labels // a fork is tagged as its source
 	}
 	kids, unlockKids, err := s.forkOut(ctx, &src, specs)
 	// The source is woken (if it ran) or parked: the forks wake without it.
@@ -121,6 +123,7 @@ type forkSpec struct {
 	Name      string
 	NAT       bool
 	Generated bool
+	Labels    map[string]string
 }
 
 // forkOut makes the forks of *src, which the caller has locked (and opMu
@@ -240,6 +243,7 @@ func (s *Service) recordForks(ctx context.Context, src store.VMRecord, specs []f
 				VMM: src.Runtime.VMM, VMMKind: src.Runtime.VMMKind, StartedAt: src.Runtime.StartedAt,
 				ForkOf: src.ID, DiskParents: append([]string{src.ID}, src.Runtime.DiskParents...),
 				SnapshotTap: pinned, NeedsIdentity: true, Workspace: src.Runtime.Workspace,
+				Labels: maps.Clone(spec.Labels),
 			},
 		}
 		if err := s.Store.InsertVM(ctx, k); err != nil {

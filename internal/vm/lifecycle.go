@@ -289,8 +289,11 @@ func (s *Service) Prune(ctx context.Context) (api.VMPruneResult, error) {
 
 // Set changes a stopped VM's vCPUs or memory.
 func (s *Service) Set(ctx context.Context, p api.VMSetParams) (api.VM, error) {
+	if p.VCPU == nil && p.MemoryMiB == nil && p.Labels == nil && p.RemoveLabels == nil {
+		return api.VM{}, errdefs.BadRequestf("nothing to change: give --vcpu, --memory or --label")
+	}
 	if p.VCPU == nil && p.MemoryMiB == nil {
-		return api.VM{}, errdefs.BadRequestf("nothing to change: give --vcpu and/or --memory")
+		return s.setLabels(ctx, p)
 	}
 	if p.VCPU != nil && (*p.VCPU < 1 || *p.VCPU > 32) {
 		return api.VM{}, errdefs.BadRequestf("invalid --vcpu %d: must be 1-32", *p.VCPU)
@@ -309,12 +312,33 @@ func (s *Service) Set(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 	if rec.State == api.StateParked {
 		return api.VM{}, errdefs.BadRequestf("VM %s is parked: its snapshot fixes its vCPUs and memory; 'banger vm stop %s' discards the snapshot first", rec.Name, rec.Name)
 	}
+	labels, err := withLabels(rec.Runtime.Labels, p.Labels, p.RemoveLabels)
+	if err != nil {
+		return api.VM{}, err
+	}
 	if p.VCPU != nil {
 		rec.VCPU = *p.VCPU
 	}
 	if p.MemoryMiB != nil {
 		rec.MemoryMiB = *p.MemoryMiB
 	}
+	rec.Runtime.Labels = labels
+	rec.UpdatedAt = now()
+	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
+}
+
+// setLabels changes only a VM's labels, in any state.
+func (s *Service) setLabels(ctx context.Context, p api.VMSetParams) (api.VM, error) {
+	rec, unlock, err := s.get(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	labels, err := withLabels(rec.Runtime.Labels, p.Labels, p.RemoveLabels)
+	if err != nil {
+		return api.VM{}, err
+	}
+	rec.Runtime.Labels = labels
 	rec.UpdatedAt = now()
 	return s.ToAPI(ctx, rec), s.Store.UpdateVM(ctx, rec)
 }

@@ -15,15 +15,22 @@ import (
 )
 
 // List returns every VM.
-func (s *Service) List(ctx context.Context) ([]api.VM, error) {
+func (s *Service) List(ctx context.Context, p api.VMListParams) ([]api.VM, error) {
+	fs, err := parseFilters(p.Filters)
+	if err != nil {
+		return nil, err
+	}
 	recs, err := s.Store.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := []api.VM{}
 	for _, r := range recs {
-		if !isTemplate(r) { // templates are the images' (image show)
-			out = append(out, s.ToAPI(ctx, r))
+		if isTemplate(r) { // templates are the images' (image show)
+			continue
+		}
+		if v := s.ToAPI(ctx, r); matches(v, fs) {
+			out = append(out, v)
 		}
 	}
 	return out, nil

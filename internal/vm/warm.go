@@ -114,7 +114,7 @@ func (s *Service) warmStart(ctx context.Context, tmpl store.VMRecord, p api.VMCr
 		unlockSrc()
 		return api.VM{}, errNoTemplate
 	}
-	kids, unlockKids, err := s.forkOut(ctx, &src, []forkSpec{{Name: p.Name, NAT: p.NAT, Generated: generated}})
+	kids, unlockKids, err := s.forkOut(ctx, &src, []forkSpec{{Name: p.Name, NAT: p.NAT, Generated: generated, Labels: p.Labels}})
 	// The template stays parked: other starts fork it at the same time.
 	unlockSrc()
 	if err != nil {

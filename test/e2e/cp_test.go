@@ -2,15 +2,19 @@ package e2e
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger-dev/banger/internal/api"
 )
 
 // cpTree makes a 20 MiB tree: files of several modes and sizes (one empty),
@@ -92,7 +96,23 @@ func treeLines(t *testing.T, root string) []string {
 // missing path and a directory onto a file are one-line errors.
 func TestVMCpTreeInAndOut(t *testing.T) {
 	v := newVMEnv(t)
-	v.must("vm", "create", "--name", "cp")
+	v.must("vm", "create", "--name", "cp", "--label", "purpose=copy", "--label", "team=qa")
+
+	// Labels ([P12]): shown, filtered on, changed and removed.
+	var vms []api.VM
+	json.Unmarshal([]byte(v.must("vm", "list", "--json", "--filter", "label=purpose=copy", "--filter", "state=running")), &vms)
+	if len(vms) != 1 || vms[0].Name != "cp" || vms[0].Labels["team"] != "qa" {
+		t.Fatalf("vm list --filter label=purpose=copy: %+v", vms)
+	}
+	if out := v.must("vm", "list", "--filter", "label=purpose=other"); strings.Contains(out, "cp ") {
+		t.Errorf("a filter that matches nothing listed: %q", out)
+	}
+	if out := v.must("vm", "set", "cp", "--label", "team-", "--label", "stage=2"); out != "cp: 1 vcpu, 256 MiB, labels purpose=copy,stage=2\n" {
+		t.Errorf("vm set --label: %q", out)
+	}
+	if show := v.must("vm", "show", "cp"); !regexp.MustCompile(`(?m)^labels:\s+purpose=copy,stage=2$`).MatchString(show) {
+		t.Errorf("vm show lacks the labels:\n%s", show)
+	}
 	host := t.TempDir()
 	cpTree(t, host)
 	want := treeLines(t, filepath.Join(host, "src"))
