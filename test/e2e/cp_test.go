@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
