@@ -15,19 +15,15 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/banger-dev/banger/internal/ext4"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
 // Owner is the ownership and mode an entry has in the image, as opposed to
-// the one its copy on the host has.
-type Owner struct {
-	UID, GID int
-	// Mode carries the type bits and the permission bits, setuid, setgid
-	// and sticky included.
-	Mode fs.FileMode
-}
+// the one its copy on the host has (ext4.SetOwners applies it).
+type Owner ext4.Owner
 
 // Tree is a flattened image: a host directory plus what the host copy does
 // not carry.
@@ -328,25 +324,10 @@ func (t *Tree) applyLayer(ctx context.Context, label, blob string) error {
 	}
 }
 
-// checkName refuses names debugfs scripts cannot quote, and control
-// characters in general.
-func checkName(name string) error {
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("unsafe path: contains control character %#02x", c)
-		}
-		if c == '"' {
-			return errors.New(`unsafe path: contains '"'`)
-		}
-	}
-	return nil
-}
-
 // cleanTarName validates a tar entry name and returns it cleaned and
 // relative ("." for the root).
 func cleanTarName(name string) (string, error) {
-	if err := checkName(name); err != nil {
+	if err := ext4.CheckName(name); err != nil {
 		return "", err
 	}
 	c := path.Clean(name)
@@ -721,7 +702,7 @@ func splitPath(p string) []string {
 // cleanRel validates a caller-supplied path and splits it into its parent
 // and base name.
 func cleanRel(rel string) (dir, base string, err error) {
-	if err := checkName(rel); err != nil {
+	if err := ext4.CheckName(rel); err != nil {
 		return "", "", fmt.Errorf("%q: %w", rel, err)
 	}
 	c := path.Clean("/" + rel)
@@ -803,7 +784,7 @@ func (t *Tree) AddSymlink(rel, target string) error {
 // followed inside the tree, the last component is not.
 func (t *Tree) Has(rel string) bool {
 	if path.Clean("/"+rel) == "/" {
-		return checkName(rel) == nil
+		return ext4.CheckName(rel) == nil
 	}
 	dir, base, err := cleanRel(rel)
 	if err != nil {
@@ -822,7 +803,7 @@ func (t *Tree) Has(rel string) bool {
 // /etc/os-release -> ../usr/lib/os-release. Targets resolving above the root
 // are refused.
 func (t *Tree) ReadFile(rel string) ([]byte, error) {
-	if err := checkName(rel); err != nil {
+	if err := ext4.CheckName(rel); err != nil {
 		return nil, fmt.Errorf("%q: %w", rel, err)
 	}
 	key, err := t.walk(rel, true, nil)
