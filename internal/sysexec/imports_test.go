@@ -19,7 +19,6 @@ import (
 var execAllowed = map[string]bool{
 	"internal/sysexec":       true, // the one home of os/exec
 	"internal/fcvmm/qemu.go": true, // the VMM process launcher: QEMU runs under exec.Cmd with its pipes and process attributes
-	"internal/vmm/vmm.go":    true, // the Firecracker launcher: firecracker-go-sdk's WithProcessRunner takes an *exec.Cmd
 	"internal/daemon":        true, // TODO(p11 merge): migrated by the integrator
 	"internal/cli/update.go": true, // TODO(p11 merge): migrated by the integrator
 }

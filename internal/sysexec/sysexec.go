@@ -125,9 +125,18 @@ func (realRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 // Args.
 func (c Cmd) Argv() []string { return append([]string{c.Path}, c.Args...) }
 
-// command builds the exec.Cmd for c.
+// command builds the exec.Cmd for a run of c bounded by ctx.
 func (c Cmd) command(ctx context.Context) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
+	cmd := c.fill(exec.CommandContext(ctx, c.Path, c.Args...))
+	if c.Cancel != nil {
+		cmd.Cancel = func() error { return c.Cancel(cmd.Process) }
+	}
+	cmd.WaitDelay = c.WaitDelay
+	return cmd
+}
+
+// fill sets what c says on cmd, made for c.Path and c.Args.
+func (c Cmd) fill(cmd *exec.Cmd) *exec.Cmd {
 	if c.Argv0 != "" {
 		cmd.Args[0] = c.Argv0
 	}
@@ -141,13 +150,14 @@ func (c Cmd) command(ctx context.Context) *exec.Cmd {
 		cmd.Env = append(append([]string(nil), base...), c.ExtraEnv...)
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.Stdin, c.Stdout, c.Stderr
-	if c.Cancel != nil {
-		cmd.Cancel = func() error { return c.Cancel(cmd.Process) }
-	}
-	cmd.WaitDelay = c.WaitDelay
 	cmd.SysProcAttr = c.SysProcAttr
 	return cmd
 }
+
+// ExecCmd builds the *exec.Cmd for c, without a context, for a library
+// that starts and watches the program itself (firecracker-go-sdk's
+// WithProcessRunner). Everything else uses Run or Start.
+func (c Cmd) ExecCmd() *exec.Cmd { return c.fill(exec.Command(c.Path, c.Args...)) }
 
 // Process is a program started by Start.
 type Process struct {
@@ -161,7 +171,7 @@ type Process struct {
 // session of its own with SysProcAttr Setsid). Unset outputs are
 // /dev/null. Call Wait to reap it.
 func Start(c Cmd) (*Process, error) {
-	cmd := c.command(context.Background())
+	cmd := c.fill(exec.Command(c.Path, c.Args...))
 	if err := cmd.Start(); err != nil {
 		return nil, &Error{Argv: c.Argv(), Err: err, Code: -1}
 	}
@@ -181,9 +191,6 @@ func (p *Process) Wait() error {
 	}
 	return e
 }
-
-// Signal sends sig to the program.
-func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
 // ErrNotFound is what LookPath and its kin wrap when no program matches.
 var ErrNotFound = exec.ErrNotFound
