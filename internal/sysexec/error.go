@@ -57,7 +57,7 @@ func (e *Error) Error() string {
 	if !e.Started && e.Err != nil && !errors.Is(e.Err, context.Canceled) && !errors.Is(e.Err, context.DeadlineExceeded) {
 		return OneLine(cause)
 	}
-	s := CommandLine(e.Argv) + ": " + cause
+	s := commandLine(e.Argv) + ": " + cause
 	if t := OneLine(e.Stderr); t != "" {
 		s += ": " + t
 	}
@@ -75,10 +75,10 @@ func failureText(stdout, stderr []byte) string {
 	return t
 }
 
-// CommandLine renders argv for a message: the program's base name, then
+// commandLine renders argv for a message: the program's base name, then
 // the arguments, quoted when empty or holding spaces, quotes or control
 // characters, cut at about 200 bytes.
-func CommandLine(argv []string) string {
+func commandLine(argv []string) string {
 	if len(argv) == 0 {
 		return ""
 	}
