@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,13 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // The identity op (protocol 3): a guest forked from another guest's snapshot
@@ -379,33 +379,15 @@ var toolPath = []string{"/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sb
 
 // runTool runs one of the image's tools (ssh-keygen, dropbearkey) with no
 // input and a plain PATH, bounded by a timeout (an RSA key takes seconds
-// under TCG), and returns its standard output. Its error carries the first
-// line of its standard error.
+// under TCG), and returns its standard output. Its error carries the tail
+// of its standard error.
 func runTool(name string, args ...string) ([]byte, error) {
-	exe := ""
-	for _, d := range toolPath {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			exe = p
-			break
-		}
-	}
-	if exe == "" {
-		return nil, fmt.Errorf("%s not found in %s", name, strings.Join(toolPath, ":"))
+	exe, err := sysexec.LookIn(name, toolPath)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, exe, args...)
-	cmd.Env = []string{"PATH=" + strings.Join(toolPath, ":")}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		msg, _, _ := strings.Cut(strings.TrimSpace(stderr.String()), "\n")
-		if msg != "" {
-			return out, fmt.Errorf("%s: %w: %s", name, err, cleanText(msg, 200))
-		}
-		return out, fmt.Errorf("%s: %w", name, err)
-	}
-	return out, nil
+	res, err := sysexec.Run(ctx, sysexec.Cmd{Path: exe, Args: args, Env: []string{"PATH=" + strings.Join(toolPath, ":")}})
+	return res.Stdout, err
 }

@@ -7,10 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -158,17 +158,20 @@ func signalPID(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
 // startDaemon starts exe with argv in a session of its own, its input
 // /dev/null, its output appended to logPath, and reaps it when it exits.
 func startDaemon(exe string, argv []string, logPath string) error {
-	cmd := &exec.Cmd{Path: exe, Args: argv, Env: []string{"PATH=" + strings.Join(toolPath, ":")}}
+	c := sysexec.Cmd{Path: exe, Env: []string{"PATH=" + strings.Join(toolPath, ":")}, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
+	if len(argv) > 0 {
+		c.Argv0, c.Args = argv[0], argv[1:]
+	}
 	if logPath != "" {
 		if f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
 			defer f.Close()
-			cmd.Stdout, cmd.Stderr = f, f
+			c.Stdout, c.Stderr = f, f
 		}
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	p, err := sysexec.Start(c)
+	if err != nil {
 		return err
 	}
-	go cmd.Wait()
+	go p.Wait()
 	return nil
 }

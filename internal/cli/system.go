@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/sysinstall"
 	"github.com/spf13/cobra"
 )
@@ -202,7 +202,7 @@ func systemStatus(ctx context.Context) SystemStatus {
 	l := paths.SystemLayout()
 	for _, u := range []struct{ unit, sock string }{{sysinstall.HelperUnit, l.HelperSocketPath()}, {sysinstall.DaemonUnit, l.SocketPath()}} {
 		us := UnitStatus{Unit: u.unit, Socket: u.sock}
-		out, _ := exec.CommandContext(ctx, "systemctl", "show", "--property=ActiveState,MainPID,KillMode", u.unit).Output()
+		out, _ := sysexec.Output(ctx, "systemctl", "show", "--property=ActiveState,MainPID,KillMode", u.unit)
 		for _, line := range strings.Split(string(out), "\n") {
 			k, v, _ := strings.Cut(line, "=")
 			switch k {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/imagespec"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
 )
@@ -259,7 +259,7 @@ func (a *app) inWorkspace(ctx context.Context, info api.SSHInfo, argv []string) 
 	if w == nil {
 		return argv
 	}
-	if head, err := exec.CommandContext(ctx, "git", "-C", w.HostPath, "rev-parse", "HEAD").Output(); err == nil {
+	if head, err := sysexec.Output(ctx, "git", "-C", w.HostPath, "rev-parse", "HEAD"); err == nil {
 		if h := strings.TrimSpace(string(head)); h != w.HeadCommit {
 			fmt.Fprintf(a.stderr, "banger: warning: HEAD of %s moved since the workspace was prepared (%.12s → %.12s); 'banger vm workspace prepare %s %s' re-syncs it\n",
 				w.HostPath, w.HeadCommit, h, info.Name, w.HostPath)
@@ -365,18 +365,19 @@ func (a *app) interactive(ctx context.Context, info api.SSHInfo, addr string) (i
 
 // interactiveIn is interactive starting in directory dir ("" = home).
 func (a *app) interactiveIn(ctx context.Context, info api.SSHInfo, addr, dir string) (int, error) {
-	if _, err := exec.LookPath("ssh"); err == nil {
+	if ssh, err := sysexec.LookPath("ssh"); err == nil {
 		args := guestssh.SystemSSHArgs(addr, info.KeyPath, info.KnownHosts)
 		if dir != "" {
 			args = append([]string{args[0], "-t"}, args[1:]...)
 			args = append(args, guestssh.ShellInCommand(dir))
 		}
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode(), nil
+		// Not bounded by ctx: the session ends when ssh does (Ctrl-C is
+		// the guest's).
+		_, err := sysexec.Run(context.Background(), sysexec.Cmd{Path: ssh, Argv0: args[0], Args: args[1:],
+			Stdin: a.stdin, Stdout: a.stdout, Stderr: a.stderr})
+		var se *sysexec.Error
+		if errors.As(err, &se) && se.Started && se.Code != 0 {
+			return se.Code, nil
 		}
 		return 0, err
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/safesock"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,7 +31,7 @@ func DaemonBinary() (string, error) {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("bangerd")
+	p, err := sysexec.LookPath("bangerd")
 	if err != nil {
 		return "", errors.New("bangerd not found beside banger or on PATH; build it with 'make build'")
 	}
@@ -206,19 +206,15 @@ func startDaemon(ctx context.Context, layout paths.Layout) error {
 		return err
 	}
 	defer pr.Close()
-	cmd := exec.Command(bin)
-	cmd.Stdin = devnull
-	cmd.Stdout = logf
-	cmd.Stderr = pw
-	cmd.Env = append(os.Environ(), "BANGER_DAEMON_STDERR_TO_LOG=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	p, err := sysexec.Start(sysexec.Cmd{Path: bin, Stdin: devnull, Stdout: logf, Stderr: pw,
+		ExtraEnv: []string{"BANGER_DAEMON_STDERR_TO_LOG=1"}, SysProcAttr: &syscall.SysProcAttr{Setsid: true}})
+	if err != nil {
 		pw.Close()
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	pw.Close()
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { exited <- p.Wait() }()
 	errText := make(chan string, 1)
 	go func() {
 		buf := make([]byte, 4096)
@@ -246,7 +242,8 @@ func startDaemon(ctx context.Context, layout paths.Layout) error {
 			if msg != "" {
 				return errors.New(msg)
 			}
-			return fmt.Errorf("bangerd exited at start (%v); see %s", err, layout.DaemonLogPath())
+			// Wait's *sysexec.Error names bangerd again: its cause alone.
+			return fmt.Errorf("bangerd exited at start (%v); see %s", errors.Unwrap(err), layout.DaemonLogPath())
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(30 * time.Millisecond):

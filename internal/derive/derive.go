@@ -31,6 +31,7 @@ import (
 	"github.com/banger-dev/banger/internal/imagespec"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/vm"
 )
 
@@ -318,15 +319,11 @@ func (s *stageLines) Write(p []byte) (int, error) {
 	}
 }
 
-// lastLines returns the last n lines of a file.
+// lastLines returns the last n lines of a file (see sysexec.LastLines).
 func lastLines(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return sysexec.LastLines(string(b), n)
 }

@@ -16,18 +16,17 @@
 package disk
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/banger-dev/banger/internal/ext4"
 	"golang.org/x/sys/unix"
 )
 
@@ -221,11 +220,6 @@ func MakeWorkDisk(ctx context.Context, path string, sizeBytes int64, seedDir str
 			return fmt.Errorf("make work disk %s: seed %s is not a directory", path, seedDir)
 		}
 	}
-	mkfs, err := lookTool("mkfs.ext4")
-	if err != nil {
-		return fmt.Errorf("make work disk %s: %w", path, err)
-	}
-
 	f, err := createExclusive(abs)
 	if err != nil {
 		return fmt.Errorf("make work disk: %w", err)
@@ -243,27 +237,8 @@ func MakeWorkDisk(ctx context.Context, path string, sizeBytes int64, seedDir str
 		return fmt.Errorf("make work disk %s: size %d: %w", path, sizeBytes, err)
 	}
 
-	args := []string{"-q", "-F", "-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1"}
-	if seed != "" {
-		args = append(args, "-d", seed)
-	}
-	args = append(args, abs)
-	cmd := exec.CommandContext(ctx, mkfs, args...)
-	cmd.Env = []string{"LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	var outb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &outb, &outb
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		msg := strings.Join(strings.Fields(outb.String()), " ")
-		if len(msg) > 500 {
-			msg = msg[:500] + "…"
-		}
-		if msg != "" {
-			return fmt.Errorf("make work disk %s: mkfs.ext4: %w: %s", path, err, msg)
-		}
-		return fmt.Errorf("make work disk %s: mkfs.ext4: %w", path, err)
+	if err := ext4.Make(ctx, abs, seed, ext4.MkfsOptions{Lazy: true}); err != nil {
+		return fmt.Errorf("make work disk %s: %w", path, err)
 	}
 	return nil
 }
@@ -282,24 +257,6 @@ func createExclusive(p string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
-}
-
-// toolDirs are searched before $PATH: a root helper should run the system's
-// tools, and /usr/sbin is often missing from an ordinary user's PATH.
-var toolDirs = []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"}
-
-func lookTool(name string) (string, error) {
-	for _, d := range toolDirs {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s not found in %s or $PATH (install e2fsprogs)", name, strings.Join(toolDirs, ", "))
-	}
-	return p, nil
 }
 
 // ParseSize parses a size such as "512M", "2G", "1GiB", "64k" or "1048576"

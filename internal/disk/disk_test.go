@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 const mib = 1 << 20
@@ -353,7 +355,7 @@ func freeBlocks(t *testing.T, dir string) int64 {
 func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
-		if _, err := lookTool(tool); err != nil {
+		if _, err := sysexec.LookSystemPath(tool); err != nil {
 			t.Skip(err)
 		}
 	}
@@ -367,7 +369,7 @@ type debugfsEntry struct {
 // name.
 func debugfsLs(t *testing.T, img, dir string) map[string]debugfsEntry {
 	t.Helper()
-	debugfs, _ := lookTool("debugfs")
+	debugfs, _ := sysexec.LookSystemPath("debugfs")
 	out, err := exec.Command(debugfs, "-R", "ls -l "+dir, img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("debugfs: %v: %s", err, out)
@@ -389,7 +391,7 @@ func debugfsLs(t *testing.T, img, dir string) map[string]debugfsEntry {
 
 func debugfsCat(t *testing.T, img, path string) string {
 	t.Helper()
-	debugfs, _ := lookTool("debugfs")
+	debugfs, _ := sysexec.LookSystemPath("debugfs")
 	out, err := exec.Command(debugfs, "-R", "cat "+path, img).Output()
 	if err != nil {
 		t.Fatalf("debugfs cat %s: %v", path, err)

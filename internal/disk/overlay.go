@@ -1,15 +1,14 @@
 package disk
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/banger-dev/banger/internal/sysexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +69,9 @@ func MakeOverlay(ctx context.Context, path, backing, backingFormat string) (err 
 		// qemu-img would read them as options or a protocol.
 		return fmt.Errorf("make overlay %s: backing path %q has a ',' or ':'", path, backing)
 	}
-	qimg, err := lookTool("qemu-img")
+	// The system's qemu-img first: a root helper should not run one a
+	// user's PATH puts first.
+	qimg, err := sysexec.LookSystemPath("qemu-img")
 	if err != nil {
 		return fmt.Errorf("make overlay %s: qemu-img not found (install qemu-utils)", path)
 	}
@@ -86,16 +87,10 @@ func MakeOverlay(ctx context.Context, path, backing, backingFormat string) (err 
 			os.Remove(path)
 		}
 	}()
-	cmd := exec.CommandContext(ctx, qimg, "create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", backing, path)
-	cmd.Env = []string{"LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		msg := strings.Join(strings.Fields(out.String()), " ")
-		if len(msg) > 500 {
-			msg = msg[:500] + "…"
-		}
-		return fmt.Errorf("make overlay %s: qemu-img: %w: %s", path, err, msg)
+	_, err = sysexec.Run(ctx, sysexec.Cmd{Path: qimg, Args: []string{"create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", backing, path},
+		Env: []string{"LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}})
+	if err != nil {
+		return fmt.Errorf("make overlay %s: %w", path, err)
 	}
 	f, err = os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {

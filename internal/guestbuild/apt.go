@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/atomicfile"
 	"github.com/banger-dev/banger/internal/digest"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // kernelMetaPackage names the Debian kernel flavour the guest boots.
@@ -52,77 +52,69 @@ type plan struct {
 	Key           string   `json:"key"`
 }
 
-// hostTools are the absolute paths of the host programs a build runs.
+// hostTools are the absolute paths of the host programs a build runs
+// (mkfs.ext4 and debugfs are the ext4 package's).
 type hostTools struct {
-	aptGet, aptCache, dpkgDeb, mkfs, depmod, modprobe string
+	aptGet, aptCache, dpkgDeb, depmod, modprobe string
 }
 
 // findTool looks a program up in PATH and then in the sbin directories, which
 // are often missing from a non-root PATH.
 func findTool(name, pkg string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
+	p, err := sysexec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("guestbuild: %s not found: install it with `apt-get install %s`", name, pkg)
 	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(d, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("guestbuild: %s not found: install it with `apt-get install %s`", name, pkg)
+	return p, nil
 }
 
-// checkTools finds every host program a build needs, failing on the first
-// missing one with the apt package that provides it.
+// toolCheck is one host program a build needs: where its path goes (nil
+// when only its presence is checked) and the apt package providing it.
+type toolCheck struct {
+	dst       *string
+	name, pkg string
+}
+
+// findTools finds every program of checks, failing on the first missing one
+// with the apt package that provides it.
+func findTools(checks []toolCheck) error {
+	for _, x := range checks {
+		p, err := findTool(x.name, x.pkg)
+		if err != nil {
+			return err
+		}
+		if x.dst != nil {
+			*x.dst = p
+		}
+	}
+	return nil
+}
+
+// checkTools finds every host program a build needs.
 func checkTools() (hostTools, error) {
 	var t hostTools
-	for _, x := range []struct {
-		dst       *string
-		name, pkg string
-	}{
+	err := findTools([]toolCheck{
 		{&t.aptCache, "apt-cache", "apt"},
 		{&t.aptGet, "apt-get", "apt"},
 		{&t.dpkgDeb, "dpkg-deb", "dpkg"},
-		{&t.mkfs, "mkfs.ext4", "e2fsprogs"},
+		{nil, "mkfs.ext4", "e2fsprogs"},
 		{&t.depmod, "depmod", "kmod"},
 		{&t.modprobe, "modprobe", "kmod"},
-	} {
-		p, err := findTool(x.name, x.pkg)
-		if err != nil {
-			return t, err
-		}
-		*x.dst = p
-	}
-	return t, nil
+	})
+	return t, err
 }
 
-// run runs a command and returns its stdout; errors carry stderr.
+// runner runs the build's programs; tests swap in a sysexectest.Fake.
+var runner sysexec.Runner = sysexec.Real
+
+// run runs a command in dir in the C locale and returns its stdout; a
+// failure names the command and carries the tail of its stderr.
 func run(ctx context.Context, dir string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = strings.TrimSpace(stdout.String())
-		}
-		return nil, fmt.Errorf("%s %s: %v: %s", filepath.Base(name), strings.Join(args, " "), err, lastLines(msg, 6))
+	res, err := runner.Run(ctx, sysexec.Cmd{Path: name, Args: args, Dir: dir, ExtraEnv: []string{"LC_ALL=C"}})
+	if err != nil {
+		return nil, err
 	}
-	return stdout.Bytes(), nil
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(s, "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, " | ")
+	return res.Stdout, nil
 }
 
 // aptStanza holds the fields of one `apt-cache show` record.

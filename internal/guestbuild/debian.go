@@ -12,13 +12,15 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/banger-dev/banger/internal/ext4"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // The Debian guests: Debian bookworm root filesystems built with one
@@ -258,26 +260,21 @@ func ensureRecipe(ctx context.Context, opts Options, r debianRecipe) (Artifacts,
 	}, nil
 }
 
-// debianTools are the host programs a Debian build runs.
-type debianTools struct{ mmdebstrap, unshare, mkfs, debugfs, depmod string }
+// debianTools are the host programs a Debian build runs (mkfs.ext4 and
+// debugfs are the ext4 package's).
+type debianTools struct{ mmdebstrap, unshare, depmod string }
 
 func checkDebianTools() (debianTools, error) {
 	var t debianTools
-	for _, x := range []struct {
-		dst       *string
-		name, pkg string
-	}{
+	err := findTools([]toolCheck{
 		{&t.mmdebstrap, "mmdebstrap", "mmdebstrap"},
 		{&t.unshare, "unshare", "util-linux"},
-		{&t.mkfs, "mkfs.ext4", "e2fsprogs"},
-		{&t.debugfs, "debugfs", "e2fsprogs"},
+		{nil, "mkfs.ext4", "e2fsprogs"},
+		{nil, "debugfs", "e2fsprogs"},
 		{&t.depmod, "depmod", "kmod"},
-	} {
-		p, err := findTool(x.name, x.pkg)
-		if err != nil {
-			return t, errors.New(strings.TrimPrefix(err.Error(), "guestbuild: ")) // EnsureDebian adds it
-		}
-		*x.dst = p
+	})
+	if err != nil {
+		return t, errors.New(strings.TrimPrefix(err.Error(), "guestbuild: ")) // EnsureDebian adds it
 	}
 	return t, nil
 }
@@ -395,8 +392,8 @@ func buildDebian(ctx context.Context, r debianRecipe, root, cache, staging, key 
 	size := roundUp(content+content/5+r.headroom, 64<<20)
 	p.f("mkfs.ext4 -d (%d MiB content, %d MiB image) ...", content>>20, size>>20)
 	img := filepath.Join(staging, fileRootfs)
-	if _, err := run(ctx, "", t.mkfs, "-q", "-F", "-L", "banger-root", "-N", strconv.FormatInt(inodeCount(tree), 10),
-		"-E", "root_owner=0:0", "-d", tree, img, strconv.FormatInt(size>>10, 10)+"k"); err != nil {
+	if err := ext4.Make(ctx, img, tree, ext4.MkfsOptions{Label: "banger-root", Inodes: inodeCount(tree),
+		Size: strconv.FormatInt(size>>10, 10) + "k"}); err != nil {
 		return fmt.Errorf("%s rootfs: %w", r.name, err)
 	}
 	if err := syncFile(img); err != nil {
@@ -439,16 +436,19 @@ func runLogged(ctx context.Context, logPath, name string, args ...string) error 
 		return err
 	}
 	defer lf.Close()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	if err := cmd.Run(); err != nil {
+	_, err = runner.Run(ctx, sysexec.Cmd{Path: name, Args: args, ExtraEnv: []string{"LC_ALL=C"}, Stdout: lf, Stderr: lf,
+		Cancel: sysexec.Terminate, WaitDelay: 30 * time.Second})
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("mmdebstrap failed (%v): %s (full log: %s)", err, mmdebstrapErrors(logPath), logPath)
+		// The status alone: the log has the rest.
+		status := err
+		var se *sysexec.Error
+		if errors.As(err, &se) && se.Err != nil {
+			status = se.Err
+		}
+		return fmt.Errorf("mmdebstrap failed (%v): %s (full log: %s)", status, mmdebstrapErrors(logPath), logPath)
 	}
 	return nil
 }
@@ -468,7 +468,7 @@ func mmdebstrapErrors(logPath string) string {
 		}
 		return strings.Join(errs, " | ")
 	}
-	return lastLines(strings.TrimSpace(string(b)), 4)
+	return sysexec.OneLine(sysexec.LastLines(string(b), 4))
 }
 
 // configureDebianTree turns mmdebstrap's tree into a banger guest, without
@@ -539,7 +539,7 @@ func configureDebianTree(ctx context.Context, t debianTools, rc debianRecipe, di
 		}
 	} else {
 		tinyRoot := filepath.Join(k.Dir, fileRootfs)
-		if _, err := run(ctx, "", t.debugfs, "-R", "rdump /lib/modules/"+k.KernelVersion+" "+filepath.Join(dir, "lib/modules"), tinyRoot); err != nil {
+		if err := ext4.Rdump(ctx, tinyRoot, "/lib/modules/"+k.KernelVersion, filepath.Join(dir, "lib/modules")); err != nil {
 			return fmt.Errorf("modules from %s: %w", tinyRoot, err)
 		}
 		if _, err := os.Stat(filepath.Join(dir, "lib/modules", k.KernelVersion, "modules.dep")); err != nil {

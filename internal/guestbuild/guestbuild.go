@@ -468,7 +468,7 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 		return fmt.Errorf("rootfs: %w", err)
 	}
 	img := filepath.Join(staging, fileRootfs)
-	if err := makeExt4(ctx, t, tree, img, RootfsSize); err != nil {
+	if err := makeExt4(ctx, tree, img, RootfsSize); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
 

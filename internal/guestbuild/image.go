@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // RootfsSize is the apparent size of rootfs.ext4 (sparse: ~15 MiB are used).
@@ -364,9 +366,8 @@ func isStaticELF(data []byte) bool {
 }
 
 // makeExt4 builds the ext4 image from dir without mounting anything.
-func makeExt4(ctx context.Context, t hostTools, dir, img, size string) error {
-	_, err := run(ctx, "", t.mkfs, "-q", "-F", "-L", "banger-root", "-E", "root_owner=0:0", "-d", dir, img, size)
-	if err != nil {
+func makeExt4(ctx context.Context, dir, img, size string) error {
+	if err := ext4.Make(ctx, img, dir, ext4.MkfsOptions{Label: "banger-root", Size: size}); err != nil {
 		return err
 	}
 	return syncFile(img)

@@ -10,8 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os/exec"
 
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 	"github.com/ulikunitz/xz/lzma"
@@ -135,19 +135,15 @@ func unxz(ctx context.Context, p []byte) ([]byte, error) {
 			return out, nil
 		}
 	}
-	path, err := exec.LookPath("xz")
+	path, err := sysexec.LookPath("xz")
 	if err != nil {
 		return nil, errors.New("xz payload with a BCJ filter needs the xz tool (apt-get install xz-utils)")
 	}
-	cmd := exec.CommandContext(ctx, path, "-dc", "--single-stream")
-	cmd.Stdin = bytes.NewReader(p)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if len(out) == 0 && err != nil {
-		return nil, fmt.Errorf("xz -dc: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	res, err := runner.Run(ctx, sysexec.Cmd{Path: path, Args: []string{"-dc", "--single-stream"}, Stdin: bytes.NewReader(p)})
+	if len(res.Stdout) == 0 && err != nil {
+		return nil, err
 	}
-	return out, nil
+	return res.Stdout, nil
 }
 
 // trimELF checks that data starts with a 64-bit x86 ELF executable and cuts

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -76,7 +75,7 @@ func (r *report) vmm(in DoctorInput) {
 	} else {
 		r.add("vmm", api.DoctorOK, fmt.Sprintf("%s (%s): %s", in.VMM.Kind, in.VMM.Binary, in.VMM.Reason), "")
 		if in.VMM.Kind == KindBangerVMM {
-			if p, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+			if p, err := lookPath("qemu-system-x86_64"); err != nil {
 				r.add("qemu", api.DoctorFail, "qemu-system-x86_64 not found: banger-vmm runs guests with it", "apt-get install qemu-system-x86 (or 'make deps')")
 			} else {
 				r.add("qemu", api.DoctorOK, p, "")
@@ -114,7 +113,7 @@ func (r *report) tools() {
 		{"git", "git", "workspaces ('vm run PATH')", api.DoctorWarn},
 		{"mmdebstrap", "mmdebstrap", "building the debian-bookworm images", api.DoctorWarn},
 	} {
-		if p, err := exec.LookPath(t.bin); err != nil {
+		if p, err := lookPath(t.bin); err != nil {
 			r.add("tool "+t.bin, t.status, t.bin+" not found: needed for "+t.why, "apt-get install "+t.pkg)
 		} else {
 			r.add("tool "+t.bin, api.DoctorOK, p, "")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 type fakeHelper struct{ err error }
@@ -31,6 +32,14 @@ func input(t *testing.T) DoctorInput {
 	}
 }
 
+// lookOnlyIn makes the checks find programs in dir alone (not PATH, not
+// the sbin directories the real lookup also tries).
+func lookOnlyIn(t *testing.T, dir string) {
+	saved := lookPath
+	t.Cleanup(func() { lookPath = saved })
+	lookPath = func(name string) (string, error) { return sysexec.LookIn(name, []string{dir}) }
+}
+
 // byName indexes a report, and checks every check appears once.
 func byName(t *testing.T, checks []api.DoctorCheck) map[string]api.DoctorCheck {
 	t.Helper()
@@ -49,7 +58,7 @@ func TestDoctorOrderAndVerdicts(t *testing.T) {
 	for _, b := range []string{"qemu-system-x86_64", "mkfs.ext4", "debugfs"} {
 		exe(t, path, b)
 	}
-	t.Setenv("PATH", path) // no git, no mmdebstrap
+	lookOnlyIn(t, path) // no git, no mmdebstrap
 	checks := Doctor(context.Background(), input(t))
 	var names []string
 	for _, c := range checks {
@@ -84,7 +93,7 @@ func TestDoctorOrderAndVerdicts(t *testing.T) {
 }
 
 func TestDoctorFailures(t *testing.T) {
-	t.Setenv("PATH", t.TempDir())
+	lookOnlyIn(t, t.TempDir())
 	in := input(t)
 	in.VMM, in.VMMErr = VMMChoice{}, errors.New("no VMM found: set firecracker_bin, or build banger-vmm ('make build') next to bangerd")
 	in.Helper = fakeHelper{err: errors.New("connection refused")}

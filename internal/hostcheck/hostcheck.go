@@ -14,11 +14,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // VMM kinds.
@@ -38,6 +38,10 @@ type VMMChoice struct {
 // when set; Firecracker on PATH when KVM is usable; else banger's own
 // QEMU-backed VMM (BANGER_VMM_BIN, beside this executable, in
 // /usr/local/lib/banger, or on PATH).
+// lookPath finds a program as the code that runs it will (sysexec: PATH,
+// then the sbin directories); tests replace it.
+var lookPath = sysexec.LookPath
+
 func ChooseVMM(firecrackerBin string) (VMMChoice, error) {
 	return chooseVMM(firecrackerBin, kvmprobe.Usable(), bangerVMMCandidates)
 }
@@ -50,7 +54,7 @@ func chooseVMM(firecrackerBin string, kvm bool, candidates func() []string) (VMM
 		return VMMChoice{Binary: firecrackerBin, Kind: kindOf(firecrackerBin), Reason: "firecracker_bin in config"}, nil
 	}
 	if kvm {
-		if p, err := exec.LookPath("firecracker"); err == nil {
+		if p, err := lookPath("firecracker"); err == nil {
 			return VMMChoice{Binary: p, Kind: KindFirecracker, Reason: "firecracker on PATH and KVM usable"}, nil
 		}
 	}
@@ -85,7 +89,7 @@ func bangerVMMCandidates() []string {
 		cands = append(cands, filepath.Join(filepath.Dir(exe), "banger-vmm"))
 	}
 	cands = append(cands, "/usr/local/lib/banger/banger-vmm")
-	if p, err := exec.LookPath("banger-vmm"); err == nil {
+	if p, err := lookPath("banger-vmm"); err == nil {
 		cands = append(cands, p)
 	}
 	return cands

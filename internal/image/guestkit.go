@@ -5,12 +5,13 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/banger-dev/banger/internal/ext4"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/oci"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // The guest kit makes an imported OCI image bootable as a banger guest
@@ -31,18 +32,14 @@ type guestKit struct {
 // newGuestKit takes the static busybox out of the built-in guest's rootfs
 // (debugfs, no mount) and lists its applets.
 func newGuestKit(ctx context.Context, art guestbuild.Artifacts) (*guestKit, error) {
-	debugfs, err := exec.LookPath("debugfs")
-	if err != nil {
-		return nil, fmt.Errorf("debugfs not found: install e2fsprogs")
-	}
 	tmp, err := os.MkdirTemp("", "banger-kit-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	bb := filepath.Join(tmp, "busybox")
-	if out, err := exec.CommandContext(ctx, debugfs, "-R", "dump /bin/busybox "+bb, art.Rootfs).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("busybox from %s: %v: %s", art.Rootfs, err, strings.TrimSpace(string(out)))
+	if err := ext4.Dump(ctx, art.Rootfs, "/bin/busybox", bb); err != nil {
+		return nil, fmt.Errorf("busybox from %s: %w", art.Rootfs, err)
 	}
 	data, err := os.ReadFile(bb)
 	if err != nil || len(data) < 100000 {
@@ -51,9 +48,9 @@ func newGuestKit(ctx context.Context, art guestbuild.Artifacts) (*guestKit, erro
 	if err := os.Chmod(bb, 0o755); err != nil {
 		return nil, err
 	}
-	out, err := exec.CommandContext(ctx, bb, "--list").Output()
+	out, err := sysexec.Output(ctx, bb, "--list")
 	if err != nil {
-		return nil, fmt.Errorf("busybox --list: %w", err)
+		return nil, err
 	}
 	k := &guestKit{busybox: data}
 

@@ -2,11 +2,9 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/catalog"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/ext4"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/store"
 )
@@ -83,17 +82,13 @@ func extractModules(ctx context.Context, rootfs, kver, dst string) error {
 	if _, err := os.Stat(filepath.Join(dst, kver, "modules.dep")); err == nil {
 		return nil
 	}
-	debugfs, err := exec.LookPath("debugfs")
-	if err != nil {
-		return errors.New("debugfs not found: install e2fsprogs")
-	}
 	tmp := dst + ".tmp-" + newID()
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if out, err := exec.CommandContext(ctx, debugfs, "-R", "rdump /lib/modules/"+kver+" "+tmp, rootfs).CombinedOutput(); err != nil {
-		return fmt.Errorf("modules of %s from %s: %v: %s", kver, rootfs, err, strings.TrimSpace(string(out)))
+	if err := ext4.Rdump(ctx, rootfs, "/lib/modules/"+kver, tmp); err != nil {
+		return fmt.Errorf("modules of %s from %s: %w", kver, rootfs, err)
 	}
 	if _, err := os.Stat(filepath.Join(tmp, kver, "modules.dep")); err != nil {
 		return fmt.Errorf("modules of %s: no modules.dep in %s", kver, rootfs)

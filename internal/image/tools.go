@@ -5,13 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/banger-dev/banger/internal/agent"
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // The tools disk: a small read-only ext4 attached to every VM as /dev/vdc,
@@ -55,9 +53,8 @@ func (s *Service) ToolsDisk(ctx context.Context) (string, error) {
 }
 
 func buildToolsDisk(ctx context.Context, dir, img string, agentBin []byte) error {
-	mkfs, err := exec.LookPath("mkfs.ext4")
-	if err != nil {
-		return fmt.Errorf("mkfs.ext4 not found: install e2fsprogs")
+	if err := ext4.Check(); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -82,11 +79,8 @@ func buildToolsDisk(ctx context.Context, dir, img string, agentBin []byte) error
 	if err := os.Truncate(tmp.Name(), toolsDiskSize); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, mkfs, "-q", "-F", "-L", "banger-tools", "-E", "root_owner=0:0", "-d", tree, tmp.Name())
-	var stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("mkfs.ext4: %v: %s", err, strings.TrimSpace(stderr.String()))
+	if err := ext4.Make(ctx, tmp.Name(), tree, ext4.MkfsOptions{Label: "banger-tools"}); err != nil {
+		return err
 	}
 	if err := os.Chmod(tmp.Name(), 0o444); err != nil {
 		return err

@@ -3,13 +3,14 @@ package image
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // The work seed: an image's /root (shell dotfiles and the like) as a small
@@ -51,17 +52,14 @@ func (s *Service) workSeed(ctx context.Context, rootfs string) string {
 // regular files (no links, no devices), or an empty file when /root is
 // empty.
 func makeWorkSeed(ctx context.Context, rootfs, dst string) error {
-	debugfs, err := exec.LookPath("debugfs")
-	if err != nil {
-		return fmt.Errorf("debugfs not found: install e2fsprogs")
-	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dst), ".seed-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if out, err := exec.CommandContext(ctx, debugfs, "-R", "rdump /root "+tmp, rootfs).CombinedOutput(); err != nil {
-		return fmt.Errorf("debugfs rdump /root: %v: %s", err, strings.TrimSpace(string(out)))
+	// An image without /root gets an empty seed, as one with an empty /root.
+	if err := ext4.Rdump(ctx, rootfs, "/root", tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	src := filepath.Join(tmp, "root")
 	f, err := os.CreateTemp(filepath.Dir(dst), ".seed-*.tar")

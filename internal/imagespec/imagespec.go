@@ -69,7 +69,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/banger-dev/banger/internal/safepath"
 	"io"
 	"io/fs"
 	"os"
@@ -81,10 +80,11 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/banger-dev/banger/internal/ext4"
+	"github.com/banger-dev/banger/internal/safepath"
+	"github.com/banger-dev/banger/internal/securefs"
 	"github.com/pelletier/go-toml/v2"
 	"golang.org/x/sys/unix"
-
-	"github.com/banger-dev/banger/internal/securefs"
 )
 
 // File is where a repository describes its derived image, relative to the
@@ -566,7 +566,7 @@ func (p *parser) checkCopies(s *Spec, copies []fileCopy, rootDir *os.File) error
 			if v == 0 {
 				return p.err(line, key, `%q gives no permission at all: write the mode you mean, like "0644", or leave mode out to keep the source's`, m)
 			}
-			cp.Mode = fileMode(v)
+			cp.Mode = ext4.FileMode(v)
 		}
 		s.Copy = append(s.Copy, cp)
 	}
@@ -607,36 +607,6 @@ func hasControl(s string) bool {
 		}
 	}
 	return false
-}
-
-// fileMode turns Unix mode bits (07777) into an fs.FileMode.
-func fileMode(m uint32) fs.FileMode {
-	fm := fs.FileMode(m & 0o777)
-	if m&unix.S_ISUID != 0 {
-		fm |= fs.ModeSetuid
-	}
-	if m&unix.S_ISGID != 0 {
-		fm |= fs.ModeSetgid
-	}
-	if m&unix.S_ISVTX != 0 {
-		fm |= fs.ModeSticky
-	}
-	return fm
-}
-
-// unixMode is fileMode's inverse.
-func unixMode(fm fs.FileMode) uint32 {
-	m := uint32(fm.Perm())
-	if fm&fs.ModeSetuid != 0 {
-		m |= unix.S_ISUID
-	}
-	if fm&fs.ModeSetgid != 0 {
-		m |= unix.S_ISGID
-	}
-	if fm&fs.ModeSticky != 0 {
-		m |= unix.S_ISVTX
-	}
-	return m
 }
 
 // oneLine keeps an error message on one line.

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/banger-dev/banger/internal/ext4"
 	"github.com/banger-dev/banger/internal/securefs"
 )
 
@@ -266,8 +267,8 @@ func TestModes(t *testing.T) {
 		if s.Copy[0].Mode != want {
 			t.Errorf("mode %q = %v, want %v", in, s.Copy[0].Mode, want)
 		}
-		if got := fmt.Sprintf("%o", unixMode(want)); strings.TrimLeft(in, "0") != got {
-			t.Errorf("unixMode(%v) = %s, want %s", want, got, in)
+		if got := fmt.Sprintf("%o", ext4.UnixMode(want)); strings.TrimLeft(in, "0") != got {
+			t.Errorf("ext4.UnixMode(%v) = %s, want %s", want, got, in)
 		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // keyVersion changes whenever what a spec builds changes for the same
@@ -49,7 +51,7 @@ func (s *Spec) Key(baseIdentity string) string {
 	str("copy")
 	num(len(s.Copy))
 	for i, c := range s.Copy {
-		str(c.Dst, strconv.FormatUint(uint64(unixMode(c.Mode)), 8))
+		str(c.Dst, strconv.FormatUint(uint64(ext4.UnixMode(c.Mode)), 8))
 		var src []entry
 		if i < len(s.sources) {
 			src = s.sources[i]
@@ -193,7 +195,7 @@ func (s *Spec) script(aptSources []string) (string, error) {
 		if !src[0].dir {
 			mode := src[0].mode
 			if c.Mode != 0 {
-				mode = unixMode(c.Mode)
+				mode = ext4.UnixMode(c.Mode)
 			}
 			line("chmod %04o %s", mode, staged)
 			line(`mkdir -p "$R"%s`, shQuote(path.Dir(c.Dst)))
@@ -207,7 +209,7 @@ func (s *Spec) script(aptSources []string) (string, error) {
 		for j, e := range src {
 			m := e.mode
 			if j == 0 && c.Mode != 0 {
-				m = unixMode(c.Mode)
+				m = ext4.UnixMode(c.Mode)
 			}
 			p := staged
 			if e.rel != "" {

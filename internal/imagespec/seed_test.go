@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // seedEntry is one tar entry as read back.
@@ -79,7 +81,7 @@ func extract(t *testing.T, b []byte, dir string) {
 	}
 	// Modes last, deepest first, so a read-only directory is filled first.
 	for i := len(names) - 1; i >= 0; i-- {
-		if err := os.Chmod(filepath.Join(dir, names[i]), fileMode(uint32(entries[names[i]].mode))); err != nil {
+		if err := os.Chmod(filepath.Join(dir, names[i]), ext4.FileMode(uint32(entries[names[i]].mode))); err != nil {
 			t.Fatal(err)
 		}
 	}

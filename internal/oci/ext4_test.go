@@ -11,12 +11,14 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 func needE2fsprogs(t *testing.T) {
 	t.Helper()
 	for _, n := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
-		if _, err := tool(n); err != nil {
+		if _, err := sysexec.LookPath(n); err != nil {
 			t.Skip(err)
 		}
 	}
@@ -24,7 +26,7 @@ func needE2fsprogs(t *testing.T) {
 
 func debugfsRun(t *testing.T, img, req string) (stdout, stderr string) {
 	t.Helper()
-	dbg, _ := tool("debugfs")
+	dbg, _ := sysexec.LookPath("debugfs")
 	cmd := exec.Command(dbg, "-R", req, img)
 	var o, e strings.Builder
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -75,7 +77,7 @@ func statImage(t *testing.T, img, p string) (inodeInfo, bool) {
 
 func e2fsckClean(t *testing.T, img string) {
 	t.Helper()
-	fsck, _ := tool("e2fsck")
+	fsck, _ := sysexec.LookPath("e2fsck")
 	if out, err := exec.Command(fsck, "-fn", img).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
 	}

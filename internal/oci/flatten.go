@@ -15,19 +15,15 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/banger-dev/banger/internal/ext4"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
 // Owner is the ownership and mode an entry has in the image, as opposed to
-// the one its copy on the host has.
-type Owner struct {
-	UID, GID int
-	// Mode carries the type bits and the permission bits, setuid, setgid
-	// and sticky included.
-	Mode fs.FileMode
-}
+// the one its copy on the host has (ext4.SetOwners applies it).
+type Owner ext4.Owner
 
 // Tree is a flattened image: a host directory plus what the host copy does
 // not carry.
@@ -217,25 +213,10 @@ func (t *Tree) applyLayer(ctx context.Context, label, blob string) error {
 	}
 }
 
-// checkName refuses names debugfs scripts cannot quote, and control
-// characters in general.
-func checkName(name string) error {
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("unsafe path: contains control character %#02x", c)
-		}
-		if c == '"' {
-			return errors.New(`unsafe path: contains '"'`)
-		}
-	}
-	return nil
-}
-
 // cleanTarName validates a tar entry name and returns it cleaned and
 // relative ("." for the root).
 func cleanTarName(name string) (string, error) {
-	if err := checkName(name); err != nil {
+	if err := ext4.CheckName(name); err != nil {
 		return "", err
 	}
 	c := path.Clean(name)

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/banger-dev/banger/internal/ext4"
 )
 
 // removeAll deletes key and everything below it, on disk and in Owners.
@@ -150,7 +152,7 @@ func splitPath(p string) []string {
 // cleanRel validates a caller-supplied path and splits it into its parent
 // and base name.
 func cleanRel(rel string) (dir, base string, err error) {
-	if err := checkName(rel); err != nil {
+	if err := ext4.CheckName(rel); err != nil {
 		return "", "", fmt.Errorf("%q: %w", rel, err)
 	}
 	c := path.Clean("/" + rel)
@@ -232,7 +234,7 @@ func (t *Tree) AddSymlink(rel, target string) error {
 // followed inside the tree, the last component is not.
 func (t *Tree) Has(rel string) bool {
 	if path.Clean("/"+rel) == "/" {
-		return checkName(rel) == nil
+		return ext4.CheckName(rel) == nil
 	}
 	dir, base, err := cleanRel(rel)
 	if err != nil {
@@ -251,7 +253,7 @@ func (t *Tree) Has(rel string) bool {
 // /etc/os-release -> ../usr/lib/os-release. Targets resolving above the root
 // are refused.
 func (t *Tree) ReadFile(rel string) ([]byte, error) {
-	if err := checkName(rel); err != nil {
+	if err := ext4.CheckName(rel); err != nil {
 		return nil, fmt.Errorf("%q: %w", rel, err)
 	}
 	key, err := t.walk(rel, true, nil)

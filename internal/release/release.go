@@ -2,7 +2,6 @@ package release
 
 import (
 	"archive/tar"
-	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/base64"
@@ -13,7 +12,6 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -22,6 +20,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/digest"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/trust"
 	"github.com/banger-dev/banger/internal/updater"
 )
@@ -510,30 +509,12 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 }
 
 // run executes name with args (never a shell) in dir, with extra environment
-// entries appended, and returns its stdout. A failure carries the command and
-// the tail of its stderr, on one line.
+// entries appended, and returns its stdout. A failure names the command and
+// carries the tail of its stderr, on one line (a *sysexec.Error).
 func run(ctx context.Context, dir string, env []string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = dir
-	if len(env) > 0 {
-		cmd.Env = append(os.Environ(), env...)
+	res, err := sysexec.Run(ctx, sysexec.Cmd{Path: name, Args: args, Dir: dir, ExtraEnv: env})
+	if err != nil {
+		return nil, err
 	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.Join(strings.Fields(lastLines(stderr.String(), 3)), " ")
-		if msg != "" {
-			return nil, fmt.Errorf("%s %s: %v: %s", name, args[0], err, msg)
-		}
-		return nil, fmt.Errorf("%s %s: %v", name, args[0], err)
-	}
-	return stdout.Bytes(), nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return res.Stdout, nil
 }

@@ -6,17 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/buildinfo"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // Binaries installed, and where: name → directory key ("bin" or "lib").
@@ -47,11 +46,8 @@ type ExecSystemd struct{}
 
 // Systemctl implements Systemd.
 func (ExecSystemd) Systemctl(ctx context.Context, args ...string) error {
-	out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("systemctl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	_, err := sysexec.Run(ctx, sysexec.Cmd{Path: "systemctl", Args: args})
+	return err
 }
 
 // Installer performs system install, restart and uninstall.

@@ -1,13 +1,13 @@
 package testutil
 
 import (
-	"bytes"
+	"context"
 	"encoding/base64"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // OpenSSL runs the openssl tool and returns its stdout. Tests that sign or
@@ -15,17 +15,15 @@ import (
 // that a real, independent implementation agrees.
 func OpenSSL(t testing.TB, args ...string) []byte {
 	t.Helper()
-	p, err := exec.LookPath("openssl")
+	p, err := sysexec.LookPath("openssl")
 	if err != nil {
 		t.Fatalf("openssl not found: this test signs or cross-checks with it (install the openssl package)")
 	}
-	cmd := exec.Command(p, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("openssl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	res, err := sysexec.Run(context.Background(), sysexec.Cmd{Path: p, Args: args})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return stdout.Bytes()
+	return res.Stdout
 }
 
 // OpenSSLKey is an EC key pair made by openssl: file paths and the public PEM.

@@ -4,8 +4,9 @@ package testutil
 
 import (
 	"os"
-	"os/exec"
 	"testing"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // RequiresRoot skips t unless it runs as root.
@@ -24,7 +25,7 @@ func RequiresGuest(t testing.TB) {
 		t.Skip("boots a real guest; skipped with -short")
 	}
 	RequiresRoot(t)
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+	if _, err := sysexec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not installed (make deps)")
 	}
 }

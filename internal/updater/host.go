@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os/exec"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/sysinstall"
 )
 
@@ -31,7 +31,7 @@ type Host interface {
 
 // SystemHost is the Host of a real update: systemctl
 // (sysinstall.ExecSystemd), the installed system's sockets, and programs
-// run with os/exec.
+// run through internal/sysexec.
 type SystemHost struct {
 	sysinstall.ExecSystemd
 }
@@ -55,7 +55,6 @@ func (SystemHost) WaitVersion(ctx context.Context, version string, timeout time.
 
 // Run implements Host.
 func (SystemHost) Run(ctx context.Context, stdout, stderr io.Writer, program string, args ...string) error {
-	cmd := exec.CommandContext(ctx, program, args...)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	return cmd.Run()
+	_, err := sysexec.Run(ctx, sysexec.Cmd{Path: program, Args: args, Stdout: stdout, Stderr: stderr})
+	return err
 }

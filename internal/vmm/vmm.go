@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/buildinfo"
+	"github.com/banger-dev/banger/internal/sysexec"
 	firecracker "github.com/firecracker-microvm/firecracker-go-sdk"
 	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
 	"github.com/sirupsen/logrus"
@@ -138,12 +138,12 @@ func Launch(spec Spec) (pid int, err error) {
 	}
 	defer devnull.Close()
 
-	cmd := exec.Command(spec.Binary, "--api-sock", spec.APISock, "--id", spec.ID, "--no-seccomp")
-	cmd.Stdin = devnull
-	cmd.Stdout = serial
-	cmd.Stderr = serial
-	cmd.Dir = spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The SDK starts and watches the VMM itself: it takes the *exec.Cmd.
+	cmd := sysexec.Cmd{
+		Path: spec.Binary, Args: []string{"--api-sock", spec.APISock, "--id", spec.ID, "--no-seccomp"},
+		Dir: spec.Dir, Stdin: devnull, Stdout: serial, Stderr: serial,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}.ExecCmd()
 	if err := spec.check(); err != nil {
 		return 0, fmt.Errorf("configure VMM: %w", err)
 	}

@@ -19,10 +19,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // Options choose what is copied.
@@ -62,16 +63,14 @@ type Workspace struct {
 // guest deletes after its checkout, NUL-separated.
 const deletedList = "banger-deleted"
 
+// git runs git with args in dir and returns its stdout; a failure names
+// the command and carries the tail of its stderr.
 func git(ctx context.Context, dir string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "git", args...)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	res, err := sysexec.Run(ctx, sysexec.Cmd{Path: "git", Args: args, Dir: dir})
 	if err != nil {
-		return nil, fmt.Errorf("git %s: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
+		return nil, err
 	}
-	return out, nil
+	return res.Stdout, nil
 }
 
 func splitZ(b []byte) []string {
@@ -87,7 +86,7 @@ func splitZ(b []byte) []string {
 // Inspect checks that path is inside a non-bare git repository (without
 // submodules, unless FullCopy) and lists the files to copy.
 func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
-	if _, err := exec.LookPath("git"); err != nil {
+	if _, err := sysexec.LookPath("git"); err != nil {
 		return nil, errors.New("git is not installed on this host")
 	}
 	fi, err := os.Stat(path)
@@ -311,20 +310,14 @@ func (w *Workspace) shallowRepo(ctx context.Context, dir string) error {
 		commits = append(commits, w.FromCommit)
 	}
 	gitDir := filepath.Join(dir, ".git")
-	rl := exec.CommandContext(ctx, "git", append([]string{"rev-list", "--objects", "--no-walk"}, commits...)...)
-	rl.Dir = w.Root
-	objs, err := rl.Output()
+	objs, err := git(ctx, w.Root, append([]string{"rev-list", "--objects", "--no-walk"}, commits...)...)
 	if err != nil {
-		return fmt.Errorf("git rev-list %s: %w", strings.Join(commits, " "), err)
+		return err
 	}
-	pk := exec.CommandContext(ctx, "git", "pack-objects", "-q", "--compression=1", "--window=0", "--depth=0",
-		filepath.Join(gitDir, "objects", "pack", "pack"))
-	pk.Dir = w.Root
-	pk.Stdin = bytes.NewReader(objs)
-	var stderr bytes.Buffer
-	pk.Stdout, pk.Stderr = io.Discard, &stderr
-	if err := pk.Run(); err != nil {
-		return fmt.Errorf("git pack-objects: %v: %s", err, strings.TrimSpace(stderr.String()))
+	_, err = sysexec.Run(ctx, sysexec.Cmd{Path: "git", Dir: w.Root, Stdin: bytes.NewReader(objs), Stdout: io.Discard,
+		Args: []string{"pack-objects", "-q", "--compression=1", "--window=0", "--depth=0", filepath.Join(gitDir, "objects", "pack", "pack")}})
+	if err != nil {
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(gitDir, "shallow"), []byte(strings.Join(commits, "\n")+"\n"), 0o644); err != nil {
 		return err

@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -38,6 +37,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/sysexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -147,7 +147,7 @@ func Start(t testing.TB, o Options) *System {
 	}
 	tools := map[string]string{}
 	for _, tool := range []string{"bash", "nsenter", "setpriv", "pivot_root", "mount", "umount"} {
-		p, err := exec.LookPath(tool)
+		p, err := sysexec.LookPath(tool)
 		if err != nil {
 			t.Skipf("sdharness: %s not found: %v", tool, err)
 		}
@@ -349,30 +349,31 @@ func (s *System) launch(bash, systemd string) error {
 		flags |= unix.CLONE_NEWNET
 		netns = "1"
 	}
-	cmd := exec.Command(bash, filepath.Join(s.stateDir, "init.sh"), s.name, s.stateDir, systemd, netns, randHex(16))
-	cmd.Dir = "/"
-	cmd.Env = []string{"PATH=" + insidePath, "LC_ALL=C"}
 	out := io.MultiWriter(logf, s.log)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:      true,
-		Pdeathsig:   syscall.SIGKILL,
-		Cloneflags:  flags,
-		UseCgroupFD: true,
-		CgroupFD:    cgfd,
+	cmd := sysexec.Cmd{
+		Path: bash, Args: []string{filepath.Join(s.stateDir, "init.sh"), s.name, s.stateDir, systemd, netns, randHex(16)},
+		Dir: "/", Env: []string{"PATH=" + insidePath, "LC_ALL=C"}, Stdout: out, Stderr: out,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setsid:      true,
+			Pdeathsig:   syscall.SIGKILL,
+			Cloneflags:  flags,
+			UseCgroupFD: true,
+			CgroupFD:    cgfd,
+		},
 	}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		defer logf.Close()
-		if err := cmd.Start(); err != nil {
+		p, err := sysexec.Start(cmd)
+		if err != nil {
 			started <- err
 			return
 		}
-		s.pid = cmd.Process.Pid
+		s.pid = p.Pid
 		started <- nil
-		s.waitErr = cmd.Wait()
+		s.waitErr = p.Wait()
 		close(s.exited)
 	}()
 	return <-started
@@ -459,35 +460,33 @@ func (s *System) Root() string { return fmt.Sprintf("/proc/%d/root", s.pid) }
 // namespace (e.g. netns.GetFromPath, or setns on a locked OS thread).
 func (s *System) NetNSPath() string { return fmt.Sprintf("/proc/%d/ns/net", s.pid) }
 
-// Cmd returns a command that runs argv inside the instance through `nsenter -t PID -a`: all of
-// its namespaces, its root and working directory (/). The process is cloned into the leaf
-// cgroup harness.exec of the instance's subtree (SysProcAttr.UseCgroupFD) and gets its own
-// process group (Setpgid). When ctx is done, the group's processes inside are SIGKILLed and
-// nsenter exits after reaping them (WaitDelay 2 s, then nsenter is killed too). To end a Cmd
-// early, cancel its ctx rather than killing cmd.Process (nsenter): that would leave the
-// process inside orphaned to the host's init (see killExec). Env is a minimal environment (PATH, LC_ALL=C, HOME=/root, TERM=dumb,
+// Cmd returns the command (for sysexec.Run) that runs argv inside the instance through
+// `nsenter -t PID -a`: all of its namespaces, its root and working directory (/). The process
+// is cloned into the leaf cgroup harness.exec of the instance's subtree
+// (SysProcAttr.UseCgroupFD) and gets its own process group (Setpgid). When the run's ctx is
+// done, the group's processes inside are SIGKILLed and nsenter exits after reaping them
+// (WaitDelay 2 s, then nsenter is killed too). To end a run early, cancel its ctx rather than
+// killing nsenter: that would leave the process inside orphaned to the host's init (see
+// killExec). Env is a minimal environment (PATH, LC_ALL=C, HOME=/root, TERM=dumb,
 // SYSTEMD_PAGER=, SYSTEMD_COLORS=0); append to it rather than replacing it. Callers that
 // replace SysProcAttr should keep those fields.
-func (s *System) Cmd(ctx context.Context, argv ...string) *exec.Cmd {
-	args := append([]string{"-t", strconv.Itoa(s.pid), "-a", "--"}, argv...)
-	cmd := exec.CommandContext(ctx, s.nsenter, args...)
-	cmd.Dir = "/"
-	cmd.Env = []string{
-		"PATH=" + insidePath, "LC_ALL=C", "HOME=/root", "TERM=dumb",
-		"SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "SYSTEMD_LOG_COLOR=0",
+func (s *System) Cmd(argv ...string) sysexec.Cmd {
+	cmd := sysexec.Cmd{
+		Path: s.nsenter,
+		Args: append([]string{"-t", strconv.Itoa(s.pid), "-a", "--"}, argv...),
+		Dir:  "/",
+		Env: []string{
+			"PATH=" + insidePath, "LC_ALL=C", "HOME=/root", "TERM=dumb",
+			"SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "SYSTEMD_LOG_COLOR=0",
+		},
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		Cancel:      func(p *os.Process) error { return s.killExec(p.Pid) },
+		WaitDelay:   2 * time.Second,
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if s.execCg != nil {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(s.execCg.Fd())
 	}
-	cmd.Cancel = func() error {
-		if cmd.Process == nil {
-			return nil
-		}
-		return s.killExec(cmd.Process.Pid)
-	}
-	cmd.WaitDelay = 2 * time.Second
 	return cmd
 }
 
@@ -523,21 +522,20 @@ func (s *System) killExec(nsenterPID int) error {
 // reported through exitCode with a nil err; err is set only when the command could not be
 // run or did not exit normally (signal, ctx done), and exitCode is then -1.
 func (s *System) Exec(ctx context.Context, argv ...string) (stdout, stderr string, exitCode int, err error) {
-	var o, e bytes.Buffer
-	cmd := s.Cmd(ctx, argv...)
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err = cmd.Run()
-	var ee *exec.ExitError
+	res, err := sysexec.Run(ctx, s.Cmd(argv...))
+	o, e := string(res.Stdout), string(res.Stderr)
+	// A positive Code is a program that exited by itself with that status.
+	var se *sysexec.Error
 	switch {
 	case err == nil:
-		return o.String(), e.String(), 0, nil
-	case errors.As(err, &ee) && ee.Exited() && ctx.Err() == nil:
-		return o.String(), e.String(), ee.ExitCode(), nil
+		return o, e, 0, nil
+	case errors.As(err, &se) && se.Started && se.Code > 0 && ctx.Err() == nil:
+		return o, e, se.Code, nil
 	default:
 		if ctx.Err() != nil {
-			err = fmt.Errorf("%v: %w (%v)", argv, ctx.Err(), err)
+			err = fmt.Errorf("%v: %w", argv, err) // err is ctx.Err(), with the command
 		}
-		return o.String(), e.String(), -1, err
+		return o, e, -1, err
 	}
 }
 
