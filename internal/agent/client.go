@@ -245,6 +245,15 @@ func (c *Conn) Health(ctx context.Context) (Health, error) {
 	if h.SSHSessions != nil && *h.SSHSessions < 0 {
 		h.SSHSessions = nil // no agent sends it: unknown
 	}
+	h.MemTotalBytes = max(h.MemTotalBytes, 0)
+	if len(h.Disks) > maxDisks {
+		h.Disks = h.Disks[:maxDisks]
+	}
+	for i := range h.Disks {
+		d := &h.Disks[i]
+		d.Path = cleanText(d.Path, 64)
+		d.UsedBytes, d.TotalBytes = max(d.UsedBytes, 0), max(d.TotalBytes, 0)
+	}
 	return h, err
 }
 

@@ -45,6 +45,8 @@ func collectHealth(proc string) (Health, error) {
 	if h.MemAvailableBytes, err = memAvailable(filepath.Join(proc, "meminfo")); err != nil {
 		return h, err
 	}
+	h.MemTotalBytes, _ = meminfoBytes(filepath.Join(proc, "meminfo"), "MemTotal:")
+	h.Disks = diskUsage(healthDisks)
 	// Not counted (an unreadable /proc/net): the field stays unset, and
 	// the host treats the guest as one it cannot judge idle.
 	if n, err := sshSessions(proc); err == nil {
@@ -115,14 +117,18 @@ func firstFloat(s string) (float64, error) {
 }
 
 // memAvailable returns MemAvailable from a meminfo file, in bytes.
-func memAvailable(path string) (int64, error) {
+func memAvailable(path string) (int64, error) { return meminfoBytes(path, "MemAvailable:") }
+
+// meminfoBytes reads one "<key> <n> kB" line of /proc/meminfo, in bytes.
+func meminfoBytes(path, key string) (int64, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
+	name := strings.TrimSuffix(key, ":")
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:")
+		rest, ok := strings.CutPrefix(sc.Text(), key)
 		if !ok {
 			continue
 		}
@@ -132,12 +138,16 @@ func memAvailable(path string) (int64, error) {
 		}
 		n, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("%s: MemAvailable: %w", path, err)
+			return 0, fmt.Errorf("%s: %s: %w", path, name, err)
 		}
 		if len(f) > 1 && f[1] == "kB" {
 			n *= 1024
 		}
 		return n, nil
 	}
-	return 0, fmt.Errorf("%s: no MemAvailable line", path)
+	return 0, fmt.Errorf("%s: no %s line", path, name)
 }
+
+// healthDisks are the filesystems health reports: the root disk and, in
+// banger's images, the work disk on /root.
+var healthDisks = []string{"/", "/root"}

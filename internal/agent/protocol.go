@@ -145,7 +145,22 @@ type Health struct {
 	// the field (the daemon's auto_park_after never parks such a guest).
 	// A negative count from a guest is taken as nil.
 	SSHSessions *int `json:"ssh_sessions,omitempty"`
+	// MemTotalBytes (MemTotal) and Disks ("/" and "/root", statfs) are for
+	// 'vm stats'; like ssh_sessions they came without a new protocol
+	// version, and an older agent leaves them out.
+	MemTotalBytes int64       `json:"mem_total_bytes,omitempty"`
+	Disks         []DiskUsage `json:"disks,omitempty"`
 }
+
+// DiskUsage is one mounted filesystem's size and use, as df reports it.
+type DiskUsage struct {
+	Path       string `json:"path"`
+	UsedBytes  int64  `json:"used_bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+}
+
+// maxDisks caps the disks a health answer may list.
+const maxDisks = 4
 
 // Listener is one listening socket in the result of the ports op. PID is 0
 // and Process empty when no process holding the socket could be found.

@@ -240,6 +240,43 @@ type ImageRef struct {
 // MethodVMPorts asks the guest agents of running VMs for their listeners.
 const MethodVMPorts = "vm.ports"
 
+// MethodVMStats reports what running VMs cost (VMStatsParams → []VMStats).
+const MethodVMStats = "vm.stats"
+
+// VMStatsParams names VMs (none: every running VM).
+type VMStatsParams struct {
+	Names []string `json:"names"`
+}
+
+// VMStats is what one running VM costs now. The host's figures come from
+// /proc and the tap's counters; the guest's from its agent (absent when it
+// did not answer: Error says why).
+type VMStats struct {
+	Name string `json:"name"`
+	// CPUPercent is the VMM's processes' CPU over a short sample, in % of
+	// one host CPU (200 is two CPUs busy).
+	CPUPercent float64 `json:"cpu_percent"`
+	// VMMRSSBytes is the resident memory of the VMM's processes on the host.
+	VMMRSSBytes int64 `json:"vmm_rss_bytes"`
+	// GuestMemUsedBytes is the guest's MemTotal - MemAvailable.
+	GuestMemUsedBytes  int64 `json:"guest_mem_used_bytes,omitempty"`
+	GuestMemTotalBytes int64 `json:"guest_mem_total_bytes,omitempty"`
+	// Disks are the guest's root ("/") and work ("/root") filesystems.
+	Disks []VMDiskUsage `json:"disks,omitempty"`
+	// NetRxBytes and NetTxBytes are the guest's traffic (received, sent)
+	// since its tap was made, counted on the host.
+	NetRxBytes int64  `json:"net_rx_bytes"`
+	NetTxBytes int64  `json:"net_tx_bytes"`
+	Error      string `json:"error,omitempty"`
+}
+
+// VMDiskUsage is one guest filesystem's use.
+type VMDiskUsage struct {
+	Path       string `json:"path"`
+	UsedBytes  int64  `json:"used_bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+}
+
 // VMPortsParams names VMs (none: every running VM).
 type VMPortsParams struct {
 	Names []string `json:"names"`

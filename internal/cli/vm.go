@@ -39,7 +39,7 @@ then an SSH shell or a command.`,
 		a.vmRefCmd("park", "Snapshot a running VM to disk and end its VMM (no memory held; 'vm resume', 'vm exec' or 'vm ssh' wake it)", api.MethodVMPark, "parked"),
 		a.vmForkCmd(),
 		a.vmKillCmd(), a.vmDeleteCmd(), a.vmPruneCmd(), a.vmSetCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(),
-		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmCpCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd())
+		a.vmRunCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmCpCmd(), a.vmWorkspaceCmd(), a.vmPortsCmd(), a.vmStatsCmd())
 	return cmd
 }
 

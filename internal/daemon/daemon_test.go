@@ -61,6 +61,7 @@ func TestHandlerTablePinned(t *testing.T) {
 		api.MethodVMShow,
 		api.MethodVMSSHInfo,
 		api.MethodVMStart,
+		api.MethodVMStats,
 		api.MethodVMStop,
 		api.MethodVMWorkspaceRecord,
 	}
@@ -86,7 +87,7 @@ func TestParamsDecodedStrictly(t *testing.T) {
 	noParams := map[string]bool{
 		api.MethodPing: true, api.MethodDaemonStatus: true, api.MethodDaemonShutdown: true,
 		api.MethodOperationsList: true, api.MethodDaemonDoctor: true, api.MethodVMPrune: true,
-		api.MethodVMList: true, api.MethodImageList: true, api.MethodImageCatalog: true,
+		api.MethodImageList: true, api.MethodImageCatalog: true,
 		api.MethodKernelList: true, api.MethodKernelCatalog: true,
 	}
 	c := client.New(sock)

@@ -85,6 +85,9 @@ func (d *Daemon) registerVMs() {
 	h(api.MethodVMPorts, rpcserver.Typed(func(ctx context.Context, p api.VMPortsParams) ([]api.VMPorts, error) {
 		return s.Ports(ctx, p.Names)
 	}))
+	h(api.MethodVMStats, rpcserver.Typed(func(ctx context.Context, p api.VMStatsParams) ([]api.VMStats, error) {
+		return s.Stats(ctx, p.Names)
+	}))
 	h(api.MethodVMWorkspaceRecord, rpcserver.Typed(s.RecordWorkspace))
 }
 

@@ -30,28 +30,9 @@ var portsTimeout = AgentTimeout
 // is named) for their listening sockets, all VMs at once. A VM whose agent
 // does not answer gets an Error, not a failed call.
 func (s *Service) Ports(ctx context.Context, names []string) ([]api.VMPorts, error) {
-	var recs []store.VMRecord
-	if len(names) == 0 {
-		all, err := s.Store.ListVMs(ctx)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range all {
-			if r.State == api.StateRunning {
-				recs = append(recs, r)
-			}
-		}
-	} else {
-		for _, n := range names {
-			r, err := s.Store.GetVM(ctx, n)
-			if err != nil {
-				return nil, err
-			}
-			if r.State != api.StateRunning {
-				return nil, errdefs.BadRequestf("VM %s is %s; start it with 'banger vm start %s'", n, r.State, n)
-			}
-			recs = append(recs, r)
-		}
+	recs, err := s.runningRecs(ctx, names)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]api.VMPorts, len(recs))
 	var wg sync.WaitGroup
@@ -64,6 +45,35 @@ func (s *Service) Ports(ctx context.Context, names []string) ([]api.VMPorts, err
 	}
 	wg.Wait()
 	return out, nil
+}
+
+// runningRecs is the named VMs, each of which must be running, or every
+// running VM (templates aside) when none is named.
+func (s *Service) runningRecs(ctx context.Context, names []string) ([]store.VMRecord, error) {
+	var recs []store.VMRecord
+	if len(names) == 0 {
+		all, err := s.Store.ListVMs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			if r.State == api.StateRunning && !isTemplate(r) {
+				recs = append(recs, r)
+			}
+		}
+		return recs, nil
+	}
+	for _, n := range names {
+		r, err := s.Store.GetVM(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		if r.State != api.StateRunning {
+			return nil, errdefs.BadRequestf("VM %s is %s; start it with 'banger vm start %s'", n, r.State, n)
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
 }
 
 // portsBounded is portsOf under portsTimeout. The guest is untrusted: the
