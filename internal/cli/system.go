@@ -34,6 +34,12 @@ Restarting either never stops a running VM.`,
 		Example: `  sudo banger system install --owner alice
   banger system status`,
 	}
+	cmd.AddCommand(a.systemInstallCmd(), a.systemStatusCmd(), a.systemRestartCmd(), a.systemUninstallCmd(), a.systemRenderUnitsCmd())
+	return cmd
+}
+
+// systemInstallCmd is 'system install'.
+func (a *app) systemInstallCmd() *cobra.Command {
 	var owner string
 	var noImage bool
 	install := &cobra.Command{
@@ -67,7 +73,11 @@ skips that; a failed build only warns.`,
 	}
 	install.Flags().StringVar(&owner, "owner", "", "the user who owns banger's daemon, VMs and state")
 	install.Flags().BoolVar(&noImage, "no-image", false, "do not build the default image now")
+	return install
+}
 
+// systemStatusCmd is 'system status'.
+func (a *app) systemStatusCmd() *cobra.Command {
 	var asJSON bool
 	status := &cobra.Command{
 		Use:     "status",
@@ -75,30 +85,40 @@ skips that; a failed build only warns.`,
 		Example: "  banger system status\n  banger system status --json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st := systemStatus(cmd.Context())
-			if asJSON {
-				if err := output.JSON(a.stdout, st); err != nil {
-					return err
-				}
-				if st.Installed && !st.Healthy {
-					return &ExitCodeError{Code: ExitFailure}
-				}
-				return nil
-			}
-			if !st.Installed {
-				fmt.Fprintln(a.stdout, "banger is not installed as a system service (see 'banger system install --help')")
-				return nil
-			}
-			rows := [][]string{}
-			for _, u := range st.Units {
-				rows = append(rows, []string{u.Unit, u.Active, u.MainPID, u.KillMode, yesNo(u.Answers), u.Version})
-			}
-			fmt.Fprintf(a.stdout, "installed %s for %s (uid %d) at %s\n", st.Meta.Version, st.Meta.OwnerUser, st.Meta.OwnerUID, st.Meta.InstalledAt)
-			return output.Table(a.stdout, []string{"UNIT", "ACTIVE", "PID", "KILLMODE", "ANSWERS", "VERSION"}, rows)
+			return a.printSystemStatus(systemStatus(cmd.Context()), asJSON)
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	render := &cobra.Command{
+	return status
+}
+
+// printSystemStatus prints 'system status' as JSON (failing when installed
+// but unhealthy) or as a table of the units.
+func (a *app) printSystemStatus(st SystemStatus, asJSON bool) error {
+	if asJSON {
+		if err := output.JSON(a.stdout, st); err != nil {
+			return err
+		}
+		if st.Installed && !st.Healthy {
+			return &ExitCodeError{Code: ExitFailure}
+		}
+		return nil
+	}
+	if !st.Installed {
+		fmt.Fprintln(a.stdout, "banger is not installed as a system service (see 'banger system install --help')")
+		return nil
+	}
+	rows := [][]string{}
+	for _, u := range st.Units {
+		rows = append(rows, []string{u.Unit, u.Active, u.MainPID, u.KillMode, yesNo(u.Answers), u.Version})
+	}
+	fmt.Fprintf(a.stdout, "installed %s for %s (uid %d) at %s\n", st.Meta.Version, st.Meta.OwnerUser, st.Meta.OwnerUID, st.Meta.InstalledAt)
+	return output.Table(a.stdout, []string{"UNIT", "ACTIVE", "PID", "KILLMODE", "ANSWERS", "VERSION"}, rows)
+}
+
+// systemRenderUnitsCmd is the hidden 'system render-units'.
+func (a *app) systemRenderUnitsCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:    "render-units",
 		Short:  "Print the unit files this binary would install, as JSON (used by update)",
 		Hidden: true,
@@ -111,8 +131,11 @@ skips that; a failed build only warns.`,
 			return output.JSON(a.stdout, sysinstall.RenderUnits(sysinstall.DefaultLayout(), m, sysinstall.UnitOptions{}))
 		},
 	}
+}
 
-	restart := &cobra.Command{
+// systemRestartCmd is 'system restart'.
+func (a *app) systemRestartCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:     "restart",
 		Short:   "Restart the root helper, then the daemon; wait until both answer (VMs keep running)",
 		Example: "  sudo banger system restart",
@@ -128,6 +151,10 @@ skips that; a failed build only warns.`,
 			return nil
 		},
 	}
+}
+
+// systemUninstallCmd is 'system uninstall'.
+func (a *app) systemUninstallCmd() *cobra.Command {
 	var purge bool
 	uninstall := &cobra.Command{
 		Use:   "uninstall [--purge]",
@@ -139,20 +166,8 @@ skips that; a failed build only warns.`,
 			if os.Geteuid() != 0 {
 				return errors.New("system uninstall needs root; run: sudo banger system uninstall")
 			}
-			var vms []api.VM
-			c := client.New(paths.SystemLayout().SocketPath())
-			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
-			defer cancel()
-			if err := c.Call(ctx, api.MethodVMList, nil, &vms); err == nil {
-				var running []string
-				for _, v := range vms {
-					if v.State == api.StateRunning {
-						running = append(running, v.Name)
-					}
-				}
-				if len(running) > 0 {
-					return fmt.Errorf("VMs are running (%s); stop or delete them first", strings.Join(running, ", "))
-				}
+			if err := refuseRunningVMs(cmd.Context()); err != nil {
+				return err
 			}
 			if err := a.installer().Uninstall(cmd.Context(), purge); err != nil {
 				return err
@@ -162,8 +177,28 @@ skips that; a failed build only warns.`,
 		},
 	}
 	uninstall.Flags().BoolVar(&purge, "purge", false, "also delete /var/lib/banger, /var/cache/banger and /etc/banger")
-	cmd.AddCommand(install, status, restart, uninstall, render)
-	return cmd
+	return uninstall
+}
+
+// refuseRunningVMs fails when the system daemon answers and lists running
+// VMs; a daemon that does not answer within 5s refuses nothing.
+func refuseRunningVMs(ctx context.Context) error {
+	var vms []api.VM
+	c := client.New(paths.SystemLayout().SocketPath())
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.Call(ctx, api.MethodVMList, nil, &vms); err == nil {
+		var running []string
+		for _, v := range vms {
+			if v.State == api.StateRunning {
+				running = append(running, v.Name)
+			}
+		}
+		if len(running) > 0 {
+			return fmt.Errorf("VMs are running (%s); stop or delete them first", strings.Join(running, ", "))
+		}
+	}
+	return nil
 }
 
 func yesNo(b bool) string {

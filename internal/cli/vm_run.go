@@ -22,10 +22,15 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// vmRunFlags are the flags of 'vm run'.
+type vmRunFlags struct {
+	create                  createFlags
+	rm, detach, noBootstrap bool
+	ws                      wsFlags
+}
+
 func (a *app) vmRunCmd() *cobra.Command {
-	var f createFlags
-	var rm, detach, noBootstrap bool
-	var wf wsFlags
+	var fl vmRunFlags
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [-- CMD [ARG...]]",
 		Short: "Create and boot a fresh VM, then open a shell or run a command",
@@ -73,97 +78,169 @@ never came up: then the VM is kept so 'banger vm logs NAME' can show why.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var path string
-			if dash := cmd.ArgsLenAtDash(); (dash == -1 && len(args) == 1) || dash == 1 {
-				path, args = args[0], args[1:]
-			}
-			if detach && (rm || len(args) > 0) {
-				return usageError{errors.New("-d cannot be combined with --rm or a command")}
-			}
-			var ws *workspace.Workspace
-			var guestPath string
-			var bootstrap bool
-			p := f.params(cmd)
-			if path != "" {
-				var done bool
-				var err error
-				if ws, guestPath, done, err = a.planWorkspace(cmd.Context(), path, wf); err != nil || done {
-					return err
-				}
-				// Refused here, before any VM exists.
-				if bootstrap, err = checkBootstrap(ws, p.NAT, noBootstrap); err != nil {
-					return err
-				}
-			} else if wf.dryRun {
-				return usageError{errors.New("--dry-run needs a PATH: it lists the files a workspace run would copy")}
-			}
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if ws != nil && p.Image == "" {
-				// The repository's own image, built (or reused) first.
-				if _, err := os.Lstat(filepath.Join(ws.Root, imagespec.File)); err == nil {
-					r, err := a.deriveImage(cmd.Context(), ws.Root)
-					if err != nil {
-						return err
-					}
-					if r.Built {
-						fmt.Fprintf(a.stderr, "%s\n", output.Dim(a.stderr, fmt.Sprintf("built image %s from %s in %.0fs", r.Image.Name, r.File, r.Seconds)))
-					}
-					p.Image = r.Image.Name
-				}
-			}
-			var v api.VM
-			err = a.withProgress(cmd.Context(), c, "creating VM", func(ctx context.Context) error {
-				return c.Call(ctx, api.MethodVMCreate, p, &v)
-			})
-			if err != nil {
-				return err // a guest that never came up is kept; the error says how to read its logs
-			}
-			a.printWarnings(v.Warnings)
-			if rm {
-				defer func() {
-					// A fresh context: Ctrl-C must not abort the cleanup.
-					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-					defer cancel()
-					if err := c.Call(ctx, api.MethodVMDelete, api.VMRef{Name: v.Name}, nil); err != nil {
-						a.printError(fmt.Errorf("could not delete VM %s: %w", v.Name, err))
-					}
-				}()
-			}
-			if ws != nil {
-				if err := a.copyWorkspace(cmd.Context(), c, v.Name, ws, guestPath); err != nil {
-					return err
-				}
-			}
-			if bootstrap {
-				if err := a.bootstrapToolchains(cmd.Context(), c, v.Name, guestPath); err != nil {
-					return err
-				}
-				if len(args) > 0 {
-					args = underMise(args)
-				}
-			}
-			if detach {
-				fmt.Fprintf(a.stdout, "%s running (%s); 'banger vm ssh %s' to connect\n", v.Name, v.IP, v.Name)
-				return nil
-			}
-			if ws != nil && len(args) > 0 {
-				args = append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", guestPath}, args...)
-			}
-			if ws != nil && len(args) == 0 {
-				return exitStatus(a.guestShellIn(cmd.Context(), c, v.Name, guestPath, !rm))
-			}
-			return exitStatus(a.guestSession(cmd.Context(), c, v.Name, args, !rm))
+			return a.vmRun(cmd, args, &fl)
 		},
 	}
-	f.add(cmd)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the shell or command ends")
-	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "create and boot the VM, then return")
-	cmd.Flags().BoolVar(&noBootstrap, "no-bootstrap", false, "with PATH: do not install the repository's mise toolchains")
-	wf.add(cmd, "with PATH: ")
+	fl.create.add(cmd)
+	cmd.Flags().BoolVar(&fl.rm, "rm", false, "delete the VM when the shell or command ends")
+	cmd.Flags().BoolVarP(&fl.detach, "detach", "d", false, "create and boot the VM, then return")
+	cmd.Flags().BoolVar(&fl.noBootstrap, "no-bootstrap", false, "with PATH: do not install the repository's mise toolchains")
+	fl.ws.add(cmd, "with PATH: ")
 	return cmd
+}
+
+// vmRunPlan is what 'vm run' settles before any VM exists: the create
+// parameters and, with PATH, the workspace, where it goes in the guest and
+// whether its toolchains are bootstrapped.
+type vmRunPlan struct {
+	params    api.VMCreateParams
+	ws        *workspace.Workspace
+	guestPath string
+	bootstrap bool
+}
+
+// vmRun is 'vm run': check the flags, plan (and refuse) before anything
+// exists, create the VM (deleted afterwards with --rm), put the workspace in
+// it, then run the command or open the shell.
+func (a *app) vmRun(cmd *cobra.Command, args []string, fl *vmRunFlags) error {
+	ctx := cmd.Context()
+	path, args := splitRunPath(cmd, args)
+	if fl.detach && (fl.rm || len(args) > 0) {
+		return usageError{errors.New("-d cannot be combined with --rm or a command")}
+	}
+	plan, done, err := a.planVMRun(ctx, path, fl.create.params(cmd), fl)
+	if err != nil || done {
+		return err
+	}
+	c, _, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.useDerivedImage(ctx, &plan); err != nil {
+		return err
+	}
+	v, err := a.createRunVM(ctx, c, plan.params)
+	if err != nil {
+		return err // a guest that never came up is kept; the error says how to read its logs
+	}
+	if fl.rm {
+		defer a.deleteRunVM(c, v.Name)
+	}
+	if args, err = a.prepareRunVM(ctx, c, v.Name, plan, args); err != nil {
+		return err
+	}
+	if fl.detach {
+		fmt.Fprintf(a.stdout, "%s running (%s); 'banger vm ssh %s' to connect\n", v.Name, v.IP, v.Name)
+		return nil
+	}
+	return a.runInRunVM(ctx, c, v.Name, plan, args, !fl.rm)
+}
+
+// splitRunPath separates the optional PATH of 'vm run' (the one argument
+// before '--', or the only argument) from the command.
+func splitRunPath(cmd *cobra.Command, args []string) (path string, rest []string) {
+	if dash := cmd.ArgsLenAtDash(); (dash == -1 && len(args) == 1) || dash == 1 {
+		return args[0], args[1:]
+	}
+	return "", args
+}
+
+// planVMRun inspects PATH's workspace (printing it and reporting done with
+// --dry-run) and refuses a bootstrap the guest could not do, all before any
+// VM exists. --dry-run without PATH is a usage error.
+func (a *app) planVMRun(ctx context.Context, path string, params api.VMCreateParams, fl *vmRunFlags) (plan vmRunPlan, done bool, err error) {
+	plan.params = params
+	if path == "" {
+		if fl.ws.dryRun {
+			return plan, false, usageError{errors.New("--dry-run needs a PATH: it lists the files a workspace run would copy")}
+		}
+		return plan, false, nil
+	}
+	if plan.ws, plan.guestPath, done, err = a.planWorkspace(ctx, path, fl.ws); err != nil || done {
+		return plan, done, err
+	}
+	// Refused here, before any VM exists.
+	if plan.bootstrap, err = checkBootstrap(plan.ws, plan.params.NAT, fl.noBootstrap); err != nil {
+		return plan, false, err
+	}
+	return plan, false, nil
+}
+
+// useDerivedImage, for a workspace run without --image whose repository
+// holds .banger/image.toml, builds (or reuses) the repository's own image
+// and creates the VM from it.
+func (a *app) useDerivedImage(ctx context.Context, plan *vmRunPlan) error {
+	if plan.ws == nil || plan.params.Image != "" {
+		return nil
+	}
+	if _, err := os.Lstat(filepath.Join(plan.ws.Root, imagespec.File)); err != nil {
+		return nil
+	}
+	r, err := a.deriveImage(ctx, plan.ws.Root)
+	if err != nil {
+		return err
+	}
+	if r.Built {
+		fmt.Fprintf(a.stderr, "%s\n", output.Dim(a.stderr, fmt.Sprintf("built image %s from %s in %.0fs", r.Image.Name, r.File, r.Seconds)))
+	}
+	plan.params.Image = r.Image.Name
+	return nil
+}
+
+// createRunVM creates and boots the VM, with the progress display, and
+// prints its warnings.
+func (a *app) createRunVM(ctx context.Context, c *client.Client, p api.VMCreateParams) (api.VM, error) {
+	var v api.VM
+	err := a.withProgress(ctx, c, "creating VM", func(ctx context.Context) error {
+		return c.Call(ctx, api.MethodVMCreate, p, &v)
+	})
+	if err != nil {
+		return v, err
+	}
+	a.printWarnings(v.Warnings)
+	return v, nil
+}
+
+// deleteRunVM is --rm's cleanup: it deletes the VM with a fresh context
+// (Ctrl-C must not abort it), and only reports a failure.
+func (a *app) deleteRunVM(c *client.Client, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.Call(ctx, api.MethodVMDelete, api.VMRef{Name: name}, nil); err != nil {
+		a.printError(fmt.Errorf("could not delete VM %s: %w", name, err))
+	}
+}
+
+// prepareRunVM copies the workspace into the VM and bootstraps its
+// toolchains, returning the command to run under mise when it was.
+func (a *app) prepareRunVM(ctx context.Context, c *client.Client, vm string, plan vmRunPlan, args []string) ([]string, error) {
+	if plan.ws != nil {
+		if err := a.copyWorkspace(ctx, c, vm, plan.ws, plan.guestPath); err != nil {
+			return args, err
+		}
+	}
+	if plan.bootstrap {
+		if err := a.bootstrapToolchains(ctx, c, vm, plan.guestPath); err != nil {
+			return args, err
+		}
+		if len(args) > 0 {
+			args = underMise(args)
+		}
+	}
+	return args, nil
+}
+
+// runInRunVM runs the command (in the workspace, with PATH) or opens the
+// shell (in the workspace, with PATH), and passes its exit code on; remind
+// says the VM is still running after an interactive shell.
+func (a *app) runInRunVM(ctx context.Context, c *client.Client, vm string, plan vmRunPlan, args []string, remind bool) error {
+	if plan.ws != nil && len(args) > 0 {
+		args = append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", plan.guestPath}, args...)
+	}
+	if plan.ws != nil && len(args) == 0 {
+		return exitStatus(a.guestShellIn(ctx, c, vm, plan.guestPath, remind))
+	}
+	return exitStatus(a.guestSession(ctx, c, vm, args, remind))
 }
 
 // copyWorkspace streams the workspace into the guest as tar over SSH. A

@@ -336,7 +336,8 @@ func lockFile(ctx context.Context, path string, p progress) (func(), error) {
 	}
 }
 
-// build makes all artifacts of pl in staging.
+// build makes all artifacts of pl in staging, stage by stage: packages,
+// kernel, userland, initramfs, root filesystem, and the manifest last.
 func build(ctx context.Context, root, staging string, pl plan, p progress) error {
 	start := time.Now()
 	t, err := checkTools()
@@ -349,8 +350,38 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	}
 	defer os.RemoveAll(work)
 
-	// 1. packages
 	debDir := filepath.Join(root, "debs")
+	debs, err := fetchPackages(ctx, t, debDir, work, pl, p)
+	if err != nil {
+		return err
+	}
+	k, err := buildKernel(ctx, t, work, staging, pl, debs[pl.Kernel.Name], p)
+	if err != nil {
+		return err
+	}
+	u, err := unpackUserland(ctx, t, work, pl, debs)
+	if err != nil {
+		return err
+	}
+	if err := writeInitramfs(staging, u, k, p); err != nil {
+		return err
+	}
+	if err := buildRootfs(ctx, work, staging, pl, k, u, p); err != nil {
+		return err
+	}
+	m, err := writeManifest(work, staging, pl, k, start)
+	if err != nil {
+		return err
+	}
+	pruneDebs(debDir, debs)
+	p.f("built %s in %.1fs", pl.Key, m.BuildSeconds)
+	return nil
+}
+
+// fetchPackages is stage 1: it fetches (or finds cached in debDir) the
+// kernel package and the userland packages, returning each package's file
+// by name.
+func fetchPackages(ctx context.Context, t hostTools, debDir, work string, pl plan, p progress) (map[string]string, error) {
 	switch {
 	case pl.Kernel.File != "":
 		p.f("using kernel %s from %s=%s", pl.KernelVersion, KernelDebEnv, pl.Kernel.File)
@@ -361,7 +392,7 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	}
 	debs, err := fetchDebs(ctx, t, debDir, work, []debPkg{pl.Kernel})
 	if err != nil {
-		return fmt.Errorf("fetching the kernel: %w", err)
+		return nil, fmt.Errorf("fetching the kernel: %w", err)
 	}
 	names := make([]string, len(pl.Userland))
 	for i, u := range pl.Userland {
@@ -380,112 +411,147 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	}
 	ud, err := fetchDebs(ctx, t, debDir, work, pl.Userland)
 	if err != nil {
-		return fmt.Errorf("fetching packages: %w", err)
+		return nil, fmt.Errorf("fetching packages: %w", err)
 	}
 	for k, v := range ud {
 		debs[k] = v
 	}
+	return debs, nil
+}
 
-	// 2. kernel: vmlinuz, vmlinux, modules
-	p.f("unpacking %s ...", filepath.Base(debs[pl.Kernel.Name]))
+// builtKernel is what stage 2 leaves for the later stages.
+type builtKernel struct {
+	kver, comp   string
+	entry        uint64
+	vmlinuxBytes int64
+	mods         []kmodule
+}
+
+// buildKernel is stage 2: it unpacks the kernel package kernelDeb, writes
+// vmlinuz, its config and the extracted vmlinux to staging, and resolves
+// the guest's modules.
+func buildKernel(ctx context.Context, t hostTools, work, staging string, pl plan, kernelDeb string, p progress) (builtKernel, error) {
+	p.f("unpacking %s ...", filepath.Base(kernelDeb))
 	kroot := filepath.Join(work, "kernel")
-	if err := unpackDeb(ctx, t, debs[pl.Kernel.Name], kroot); err != nil {
-		return err
+	if err := unpackDeb(ctx, t, kernelDeb, kroot); err != nil {
+		return builtKernel{}, err
 	}
 	kver, vmlinuzPath, err := findVmlinuz(kroot, pl.KernelVersion)
 	if err != nil {
-		return err
+		return builtKernel{}, err
 	}
 	bz, err := os.ReadFile(vmlinuzPath)
 	if err != nil {
-		return err
+		return builtKernel{}, err
 	}
 	if err := writeFileSync(filepath.Join(staging, fileVmlinuz), bz, 0o644); err != nil {
-		return err
+		return builtKernel{}, err
 	}
 	if cfg, err := os.ReadFile(filepath.Join(kroot, "boot", "config-"+kver)); err == nil {
 		if err := writeFileSync(filepath.Join(staging, fileConfig), cfg, 0o644); err != nil {
-			return err
+			return builtKernel{}, err
 		}
 	}
 	_, comp, _ := BzPayload(bz)
 	p.f("extracting vmlinux from vmlinuz-%s (%s payload) ...", kver, comp)
 	vmlinux, comp, err := ExtractVmlinux(ctx, bz)
 	if err != nil {
-		return fmt.Errorf("vmlinuz-%s: %w", kver, err)
+		return builtKernel{}, fmt.Errorf("vmlinuz-%s: %w", kver, err)
 	}
 	entry, err := PVHEntry(vmlinux)
 	if err != nil {
-		return fmt.Errorf("vmlinux-%s: %w", kver, err)
+		return builtKernel{}, fmt.Errorf("vmlinux-%s: %w", kver, err)
 	}
 	if err := writeFileSync(filepath.Join(staging, fileVmlinux), vmlinux, 0o644); err != nil {
-		return err
+		return builtKernel{}, err
 	}
-	bz = nil
+	k := builtKernel{kver: kver, comp: comp, entry: entry, vmlinuxBytes: int64(len(vmlinux))}
+	bz, vmlinux = nil, nil
 	p.f("resolving modules %s ...", strings.Join(guestModules, " "))
-	mods, err := moduleClosure(ctx, t, kroot, kver)
-	if err != nil {
-		return err
+	if k.mods, err = moduleClosure(ctx, t, kroot, kver); err != nil {
+		return builtKernel{}, err
 	}
 	if err := os.RemoveAll(kroot); err != nil {
-		return err
+		return builtKernel{}, err
 	}
+	return k, nil
+}
 
-	// 3. userland
-	debRoots := map[string]string{}
-	for _, u := range pl.Userland {
-		d := filepath.Join(work, "debs", u.Name)
-		if err := unpackDeb(ctx, t, debs[u.Name], d); err != nil {
-			return err
+// unpackedUserland is what stage 3 leaves for the later stages.
+type unpackedUserland struct {
+	debRoots map[string]string // package name → unpacked tree
+	bbPath   string
+	busybox  []byte
+}
+
+// unpackUserland is stage 3: it unpacks the userland packages and reads
+// busybox-static's /bin/busybox, which must be a static ELF.
+func unpackUserland(ctx context.Context, t hostTools, work string, pl plan, debs map[string]string) (unpackedUserland, error) {
+	u := unpackedUserland{debRoots: map[string]string{}}
+	for _, pkg := range pl.Userland {
+		d := filepath.Join(work, "debs", pkg.Name)
+		if err := unpackDeb(ctx, t, debs[pkg.Name], d); err != nil {
+			return unpackedUserland{}, err
 		}
-		debRoots[u.Name] = d
+		u.debRoots[pkg.Name] = d
 	}
-	bbPath := filepath.Join(debRoots["busybox-static"], "bin", "busybox")
-	busybox, err := os.ReadFile(bbPath)
+	u.bbPath = filepath.Join(u.debRoots["busybox-static"], "bin", "busybox")
+	busybox, err := os.ReadFile(u.bbPath)
 	if err != nil {
-		return fmt.Errorf("busybox-static: %w", err)
+		return unpackedUserland{}, fmt.Errorf("busybox-static: %w", err)
 	}
 	if !isStaticELF(busybox) {
-		return errors.New("busybox-static's /bin/busybox is not a static ELF")
+		return unpackedUserland{}, errors.New("busybox-static's /bin/busybox is not a static ELF")
 	}
+	u.busybox = busybox
+	return u, nil
+}
 
-	// 4. initramfs
-	p.f("writing initramfs (busybox + %d modules) ...", len(mods))
-	if err := buildInitramfs(filepath.Join(staging, fileInitrd), busybox, mods); err != nil {
+// writeInitramfs is stage 4: busybox and the kernel's modules.
+func writeInitramfs(staging string, u unpackedUserland, k builtKernel, p progress) error {
+	p.f("writing initramfs (busybox + %d modules) ...", len(k.mods))
+	if err := buildInitramfs(filepath.Join(staging, fileInitrd), u.busybox, k.mods); err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}
+	return nil
+}
 
-	// 5. root filesystem
+// buildRootfs is stage 5: the root filesystem tree, made into an ext4
+// image of RootfsSize.
+func buildRootfs(ctx context.Context, work, staging string, pl plan, k builtKernel, u unpackedUserland, p progress) error {
 	p.f("building rootfs (busybox, dropbear; mkfs.ext4 -d, %s) ...", RootfsSize)
-	applets, err := busyboxApplets(ctx, bbPath)
+	applets, err := busyboxApplets(ctx, u.bbPath)
 	if err != nil {
 		return err
 	}
 	tree := filepath.Join(work, "rootfs")
 	if err := buildRootfsTree(tree, rootfsInput{
-		kver: kver, key: pl.Key, busybox: busybox, applets: applets, debRoots: debRoots, mods: mods,
+		kver: k.kver, key: pl.Key, busybox: u.busybox, applets: applets, debRoots: u.debRoots, mods: k.mods,
 	}); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
-	img := filepath.Join(staging, fileRootfs)
-	if err := makeExt4(ctx, tree, img, RootfsSize); err != nil {
+	if err := makeExt4(ctx, tree, filepath.Join(staging, fileRootfs), RootfsSize); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
+	return nil
+}
 
-	// 6. manifest, last
+// writeManifest is stage 6, last: it removes the work directory and writes
+// the manifest, which marks staging complete.
+func writeManifest(work, staging string, pl plan, k builtKernel, start time.Time) (manifest, error) {
 	m := manifest{
-		Key: pl.Key, Recipe: recipeHash(), KernelVersion: kver, Compression: comp,
-		PVHEntry: fmt.Sprintf("%#x", entry), Kernel: pl.Kernel, Packages: pl.Userland,
+		Key: pl.Key, Recipe: recipeHash(), KernelVersion: k.kver, Compression: k.comp,
+		PVHEntry: fmt.Sprintf("%#x", k.entry), Kernel: pl.Kernel, Packages: pl.Userland,
 		BuiltAt: time.Now().UTC(), RootfsSize: RootfsSize,
-		VmlinuxBytes: int64(len(vmlinux)),
+		VmlinuxBytes: k.vmlinuxBytes,
 	}
-	for _, x := range mods {
+	for _, x := range k.mods {
 		m.Modules = append(m.Modules, x.Rel)
 	}
 	if st, err := os.Stat(filepath.Join(staging, fileInitrd)); err == nil {
 		m.InitrdBytes = st.Size()
 	}
-	if st, err := os.Stat(img); err == nil {
+	if st, err := os.Stat(filepath.Join(staging, fileRootfs)); err == nil {
 		if s, ok := st.Sys().(*syscall.Stat_t); ok {
 			m.RootfsAllocated = s.Blocks * 512
 		}
@@ -493,17 +559,15 @@ func build(ctx context.Context, root, staging string, pl plan, p progress) error
 	m.BuildSeconds = time.Since(start).Seconds()
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return err
+		return m, err
 	}
 	if err := os.RemoveAll(work); err != nil {
-		return err
+		return m, err
 	}
 	if err := writeFileSync(filepath.Join(staging, fileManifest), append(b, '\n'), 0o644); err != nil {
-		return err
+		return m, err
 	}
-	pruneDebs(debDir, debs)
-	p.f("built %s in %.1fs", pl.Key, m.BuildSeconds)
-	return nil
+	return m, nil
 }
 
 // findVmlinuz locates boot/vmlinuz-<kver> in the unpacked kernel package,

@@ -86,21 +86,63 @@ func splitZ(b []byte) []string {
 // Inspect checks that path is inside a non-bare git repository (without
 // submodules, unless FullCopy) and lists the files to copy.
 func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
+	if err := checkWorkTree(ctx, path); err != nil {
+		return nil, err
+	}
+	w, err := openRepository(ctx, path, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.checkBranch(ctx); err != nil {
+		return nil, err
+	}
+	if o.From != "" {
+		if err := w.resolveFrom(ctx); err != nil {
+			return nil, err
+		}
+		return w, nil // the guest checks that commit out: no working-tree files travel
+	}
+	if err := w.refuseSubmodules(ctx); err != nil {
+		return nil, err
+	}
+	untracked, err := w.listFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if o.FullCopy {
+		w.Mode += "+full-copy"
+		return w, nil
+	}
+	if err := w.findChanges(ctx, untracked); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// checkWorkTree checks that git is installed and that path is a directory
+// inside a git working tree (not a bare repository).
+func checkWorkTree(ctx context.Context, path string) error {
 	if _, err := sysexec.LookPath("git"); err != nil {
-		return nil, errors.New("git is not installed on this host")
+		return errors.New("git is not installed on this host")
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("workspace %s: %w", path, err)
+		return fmt.Errorf("workspace %s: %w", path, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("workspace %s is not a directory", path)
+		return fmt.Errorf("workspace %s is not a directory", path)
 	}
 	if out, err := git(ctx, path, "rev-parse", "--is-bare-repository"); err != nil {
-		return nil, fmt.Errorf("%s is not inside a git repository", path)
+		return fmt.Errorf("%s is not inside a git repository", path)
 	} else if strings.TrimSpace(string(out)) == "true" {
-		return nil, fmt.Errorf("%s is a bare git repository; give a path inside a working tree", path)
+		return fmt.Errorf("%s is a bare git repository; give a path inside a working tree", path)
 	}
+	return nil
+}
+
+// openRepository starts the Workspace of the repository holding path: its
+// top level, name and HEAD commit (it must have one).
+func openRepository(ctx context.Context, path string, o Options) (*Workspace, error) {
 	top, err := git(ctx, path, "rev-parse", "--show-toplevel")
 	if err != nil {
 		return nil, err
@@ -112,37 +154,61 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 		return nil, fmt.Errorf("%s has no commits yet; commit something first", w.Root)
 	}
 	w.Head = strings.TrimSpace(string(head))
+	return w, nil
+}
+
+// checkBranch refuses From without Branch and a Branch git would not
+// accept as a branch name.
+func (w *Workspace) checkBranch(ctx context.Context) error {
+	o := w.Opts
 	if o.From != "" && o.Branch == "" {
-		return nil, errors.New("--from needs --branch: it names the guest-only branch that starts at --from")
+		return errors.New("--from needs --branch: it names the guest-only branch that starts at --from")
 	}
 	if o.Branch != "" {
 		if _, err := git(ctx, w.Root, "check-ref-format", "--branch", o.Branch); err != nil || strings.HasPrefix(o.Branch, "-") {
-			return nil, fmt.Errorf("--branch %q is not a valid branch name", o.Branch)
+			return fmt.Errorf("--branch %q is not a valid branch name", o.Branch)
 		}
 	}
-	if o.From != "" {
-		if o.FullCopy {
-			return nil, errors.New("--from and --full-copy cannot be combined: a full copy is the working tree as it is")
-		}
-		c, err := git(ctx, w.Root, "rev-parse", "--verify", "--quiet", o.From+"^{commit}")
-		if err != nil {
-			return nil, fmt.Errorf("--from %q is not a commit in %s", o.From, w.Root)
-		}
-		w.FromCommit = strings.TrimSpace(string(c))
-		w.Mode = "from " + w.FromCommit[:12]
-		return w, nil // the guest checks that commit out: no working-tree files travel
+	return nil
+}
+
+// resolveFrom resolves Options.From to a commit (refusing it with FullCopy)
+// and sets the mode to it.
+func (w *Workspace) resolveFrom(ctx context.Context) error {
+	o := w.Opts
+	if o.FullCopy {
+		return errors.New("--from and --full-copy cannot be combined: a full copy is the working tree as it is")
 	}
+	c, err := git(ctx, w.Root, "rev-parse", "--verify", "--quiet", o.From+"^{commit}")
+	if err != nil {
+		return fmt.Errorf("--from %q is not a commit in %s", o.From, w.Root)
+	}
+	w.FromCommit = strings.TrimSpace(string(c))
+	w.Mode = "from " + w.FromCommit[:12]
+	return nil
+}
+
+// refuseSubmodules fails when the index holds a submodule, unless FullCopy.
+func (w *Workspace) refuseSubmodules(ctx context.Context) error {
 	stage, err := git(ctx, w.Root, "ls-files", "-z", "--stage")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, e := range splitZ(stage) {
-		if strings.HasPrefix(e, "160000 ") && !o.FullCopy {
-			return nil, fmt.Errorf("%s has git submodules (%s); copy it with --full-copy", w.Root, strings.SplitN(e, "\t", 2)[1])
+		if strings.HasPrefix(e, "160000 ") && !w.Opts.FullCopy {
+			return fmt.Errorf("%s has git submodules (%s); copy it with --full-copy", w.Root, strings.SplitN(e, "\t", 2)[1])
 		}
 	}
+	return nil
+}
+
+// listFiles lists the tracked files present in the working tree (with
+// FullCopy, the submodules' too) and, with IncludeUntracked, the untracked
+// files git does not ignore; otherwise it counts those as skipped. It
+// returns the untracked files.
+func (w *Workspace) listFiles(ctx context.Context) ([]string, error) {
 	lsArgs := []string{"ls-files", "-z", "--cached"}
-	if o.FullCopy {
+	if w.Opts.FullCopy {
 		lsArgs = append(lsArgs, "--recurse-submodules")
 	}
 	tracked, err := git(ctx, w.Root, lsArgs...)
@@ -169,26 +235,28 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 		return nil, err
 	}
 	u := splitZ(untracked)
-	if o.IncludeUntracked {
+	if w.Opts.IncludeUntracked {
 		w.Files = append(w.Files, u...)
 		w.Mode = "tracked+untracked"
 	} else {
 		w.SkippedUntracked = len(u)
 	}
-	if o.FullCopy {
-		w.Mode += "+full-copy"
-		return w, nil
-	}
+	return u, nil
+}
+
+// findChanges sets Changed (the Files that differ from HEAD, or are copied
+// untracked ones) and Deleted (changed paths not in the working tree).
+func (w *Workspace) findChanges(ctx context.Context, untracked []string) error {
 	diff, err := git(ctx, w.Root, "diff", "--name-only", "-z", "--no-renames", "HEAD")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	changed := map[string]bool{}
 	for _, f := range splitZ(diff) {
 		changed[f] = true
 	}
-	if o.IncludeUntracked {
-		for _, f := range u {
+	if w.Opts.IncludeUntracked {
+		for _, f := range untracked {
 			changed[f] = true
 		}
 	}
@@ -205,7 +273,7 @@ func Inspect(ctx context.Context, path string, o Options) (*Workspace, error) {
 		}
 	}
 	sort.Strings(w.Deleted)
-	return w, nil
+	return nil
 }
 
 // WriteOptions tune WriteTar.
