@@ -2,8 +2,11 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 func run(args ...string) (string, string, int) {
@@ -180,5 +183,42 @@ func TestLabelFlag(t *testing.T) {
 	}
 	if labelString(l.set) != "a=1,b=,d=x=y" || len(l.remove) != 1 || l.remove[0] != "c" {
 		t.Errorf("set %v remove %v", l.set, l.remove)
+	}
+}
+
+// TestMCPTools: the MCP server builds (every tool's schema is valid) and
+// lists its tools, each with a description and an input schema; a call
+// with an invalid argument is a tool error, not a protocol error (no
+// daemon is reached).
+func TestMCPTools(t *testing.T) {
+	ctx := context.Background()
+	st, ct := mcp.NewInMemoryTransports()
+	if _, err := (&app{}).mcpServer().Connect(ctx, st, nil); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "t", Version: "1"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tl := range res.Tools {
+		names = append(names, tl.Name)
+		if tl.Description == "" || tl.InputSchema == nil {
+			t.Errorf("%s: no description or schema", tl.Name)
+		}
+	}
+	if got := strings.Join(names, ","); got != "cp,create,delete,exec,fork,list,park,ports,resume,run" {
+		t.Errorf("tools %s", got)
+	}
+	for _, args := range []map[string]any{{"command": "not a list"}, {"command": []string{}}, {"command": []string{"true"}, "timeout_seconds": 99999}} {
+		r, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run", Arguments: args})
+		if err != nil || !r.IsError {
+			t.Errorf("run %v: protocol error %v, tool error %v", args, err, r != nil && r.IsError)
+		}
 	}
 }
