@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -219,6 +221,74 @@ func TestMCPTools(t *testing.T) {
 		r, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run", Arguments: args})
 		if err != nil || !r.IsError {
 			t.Errorf("run %v: protocol error %v, tool error %v", args, err, r != nil && r.IsError)
+		}
+	}
+}
+
+// TestSSHConfigInstallUninstall: --install puts one fenced Include at the
+// top of ~/.ssh/config (twice: still one), writes banger's ssh_config, and
+// --uninstall leaves the rest of ~/.ssh/config byte for byte; a missing
+// ~/.ssh/config is created 0600 and an empty one left after uninstall.
+func TestSSHConfigInstallUninstall(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
+	t.Setenv("XDG_STATE_HOME", filepath.Join(home, ".local", "state"))
+	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(home, "run"))
+	cfg := filepath.Join(home, ".ssh", "config")
+	os.MkdirAll(filepath.Dir(cfg), 0o700)
+	orig := "Host github.com\n    User git\n\n# a comment without a newline at the end"
+	os.WriteFile(cfg, []byte(orig), 0o640)
+	for i := 0; i < 2; i++ {
+		if out, stderr, code := run("ssh-config", "--install"); code != 0 || !strings.HasPrefix(out, "installed: ") {
+			t.Fatalf("install %d: %d %q %q", i, code, out, stderr)
+		}
+	}
+	b, _ := os.ReadFile(cfg)
+	if strings.Count(string(b), sshBegin) != 1 || !strings.HasPrefix(string(b), sshBegin+"\nInclude "+filepath.Join(home, ".config", "banger", "ssh_config")+"\n"+sshEnd+"\n") || !strings.HasSuffix(string(b), orig) {
+		t.Fatalf("after two installs:\n%s", b)
+	}
+	if fi, _ := os.Stat(cfg); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want the file's own 0640", fi.Mode().Perm())
+	}
+	inc, err := os.ReadFile(filepath.Join(home, ".config", "banger", "ssh_config"))
+	if err != nil || !strings.Contains(string(inc), "Host *.vm\n") || !strings.Contains(string(inc), "internal ssh-proxy %h %p") ||
+		!strings.Contains(string(inc), "internal known-hosts %H") || !strings.Contains(string(inc), "StrictHostKeyChecking yes") {
+		t.Fatalf("ssh_config: %v\n%s", err, inc)
+	}
+	if out, _, code := run("ssh-config"); code != 0 || !strings.Contains(out, "(included from ") {
+		t.Errorf("ssh-config: %d %q", code, out)
+	}
+	if _, _, code := run("ssh-config", "--uninstall"); code != 0 {
+		t.Fatal("uninstall failed")
+	}
+	if b, _ := os.ReadFile(cfg); string(b) != orig {
+		t.Errorf("after uninstall:\n%q\nwant\n%q", b, orig)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".config", "banger", "ssh_config")); !os.IsNotExist(err) {
+		t.Errorf("banger's ssh_config is still there: %v", err)
+	}
+
+	os.Remove(cfg)
+	run("ssh-config", "--install")
+	if fi, err := os.Stat(cfg); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("a new ~/.ssh/config: %v %v", fi, err)
+	}
+	run("ssh-config", "--uninstall")
+	if b, _ := os.ReadFile(cfg); len(b) != 0 {
+		t.Errorf("after install and uninstall of a new config: %q", b)
+	}
+	if _, stderr, code := run("ssh-config", "--install", "--uninstall"); code != ExitUsage || !strings.Contains(stderr, "go separately") {
+		t.Errorf("both flags: %d %q", code, stderr)
+	}
+	for _, h := range []string{"dev.vm", "[dev.vm]:22", "DEV.VM"} {
+		if n, err := vmOfHost(h); err != nil || n != "dev" {
+			t.Errorf("vmOfHost(%q) = %q, %v", h, n, err)
+		}
+	}
+	for _, h := range []string{"dev", "a.b.vm", ".vm", "../x.vm"} {
+		if _, err := vmOfHost(h); err == nil {
+			t.Errorf("vmOfHost(%q) accepted", h)
 		}
 	}
 }

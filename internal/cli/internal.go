@@ -81,6 +81,7 @@ func (a *app) internalCmd() *cobra.Command {
 	}
 	buildGuest.Flags().StringVar(&image, "image", "", "built-in image to build (default: default_image)")
 	cmd.AddCommand(buildGuest)
+	cmd.AddCommand(a.sshHelperCmds()...)
 	return cmd
 }
 

@@ -116,7 +116,7 @@ daemon on demand; after 'banger system install' systemd runs it.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(a.versionCmd(), a.daemonCmd(), a.configCmd(), a.vmCmd(), a.psCmd(), a.imageCmd(), a.kernelCmd(), a.doctorCmd(), a.systemCmd(), a.updateCmd(), a.mcpCmd(), a.internalCmd())
+	root.AddCommand(a.versionCmd(), a.daemonCmd(), a.configCmd(), a.vmCmd(), a.psCmd(), a.imageCmd(), a.kernelCmd(), a.doctorCmd(), a.systemCmd(), a.updateCmd(), a.mcpCmd(), a.sshConfigCmd(), a.internalCmd())
 	refuseUnknownSubcommands(root)
 	return root
 }

@@ -461,3 +461,25 @@ func splitLinesKeepEOL(data []byte) [][]byte {
 func keysEqual(a, b ssh.PublicKey) bool {
 	return a.Type() == b.Type() && bytes.Equal(a.Marshal(), b.Marshal())
 }
+
+// Keys returns the keys pinned for addr ("IP" or "IP:port"), revoked ones
+// left out: what 'banger internal known-hosts' prints for plain ssh.
+func (k *KnownHosts) Keys(addr string) ([]ssh.PublicKey, error) {
+	host := knownhosts.Normalize(addr)
+	unlock, err := k.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	entries, _, err := k.read()
+	if err != nil {
+		return nil, err
+	}
+	var keys []ssh.PublicKey
+	for _, e := range entries {
+		if e.marker == "" && e.matches(host) {
+			keys = append(keys, e.key)
+		}
+	}
+	return keys, nil
+}
