@@ -243,16 +243,8 @@ func (a *app) sshHelperCmds() []*cobra.Command {
 		Short: "Print the host keys banger pinned for HOST (NAME.vm), in known_hosts form (ssh's KnownHostsCommand)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := vmOfHost(args[0])
+			info, err := a.hostInfo(cmd.Context(), args[0], false)
 			if err != nil {
-				return err
-			}
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var info api.SSHInfo
-			if err := c.Call(cmd.Context(), api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
 				return err
 			}
 			keys, err := guestssh.OpenKnownHosts(info.KnownHosts).Keys(info.Host)
@@ -269,16 +261,8 @@ func (a *app) sshHelperCmds() []*cobra.Command {
 		Short: "Connect stdin and stdout to PORT of VM HOST (NAME.vm), waking it if parked (ssh's ProxyCommand)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := vmOfHost(args[0])
+			info, err := a.hostInfo(cmd.Context(), args[0], true)
 			if err != nil {
-				return err
-			}
-			c, _, err := a.daemon(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var info api.SSHInfo
-			if err := a.sshInfo(cmd.Context(), c, name, &info); err != nil {
 				return err
 			}
 			conn, err := (&net.Dialer{}).DialContext(cmd.Context(), "tcp", net.JoinHostPort(info.Host, args[1]))
@@ -289,6 +273,24 @@ func (a *app) sshHelperCmds() []*cobra.Command {
 			return pipe(conn, a.stdin, a.stdout)
 		},
 	}}
+}
+
+// hostInfo is how to reach the VM of ssh host NAME.vm; wake wakes it
+// first when it is parked or paused.
+func (a *app) hostInfo(ctx context.Context, host string, wake bool) (api.SSHInfo, error) {
+	var info api.SSHInfo
+	name, err := vmOfHost(host)
+	if err != nil {
+		return info, err
+	}
+	c, _, err := a.daemon(ctx)
+	if err != nil {
+		return info, err
+	}
+	if wake {
+		return info, a.sshInfo(ctx, c, name, &info)
+	}
+	return info, c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info)
 }
 
 // pipe copies in to conn and conn to out until conn's far end closes.

@@ -193,26 +193,21 @@ func (k *KnownHosts) Pin(addr string, keys ...ssh.PublicKey) error {
 // hostKeyAlgorithms returns the host key algorithms matching the key types
 // pinned for host (normalized), or nil if none are pinned.
 func (k *KnownHosts) hostKeyAlgorithms(host string) ([]string, error) {
-	unlock, err := k.lock()
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	entries, _, err := k.read()
+	keys, err := k.Keys(host)
 	if err != nil {
 		return nil, err
 	}
 	var algos []string
 	seen := map[string]bool{}
-	for _, e := range entries {
-		if e.marker != "" || !e.matches(host) || seen[e.key.Type()] {
+	for _, key := range keys {
+		if seen[key.Type()] {
 			continue
 		}
-		seen[e.key.Type()] = true
-		if e.key.Type() == ssh.KeyAlgoRSA {
+		seen[key.Type()] = true
+		if key.Type() == ssh.KeyAlgoRSA {
 			algos = append(algos, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
 		} else {
-			algos = append(algos, e.key.Type())
+			algos = append(algos, key.Type())
 		}
 	}
 	return algos, nil
