@@ -13,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/dnsroute"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/sysexec"
@@ -168,6 +169,14 @@ func (a *app) systemUninstallCmd() *cobra.Command {
 			}
 			if err := refuseRunningVMs(cmd.Context()); err != nil {
 				return err
+			}
+			// The host's .vm route (systemd-resolved) goes with the install.
+			bridge := config.Default().BridgeName
+			if c, err := config.Load(paths.SystemLayout().ConfigFile()); err == nil {
+				bridge = c.BridgeName
+			}
+			if err := dnsroute.Revert(cmd.Context(), bridge); err != nil {
+				fmt.Fprintf(a.stderr, "banger: warning: %v\n", err)
 			}
 			if err := a.installer().Uninstall(cmd.Context(), purge); err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/dnsroute"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guestbuild"
 	"github.com/banger-dev/banger/internal/hostcheck/kvmprobe"
@@ -138,6 +139,10 @@ func (r *report) defaultImage(ctx context.Context, in DoctorInput) {
 }
 
 // agentAndDNS: the guest agent binary, the .vm DNS server, guest DNS.
+// resolvedRuns reports whether the host runs systemd-resolved (tests
+// replace it).
+var resolvedRuns = dnsroute.Available
+
 func (r *report) agentAndDNS(in DoctorInput) {
 	if bin := agent.FindBinary(); bin == "" {
 		r.add("guest agent", api.DoctorWarn, "no banger-agent binary: VMs boot without one and 'vm ports' cannot answer", "install banger-agent beside bangerd or in /usr/local/lib/banger ('make build')")
@@ -151,6 +156,12 @@ func (r *report) agentAndDNS(in DoctorInput) {
 		r.add(".vm dns", api.DoctorWarn, "not serving on "+in.DNSListen+": "+in.DNSErr.Error(), "choose a free dns_listen")
 	default:
 		r.add(".vm dns", api.DoctorOK, "serving <name>.vm on "+in.DNSListen+" (route .vm to it: docs/dns.md)", "")
+		if resolvedRuns() {
+			r.add(".vm names", api.DoctorOK, "the host's systemd-resolved sends .vm lookups to it (the root helper routes them through the bridge)", "")
+		} else {
+			r.add(".vm names", api.DoctorWarn, "the host's resolver does not send .vm lookups to "+in.DNSListen+" (no systemd-resolved); 'ssh NAME.vm' still works after 'banger ssh-config --install'",
+				"route .vm to "+in.DNSListen+" (dnsmasq: server=/vm/"+strings.Replace(in.DNSListen, ":", "#", 1)+"), or run systemd-resolved")
+		}
 	}
 	if len(in.GuestDNS) == 0 {
 		r.add("guest dns", api.DoctorWarn, "no nameserver for guests (the host has only loopback resolvers)", "set guest_dns in the config")

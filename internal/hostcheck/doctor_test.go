@@ -64,7 +64,7 @@ func TestDoctorOrderAndVerdicts(t *testing.T) {
 	for _, c := range checks {
 		names = append(names, c.Name)
 	}
-	want := "vmm|qemu|kvm|privileges|tool mkfs.ext4|tool debugfs|tool git|tool mmdebstrap|default image|guest agent|.vm dns|guest dns|reflink|release key"
+	want := "vmm|qemu|kvm|privileges|tool mkfs.ext4|tool debugfs|tool git|tool mmdebstrap|default image|guest agent|.vm dns|.vm names|guest dns|reflink|release key"
 	if got := strings.Join(names, "|"); got != want {
 		t.Fatalf("checks\n %s\nwant\n %s", got, want)
 	}
@@ -146,5 +146,23 @@ func TestDoctorReflinkCannotTest(t *testing.T) {
 	c := byName(t, Doctor(context.Background(), in))["reflink"]
 	if c.Status != api.DoctorWarn || !strings.HasPrefix(c.Detail, "cannot test: ") {
 		t.Fatalf("reflink: %+v", c)
+	}
+}
+
+// TestDoctorVMNames: with systemd-resolved the .vm route is reported ok;
+// without it, a warning that says what to add (dnsmasq's line) and that
+// ssh-config covers ssh.
+func TestDoctorVMNames(t *testing.T) {
+	saved := resolvedRuns
+	t.Cleanup(func() { resolvedRuns = saved })
+	for _, runs := range []bool{true, false} {
+		resolvedRuns = func() bool { return runs }
+		c := byName(t, Doctor(context.Background(), input(t)))[".vm names"]
+		if runs && c.Status != api.DoctorOK {
+			t.Errorf("with resolved: %+v", c)
+		}
+		if !runs && (c.Status != api.DoctorWarn || c.Fix != "route .vm to 127.0.0.1:5353 (dnsmasq: server=/vm/127.0.0.1#5353), or run systemd-resolved" || !strings.Contains(c.Detail, "ssh-config --install")) {
+			t.Errorf("without resolved: %+v", c)
+		}
 	}
 }

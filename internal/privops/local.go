@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/dnsroute"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/logging"
@@ -75,7 +76,29 @@ func (l *Local) EnsureBridge(ctx context.Context, r BridgeReq) error {
 	if err := n.RestrictHostInput(r.Name, gw.Addr(), r.HostPorts, r.HostPorts); err != nil {
 		return err
 	}
-	return n.EnableForwarding()
+	if err := n.EnableForwarding(); err != nil {
+		return err
+	}
+	l.routeDNS(ctx, r)
+	return nil
+}
+
+// routeDNS routes the host's .vm lookups to the daemon's DNS server where
+// systemd-resolved runs (not for a bridge in another namespace: the host's
+// resolver does not see it). Best effort: DNS routing never stops a VM.
+func (l *Local) routeDNS(ctx context.Context, r BridgeReq) {
+	if r.DNS == "" || l.NetNS != "" {
+		return
+	}
+	idx := 0
+	if ifc, err := net.InterfaceByName(r.Name); err == nil {
+		idx = ifc.Index
+	}
+	if routed, err := dnsroute.Route(ctx, r.Name, idx, r.DNS); err != nil {
+		logging.From(ctx).Warn(".vm lookups not routed to banger's DNS", "bridge", r.Name, "error", err)
+	} else if routed {
+		logging.From(ctx).Debug(".vm lookups routed", "bridge", r.Name, "dns", r.DNS)
+	}
 }
 
 // CreateTap implements Ops.

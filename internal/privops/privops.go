@@ -160,6 +160,10 @@ type BridgeReq struct {
 	// the host (TCP and UDP: the daemon's DNS when it listens there);
 	// everything else on the host is closed to guests.
 	HostPorts []uint16 `json:"host_ports,omitempty"`
+	// DNS is the daemon's .vm DNS server (IP:port, on loopback or the
+	// gateway address): where the host runs systemd-resolved, its .vm
+	// lookups are routed there through the bridge (internal/dnsroute).
+	DNS string `json:"dns,omitempty"`
 }
 
 // TapReq names a tap; for creation also its bridge and the guest's MAC and
@@ -298,6 +302,12 @@ func (p Policy) ValidateBridge(r BridgeReq) (netip.Prefix, error) {
 	for _, p := range r.HostPorts {
 		if p == 0 {
 			return netip.Prefix{}, bad("host port 0")
+		}
+	}
+	if r.DNS != "" {
+		ap, err := netip.ParseAddrPort(r.DNS)
+		if err != nil || ap.Port() == 0 || !(ap.Addr().IsLoopback() || ap.Addr() == gw.Addr()) {
+			return netip.Prefix{}, bad("dns %q must be IP:port on loopback or the gateway %s", r.DNS, gw.Addr())
 		}
 	}
 	return gw, nil

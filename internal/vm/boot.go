@@ -78,10 +78,9 @@ func (s *Service) start(ctx context.Context, rec store.VMRecord, res image.Resol
 // guest) and, with NAT, its NAT rules; undoing them is logged in st.
 func (s *Service) plugNetwork(ctx context.Context, st *steps, rec store.VMRecord) error {
 	tap := rec.Runtime.Tap
-	gw := gateway(s.Config.Network())
 	opstage.Set(ctx, "network")
-	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr())}); err != nil {
-		return fmt.Errorf("bridge %s: %w", s.Config.BridgeName, err)
+	if err := s.ensureBridge(ctx); err != nil {
+		return err
 	}
 	if err := s.Ops.CreateTap(ctx, s.tapReq(rec)); err != nil {
 		return fmt.Errorf("tap %s: %w", tap, err)
@@ -179,6 +178,33 @@ func (s *Service) tapReq(rec store.VMRecord) privops.TapReq {
 
 // hostPorts are the host ports guests may reach on the gateway: the .vm
 // DNS server's, when it listens there (or on every address).
+// ensureBridge has the root helper make (or check) the bridge, its
+// isolation, the host ports guests may reach, and the host's .vm DNS route.
+func (s *Service) ensureBridge(ctx context.Context) error {
+	gw := gateway(s.Config.Network())
+	req := privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr()), DNS: s.dnsRoute(gw.Addr())}
+	if err := s.Ops.EnsureBridge(ctx, req); err != nil {
+		return fmt.Errorf("bridge %s: %w", s.Config.BridgeName, err)
+	}
+	return nil
+}
+
+// dnsRoute is where the host's .vm lookups go: dns_listen when it is on
+// loopback or the gateway (an unspecified address is reached on loopback);
+// "" when there is no DNS server the host can route to.
+func (s *Service) dnsRoute(gw netip.Addr) string {
+	ap, err := netip.ParseAddrPort(s.Config.DNSListen)
+	switch {
+	case err != nil:
+		return ""
+	case ap.Addr().IsUnspecified():
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port()).String()
+	case ap.Addr().IsLoopback(), ap.Addr() == gw:
+		return ap.String()
+	}
+	return ""
+}
+
 func (s *Service) hostPorts(gw netip.Addr) []uint16 {
 	ap, err := netip.ParseAddrPort(s.Config.DNSListen)
 	if err != nil || !(ap.Addr() == gw || ap.Addr().IsUnspecified()) {

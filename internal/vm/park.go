@@ -186,9 +186,8 @@ func (s *Service) wake(ctx context.Context, rec store.VMRecord) (store.VMRecord,
 	opstage.Set(ctx, "restoring the guest from its snapshot")
 	t0 := time.Now()
 	// After a host reboot nothing of the network is left.
-	gw := gateway(s.Config.Network())
-	if err := s.Ops.EnsureBridge(ctx, privops.BridgeReq{Name: s.Config.BridgeName, Gateway: gw.String(), HostPorts: s.hostPorts(gw.Addr())}); err != nil {
-		return rec, fmt.Errorf("wake VM %s: bridge %s: %w", rec.Name, s.Config.BridgeName, err)
+	if err := s.ensureBridge(ctx); err != nil {
+		return rec, fmt.Errorf("wake VM %s: %w", rec.Name, err)
 	}
 	req := privops.RestoreReq{ID: rec.ID}
 	addNAT := func() error {

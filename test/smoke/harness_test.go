@@ -179,11 +179,38 @@ func setup() (int, error) {
 		return 0, err
 	}
 	art.guestKey = a.Key
+	if err := downloadResolved(); err != nil {
+		return 0, err
+	}
 	fmt.Printf("smoke: setup (builds, releases, guest) took %s\n", time.Since(t0).Round(time.Second))
 	return 0, nil
 }
 
 func guestCache() string { return filepath.Join(testutil.CacheDir(), "smoke") }
+
+// resolvedDeb is the systemd-resolved package of the host's systemd
+// version, for the scenario that installs it inside its system (never on
+// the host, whose resolv.conf it would take over).
+func resolvedDeb() string {
+	v, _ := exec.Command("dpkg-query", "-W", "-f", "${Version}", "systemd").Output()
+	return filepath.Join(guestCache(), "debs", "systemd-resolved_"+strings.ReplaceAll(string(v), ":", "%3a")+"_amd64.deb")
+}
+
+// downloadResolved fetches resolvedDeb from the Debian archive once.
+func downloadResolved() error {
+	deb := resolvedDeb()
+	if _, err := os.Stat(deb); err == nil {
+		return nil
+	}
+	v, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", "systemd").Output()
+	if err != nil {
+		return fmt.Errorf("systemd's version: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(deb), 0o755); err != nil {
+		return err
+	}
+	return run(filepath.Dir(deb), nil, "apt-get", "download", "systemd-resolved="+string(v))
+}
 
 // host is one scenario's machine: systemd as PID 1 of fresh namespaces.
 type host struct {
@@ -195,6 +222,13 @@ type host struct {
 // newHost starts systemd, creates the owner user, seeds the guest cache and
 // installs banger from binDir with 'banger system install'.
 func newHost(t *testing.T, binDir string) *host {
+	t.Helper()
+	return newHostPrep(t, binDir, nil)
+}
+
+// newHostPrep is newHost with prep run in the system before banger is
+// installed.
+func newHostPrep(t *testing.T, binDir string, prep func(h *host)) *host {
 	t.Helper()
 	name := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(strings.TrimPrefix(t.Name(), "TestSmoke/"), "-"))
 	if len(name) > 40 {
@@ -227,6 +261,9 @@ func newHost(t *testing.T, binDir string) *host {
 	}
 	// A small-VM config.
 	h.write("/etc/banger/config.toml", "default_image = \"tiny\"\nstart = \"cold\"\n\n[vm_defaults]\nvcpu = 1\nmemory_mib = 256\ndisk_size = \"128M\"\n")
+	if prep != nil {
+		prep(h)
+	}
 	inside := "/mnt/smoke/" + mustRel(binDir)
 	h.must(inside+"/banger", "system", "install", "--owner", owner, "--no-image") // the guest cache is seeded above
 	t.Cleanup(func() {

@@ -5,6 +5,7 @@ package smoke
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,6 +36,7 @@ var scenarios = []scenario{
 	{"daemon_sigkill_keeps_vm_alive", scDaemonSigkillKeepsVMAlive},
 	{"helper_sigkill_keeps_vm_alive", scHelperSigkillKeepsVMAlive},
 	{"vm_lifecycle", scVMLifecycle},
+	{"vm_names_resolve", scVMNamesResolve},
 	{"catches_the_bug", scCatchesTheBug},
 	{"system_uninstall", scSystemUninstall},
 }
@@ -635,4 +637,56 @@ func expectCaught(t *testing.T, err error) {
 		t.Fatal("the keeps-alive check PASSED with the fix undone: the suite would not catch this regression")
 	}
 	t.Logf("caught, as expected: %v", err)
+}
+
+// scVMNamesResolve ([P12] item 5): with systemd-resolved running in the
+// system, the root helper routes .vm to the daemon's DNS server through the
+// bridge, so `resolvectl query web.vm` answers the VM's address; after
+// 'banger ssh-config --install' (twice: one block) the owner's plain
+// `ssh web.vm` runs a command in it, and --uninstall leaves the rest of
+// ~/.ssh/config byte for byte; after 'system uninstall' the route is gone.
+func scVMNamesResolve(t *testing.T) {
+	h := newHostPrep(t, art.bin, func(h *host) {
+		h.sh("systemctl start dbus.service && DEBIAN_FRONTEND=noninteractive dpkg -i /mnt/guestcache/debs/" + filepath.Base(resolvedDeb()) +
+			" >/dev/null && systemctl start systemd-resolved.service && systemctl is-active systemd-resolved.service")
+	})
+	h.mustBanger("vm", "create", "--name", "web")
+	var v api.VM
+	if err := json.Unmarshal([]byte(h.mustBanger("vm", "show", "web", "--json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	if out := h.must("resolvectl", "query", "web.vm"); !strings.Contains(out, v.IP) {
+		t.Fatalf("resolvectl query web.vm: %q, want %s", out, v.IP)
+	}
+	if out := h.must("resolvectl", "domain", "banger0"); !strings.Contains(out, "~vm") {
+		t.Fatalf("resolvectl domain banger0: %q", out)
+	}
+
+	home := "/home/" + owner
+	orig := "Host example.org\n    User me\n# no newline at the end"
+	h.sh("mkdir -p -m 0700 " + home + "/.ssh && chown " + owner + ": " + home + "/.ssh")
+	h.write(home+"/.ssh/config", orig)
+	h.sh("chown " + owner + ": " + home + "/.ssh/config && chmod 0600 " + home + "/.ssh/config")
+	asOwner := func(args ...string) string {
+		return h.must(append([]string{"runuser", "-u", owner, "--", "env", "HOME=" + home}, args...)...)
+	}
+	asOwner("/usr/local/bin/banger", "ssh-config", "--install")
+	asOwner("/usr/local/bin/banger", "ssh-config", "--install")
+	cfg := h.sh("cat " + home + "/.ssh/config")
+	if strings.Count(cfg, "# >>> banger ssh-config >>>") != 1 || !strings.HasSuffix(cfg, orig) {
+		t.Fatalf("~/.ssh/config after two installs:\n%s", cfg)
+	}
+	if out := strings.TrimSpace(asOwner("ssh", "-o", "BatchMode=yes", "web.vm", "hostname")); out != "web" {
+		t.Fatalf("ssh web.vm hostname: %q", out)
+	}
+	asOwner("/usr/local/bin/banger", "ssh-config", "--uninstall")
+	if got := h.sh("cat " + home + "/.ssh/config"); got != orig {
+		t.Fatalf("~/.ssh/config after uninstall: %q, want %q", got, orig)
+	}
+
+	h.mustBanger("vm", "delete", "web")
+	h.mustBanger("system", "uninstall")
+	if out := h.must("resolvectl", "domain", "banger0"); strings.Contains(out, "~vm") {
+		t.Fatalf("after uninstall, resolvectl domain banger0: %q", out)
+	}
 }
