@@ -168,6 +168,8 @@ func (a *app) copyOut(ctx context.Context, info api.SSHInfo, name, src, dst stri
 		treecopy.Options{Limits: treecopy.Limits{MaxBytes: limit, MaxEntries: treecopy.DefaultLimits.MaxEntries}, Counted: p.add})
 	if uerr != nil {
 		cancel() // stop the guest's end
+	} else {
+		io.Copy(io.Discard, pr) // the stream's end padding: the guest's end finishes writing
 	}
 	pr.Close()
 	r := <-done
