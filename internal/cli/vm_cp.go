@@ -15,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/treecopy"
 	"github.com/spf13/cobra"
 )
@@ -193,19 +194,21 @@ func guestCopyResult(name string, code int, err error, stderr string) error {
 	if code == 0 {
 		return nil
 	}
-	line := lastLine(stderr)
-	if strings.Contains(line, `unexpected argument "cp"`) || code == 127 {
-		return fmt.Errorf("vm cp: VM %s's banger-agent cannot copy (it predates 'vm cp'); 'banger vm restart %s' gives it the current one", name, name)
-	}
-	if msg, ok := strings.CutPrefix(line, "banger-agent: cp: "); ok {
-		return fmt.Errorf("vm cp: %s: %s", name, msg)
-	}
-	return fmt.Errorf("vm cp: the copy in VM %s failed (exit %d): %s", name, code, orDash(line))
+	return agentModeError("vm cp: ", name, "cp", "copy (it predates 'vm cp')", code, stderr)
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
+// agentModeError is a failed run of "banger-agent MODE …" in VM name as one
+// line (after prefix): the agent's own "banger-agent: MODE: …" line, or
+// what to do when the agent predates MODE (cannot says what it cannot do).
+func agentModeError(prefix, name, mode, cannot string, code int, stderr string) error {
+	line := strings.TrimSpace(sysexec.LastLines(stderr, 1))
+	switch {
+	case strings.Contains(line, `unexpected argument "`+mode+`"`) || code == 127:
+		return fmt.Errorf("%sVM %s's banger-agent cannot %s; 'banger vm restart %s' gives it the current one", prefix, name, cannot, name)
+	case strings.HasPrefix(line, "banger-agent: "+mode+": "):
+		return fmt.Errorf("%s%s: %s", prefix, name, printable(strings.TrimPrefix(line, "banger-agent: "+mode+": ")))
+	}
+	return fmt.Errorf("%s%s: banger-agent %s: exit %d: %s", prefix, name, mode, code, orDash(printable(line)))
 }
 
 // limitedBuffer keeps the first max bytes written to it.

@@ -118,14 +118,7 @@ func (a *app) agentJob(ctx context.Context, name string, stdout io.Writer, args 
 	if code == 0 || args[0] == "logs" && code != 1 && code != 2 {
 		return code, nil // logs -f passes the job's own status
 	}
-	line := lastLine(stderr.String())
-	switch {
-	case strings.Contains(line, `unexpected argument "job"`) || code == 127:
-		return 0, fmt.Errorf("VM %s's banger-agent cannot run background jobs (it predates 'vm exec -d'); 'banger vm restart %s' gives it the current one", name, name)
-	case strings.HasPrefix(line, "banger-agent: job: "):
-		return 0, fmt.Errorf("%s: %s", name, printable(strings.TrimPrefix(line, "banger-agent: job: ")))
-	}
-	return 0, fmt.Errorf("%s: background job: exit %d: %s", name, code, orDash(printable(line)))
+	return 0, agentModeError("", name, "job", "run background jobs (it predates 'vm exec -d')", code, stderr.String())
 }
 
 func (a *app) startJob(ctx context.Context, name string, argv []string) error {
@@ -134,7 +127,7 @@ func (a *app) startJob(ctx context.Context, name string, argv []string) error {
 		return err
 	}
 	id := strings.TrimSpace(out.String())
-	if !isJobID(id) {
+	if !guestjob.ValidID(id) {
 		return fmt.Errorf("%s: the guest answered %q, not a job id", name, printable(id))
 	}
 	fmt.Fprintln(a.stdout, id)
@@ -142,18 +135,6 @@ func (a *app) startJob(ctx context.Context, name string, argv []string) error {
 		fmt.Fprintln(a.stderr, output.Dim(a.stderr, fmt.Sprintf("output: banger vm logs %s --exec %s -f; stop it: banger vm exec --kill %s %s", name, id, name, id)))
 	}
 	return nil
-}
-
-func isJobID(id string) bool {
-	if len(id) != 12 {
-		return false
-	}
-	for _, r := range id {
-		if !strings.ContainsRune("0123456789abcdef", r) {
-			return false
-		}
-	}
-	return true
 }
 
 // jobs asks the guest for its jobs; its answer is capped and checked.
@@ -171,7 +152,7 @@ func (a *app) jobs(ctx context.Context, name string) ([]guestjob.Job, error) {
 		return nil, fmt.Errorf("%s: the job list is not JSON: %v", name, err)
 	}
 	for i := range js {
-		if !isJobID(js[i].ID) {
+		if !guestjob.ValidID(js[i].ID) {
 			return nil, fmt.Errorf("%s: the job list names %q, not a job id", name, printable(js[i].ID))
 		}
 	}
@@ -228,7 +209,7 @@ func (a *app) killJob(ctx context.Context, name, id, signal string) error {
 // jobLogs prints a job's output; following, it exits with the job's own
 // exit status once the job ends.
 func (a *app) jobLogs(ctx context.Context, name, id string, follow bool) error {
-	if !isJobID(id) {
+	if !guestjob.ValidID(id) {
 		return usageError{fmt.Errorf("--exec %q: not a job id (banger vm exec --list %s shows them)", id, name)}
 	}
 	args := []string{"logs", id}

@@ -63,7 +63,7 @@ func (j Job) Status() string {
 type jobs struct{ dir string }
 
 // validID: the ids start makes, 12 lowercase hex digits.
-func validID(id string) bool {
+func ValidID(id string) bool {
 	if len(id) != 12 {
 		return false
 	}
@@ -101,7 +101,7 @@ func (s jobs) create(argv []string) (string, error) {
 
 // get reads one job.
 func (s jobs) get(id string) (Job, error) {
-	if !validID(id) {
+	if !ValidID(id) {
 		return Job{}, fmt.Errorf("%q is not a job id", id)
 	}
 	a, err := os.ReadFile(s.path(id, fileArgv))
@@ -152,7 +152,7 @@ func (s jobs) list() ([]Job, error) {
 	}
 	out := []Job{}
 	for _, e := range ents {
-		if !e.IsDir() || !validID(e.Name()) {
+		if !e.IsDir() || !ValidID(e.Name()) {
 			continue
 		}
 		if j, err := s.get(e.Name()); err == nil {

@@ -54,7 +54,7 @@ func TestJobLifecycle(t *testing.T) {
 	s := jobs{t.TempDir()}
 	out, errs, code := call(t, s, "start", "--", "sh", "-c", `for i in 1 2 3; do echo "n=$i"; sleep 0.2; done; echo err >&2; exit 7`)
 	id := strings.TrimSpace(out)
-	if code != 0 || !validID(id) {
+	if code != 0 || !ValidID(id) {
 		t.Fatalf("start: %d %q %q", code, out, errs)
 	}
 	// Follow from the start: everything, then the job's own exit status.

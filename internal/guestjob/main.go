@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/banger-dev/banger/internal/sysexec"
 )
 
 // GuestMain is banger-agent's job mode:
@@ -122,7 +124,7 @@ func (s jobs) start(argv []string) (string, error) {
 		if err == nil && (j.PID > 0 || !j.Running) {
 			if !j.Running && j.PID == 0 {
 				b, _ := os.ReadFile(s.path(id, fileOutput))
-				return "", errors.New(strings.TrimPrefix(lastLine(string(b)), "banger-agent: job: "))
+				return "", errors.New(strings.TrimPrefix(strings.TrimSpace(sysexec.LastLines(string(b), 1)), "banger-agent: job: "))
 			}
 			return id, nil
 		}
@@ -136,11 +138,6 @@ func mustGetwd() string {
 		return "/"
 	}
 	return wd
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
 // supervise runs the job's command in a process group of its own, its
@@ -274,19 +271,13 @@ func parseSignal(s string) (syscall.Signal, error) {
 func CheckSignal(s string) error { _, err := parseSignal(s); return err }
 
 // lookPath finds a command the way a shell does: as given when it holds a
-// slash, else on PATH.
+// slash, else on PATH ("" meaning the working directory).
 func lookPath(name string) (string, error) {
 	if strings.Contains(name, "/") {
 		return name, nil
 	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if dir == "" {
-			dir = "."
-		}
-		p := dir + "/" + name
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
+	if p, err := sysexec.LookIn(name, filepath.SplitList(os.Getenv("PATH"))); err == nil {
+		return p, nil
 	}
 	return "", fmt.Errorf("%s: command not found", name)
 }
