@@ -15,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/guestjob"
 	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/treecopy"
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ import (
 
 // guestAgent is where every banger guest has its agent (the tools disk,
 // docs/guest.md): the guest end of 'vm cp'.
-const guestAgent = "/run/banger-tools/banger-agent"
+const guestAgent = guestjob.AgentPath
 
 func (a *app) vmCpCmd() *cobra.Command {
 	var maxSize string

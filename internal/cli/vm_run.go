@@ -424,15 +424,9 @@ func runIn(ctx context.Context, info api.SSHInfo, argv []string, stdin io.Reader
 	return sc.Run(ctx, withGuestEnv(argv), stdin, stdout, stderr)
 }
 
-// guestEnvFile holds the environment an imported OCI image declares (ENV:
-// PATH and the like); commands run with it, as they would in a container.
-const guestEnvFile = "/.banger/env"
-
 // withGuestEnv runs argv with the image's declared environment, when it has
 // one (a no-op in banger's own images).
-func withGuestEnv(argv []string) []string {
-	return append([]string{"sh", "-c", `if [ -r ` + guestEnvFile + ` ]; then . ` + guestEnvFile + `; fi; exec "$@"`, "sh"}, argv...)
-}
+func withGuestEnv(argv []string) []string { return guestssh.WithImageEnv(argv) }
 
 // interactive hands over to the system ssh client when there is one, with
 // banger's key and known_hosts; otherwise it opens a shell itself.

@@ -64,3 +64,11 @@ func sizeVMDefaults(cfg *Config, present map[string]bool) map[string]string {
 	}
 	return src
 }
+
+// HostMemoryMiB is the host's memory in MiB, from /proc/meminfo.
+func HostMemoryMiB() (int, error) {
+	if mib := memTotalMiB("/proc/meminfo"); mib > 0 {
+		return mib, nil
+	}
+	return 0, fmt.Errorf("cannot read MemTotal from /proc/meminfo")
+}

@@ -26,6 +26,10 @@ import (
 	"time"
 )
 
+// AgentPath is where every guest has banger-agent (its tools disk), the
+// program the host runs over SSH for jobs and copies.
+const AgentPath = "/run/banger-tools/banger-agent"
+
 // Dir holds one directory per job.
 const Dir = "/run/banger/jobs"
 

@@ -109,3 +109,13 @@ func sshConfigValue(p string) string {
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 	return `"` + r.Replace(p) + `"`
 }
+
+// ImageEnvFile holds the environment an imported OCI image declares (ENV:
+// PATH and the like); commands run with it, as they would in a container.
+const ImageEnvFile = "/.banger/env"
+
+// WithImageEnv runs argv with the image's declared environment, when it has
+// one (a no-op in banger's own images).
+func WithImageEnv(argv []string) []string {
+	return append([]string{"sh", "-c", `if [ -r ` + ImageEnvFile + ` ]; then . ` + ImageEnvFile + `; fi; exec "$@"`, "sh"}, argv...)
+}
