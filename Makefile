@@ -9,10 +9,10 @@ BUILT_AT ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/banger-dev/banger/internal/buildinfo
 LDFLAGS  := -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).BuiltAt=$(BUILT_AT) -X github.com/banger-dev/banger/internal/agent.Version=$(VERSION)
 BIN      := build/bin
-BINARIES := banger bangerd banger-vmm banger-agent
+BINARIES := banger bangerd banger-vmm banger-agent banger-vk
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help deps build run test test-short smoke lint fmt bench clean
+.PHONY: help deps build run test test-short smoke lint fmt bench clean k8s-tools
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,8 @@ build: ## build every binary into build/bin with build info stamped
 run: deps build ## the main job: set up, start the daemon, show it
 	@scripts/run.sh
 
-test: deps ## every test: unit, e2e with real guests, a short run of every fuzz target, then the systemd smoke suite (root parts skip without root)
-	$(GO) test -count=1 -timeout 55m ./...
+test: deps k8s-tools ## every test: unit, e2e with real guests (and a real Kubernetes control plane), a short run of every fuzz target, then the systemd smoke suite (root parts skip without root)
+	BANGER_REQUIRE_K8S=1 $(GO) test -count=1 -timeout 55m ./...
 	$(MAKE) fuzz-short
 	$(MAKE) smoke
 
@@ -40,6 +40,9 @@ SCENARIO ?=
 JOBS     ?= 3
 smoke: deps ## end-to-end suite on real systemd + real guests (root; SCENARIO=a,b to pick; -smoke.list lists)
 	$(GO) test -tags smoke -count=1 -timeout 45m -v ./test/smoke -args -smoke.jobs=$(JOBS) $(if $(SCENARIO),-smoke.scenario=$(SCENARIO))
+
+k8s-tools: ## build kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and etcd from Go modules into the test cache (once; ~12 min cold)
+	@GO=$(GO) scripts/k8s-tools.sh
 
 test-short: ## unit tests only: no root, no guests
 	$(GO) test -short -count=1 ./...

@@ -42,6 +42,9 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	system         bool
+	// kubeContext is --context (or $BANGER_CONTEXT): a [contexts.NAME]
+	// cluster of banger hosts instead of the local daemon.
+	kubeContext string
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -105,6 +108,7 @@ The banger CLI talks to bangerd, an owner daemon that keeps VM state and
 reaches root only through a narrow helper. In user mode the CLI starts the
 daemon on demand; after 'banger system install' systemd runs it.`,
 		Example: `  banger daemon status            # start the daemon if needed and show it
+  banger --context ci vm run --rm ./repo -- make test   # on a cluster of banger hosts
   banger version --json            # build information
   banger config show               # effective configuration and where each value came from`,
 		Version:       buildinfo.Get().Line("banger"),
@@ -113,6 +117,8 @@ daemon on demand; after 'banger system install' systemd runs it.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().BoolVar(&a.system, "system", false, "use the system install's paths (/etc/banger, /var/lib/banger, /run/banger)")
+	root.PersistentFlags().StringVar(&a.kubeContext, "context", "", "run on the cluster of banger hosts `NAME` ([contexts.NAME] in config; $BANGER_CONTEXT) instead of the local daemon: vm run, exec, list and delete")
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error { return a.checkContext(cmd) }
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})

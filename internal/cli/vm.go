@@ -284,6 +284,9 @@ func (a *app) vmDeleteCmd() *cobra.Command {
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.kubeContext != "" {
+				return a.vmDeleteKube(cmd.Context(), args)
+			}
 			c, _, err := a.daemon(cmd.Context())
 			if err != nil {
 				return err
@@ -417,6 +420,18 @@ func (a *app) vmListCmd() *cobra.Command {
   banger vm list --filter label=team=web --filter state=running`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.kubeContext != "" {
+				if len(filters) > 0 {
+					return usageError{errors.New("vm list --context: --filter is the local daemon's; use kubectl get pods -l for a cluster")}
+				}
+				return a.vmListKube(cmd.Context(), asJSON)
+			}
+			if a.kubeContext != "" {
+				if len(filters) > 0 {
+					return usageError{errors.New("vm list --context: --filter is the local daemon's; use kubectl get pods -l for a cluster")}
+				}
+				return a.vmListKube(cmd.Context(), asJSON)
+			}
 			var vms []api.VM
 			if err := a.call(cmd.Context(), api.MethodVMList, api.VMListParams{Filters: filters}, &vms); err != nil {
 				return err

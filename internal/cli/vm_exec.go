@@ -67,6 +67,12 @@ jobs end when the VM stops; a park and wake keeps them). Then:
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if a.kubeContext != "" {
+				if list || kill || detach {
+					return usageError{errors.New("vm exec --context: -d, --list and --kill are the local daemon's (this slice)")}
+				}
+				return a.vmExecKube(ctx, args[0], args[1:])
+			}
 			switch {
 			case list:
 				return a.listJobs(ctx, args[0], asJSON)

@@ -108,6 +108,9 @@ func (a *app) vmRun(cmd *cobra.Command, args []string, fl *vmRunFlags) error {
 	if fl.detach && (fl.rm || len(args) > 0) {
 		return usageError{errors.New("-d cannot be combined with --rm or a command")}
 	}
+	if a.kubeContext != "" {
+		return a.vmRunKube(cmd, path, args, fl)
+	}
 	plan, done, err := a.planVMRun(ctx, path, fl.create.params(cmd), fl)
 	if err != nil || done {
 		return err
@@ -243,9 +246,8 @@ func (a *app) runInRunVM(ctx context.Context, c *client.Client, vm string, plan 
 	return exitStatus(a.guestSession(ctx, c, vm, args, remind))
 }
 
-// copyWorkspace streams the workspace into the guest as tar over SSH. A
-// guest with git checks the unchanged files out of the shallow clone itself,
-// so only the changed ones travel. Large copies show progress on a terminal.
+// copyWorkspace streams the workspace into the guest as tar over SSH and
+// records it in the daemon.
 func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws *workspace.Workspace, dest string) error {
 	var info api.SSHInfo
 	if err := a.sshInfo(ctx, c, vm, &info); err != nil {
@@ -260,7 +262,29 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 		return err
 	}
 	defer sc.Close()
-	hasGit, _ := sc.RunScript(ctx, "command -v git >/dev/null", nil, io.Discard, io.Discard)
+	if err := a.sendWorkspace(ctx, sc, vm, ws, dest); err != nil {
+		return err
+	}
+	head := ws.Head
+	if ws.FromCommit != "" {
+		head = ws.FromCommit
+	}
+	return c.Call(ctx, api.MethodVMWorkspaceRecord, api.VMWorkspaceParams{Name: vm, Workspace: api.Workspace{
+		HostPath: ws.Root, GuestPath: dest, HeadCommit: head, Mode: ws.Mode}}, nil)
+}
+
+// guestRunner runs one command in a guest: over SSH (guestssh.Client) or
+// through a cluster's exec (kubeclient.Runner).
+type guestRunner interface {
+	Run(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+}
+
+// sendWorkspace streams the workspace into the guest as tar through r. A
+// guest with git checks the unchanged files out of the shallow clone
+// itself, so only the changed ones travel. Large copies show progress on a
+// terminal.
+func (a *app) sendWorkspace(ctx context.Context, r guestRunner, vm string, ws *workspace.Workspace, dest string) error {
+	hasGit, _ := r.Run(ctx, []string{"sh", "-c", "command -v git >/dev/null"}, nil, io.Discard, io.Discard)
 	if (ws.FromCommit != "" || ws.Opts.Branch != "") && hasGit != 0 {
 		return fmt.Errorf("--branch and --from need git in the guest, and VM %s's image has none (try --image debian-bookworm)", vm)
 	}
@@ -271,7 +295,7 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 	go func() { pw.CloseWithError(ws.WriteTar(ctx, pw, wo)) }()
 	var stderr strings.Builder
 	script := `rm -rf "$1" && mkdir -p "$1" && tar -x -o -C "$1" || exit 1` + "\n" + ws.GuestScript(wo)
-	code, err := sc.Run(ctx, []string{"sh", "-c", script, "sh", dest, ws.Opts.Branch}, pr, io.Discard, &stderr)
+	code, err := r.Run(ctx, []string{"sh", "-c", script, "sh", dest, ws.Opts.Branch}, pr, io.Discard, &stderr)
 	pr.Close()
 	prog.done()
 	if err != nil {
@@ -280,12 +304,7 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm string, ws
 	if code != 0 {
 		return fmt.Errorf("copy workspace into %s:%s failed (exit %d): %s", vm, dest, code, strings.TrimSpace(stderr.String()))
 	}
-	head := ws.Head
-	if ws.FromCommit != "" {
-		head = ws.FromCommit
-	}
-	return c.Call(ctx, api.MethodVMWorkspaceRecord, api.VMWorkspaceParams{Name: vm, Workspace: api.Workspace{
-		HostPath: ws.Root, GuestPath: dest, HeadCommit: head, Mode: ws.Mode}}, nil)
+	return nil
 }
 
 // progressLine shows "copying workspace: X of Y (P%)" on a terminal, at

@@ -58,7 +58,27 @@ type Config struct {
 	OCI OCI `toml:"oci" json:"oci"`
 	// Derive configures builds of derived images (.banger/image.toml).
 	Derive Derive `toml:"derive" json:"derive"`
+	// Contexts are Kubernetes clusters of banger hosts (banger-vk nodes)
+	// that 'banger --context NAME vm run' runs VMs on (docs/scale-out.md).
+	// Without --context the CLI uses the local daemon.
+	Contexts map[string]Context `toml:"contexts" json:"contexts"`
 }
+
+// Context is a [contexts.NAME] table: how to reach a cluster of banger
+// hosts.
+type Context struct {
+	// Kubeconfig is the kubeconfig file (absolute or ~/); empty means
+	// $KUBECONFIG, else ~/.kube/config.
+	Kubeconfig string `toml:"kubeconfig" json:"kubeconfig"`
+	// KubeContext picks a context of the kubeconfig (default: its current).
+	KubeContext string `toml:"kube_context" json:"kube_context"`
+	// Namespace is where the VM Pods go (default: the kubeconfig's, else
+	// "default").
+	Namespace string `toml:"namespace" json:"namespace"`
+}
+
+// contextKeys are the keys of a [contexts.NAME] table.
+var contextKeys = map[string]bool{"kubeconfig": true, "kube_context": true, "namespace": true}
 
 // Derive is the [derive] table: how a repository's derived image is built
 // (in a throwaway VM of its base image, with NAT; docs/devbox.md).
@@ -223,6 +243,9 @@ func Load(path string) (*Loaded, error) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
+			if parts := strings.SplitN(k, ".", 3); len(parts) == 3 && parts[0] == "contexts" && contextKeys[parts[2]] {
+				continue
+			}
 			if !known[k] {
 				return nil, &Error{File: path, Line: lineOfFold(data, k), Key: k, Msg: fmt.Sprintf("unknown key; keys are lower case (%q)", strings.ToLower(k))}
 			}
@@ -320,6 +343,17 @@ func (c *Config) validate() error {
 	for i, l := range c.Derive.AptSources {
 		if f := strings.Fields(l); len(f) < 3 || (f[0] != "deb" && f[0] != "deb-src") || strings.ContainsAny(l, "\n\r\x00'") {
 			return bad("derive.apt_sources", "entry %d (%q) is not a sources.list line like \"deb http://mirror/debian bookworm main\"", i+1, l)
+		}
+	}
+	for name, cx := range c.Contexts {
+		if !nameRE.MatchString(name) {
+			return bad("contexts", "context name %q must be a DNS label (a-z, 0-9, '-')", name)
+		}
+		if cx.Kubeconfig != "" && !filepath.IsAbs(cx.Kubeconfig) && !strings.HasPrefix(cx.Kubeconfig, "~/") {
+			return bad("contexts."+name+".kubeconfig", "%q must be absolute or start with ~/", cx.Kubeconfig)
+		}
+		if cx.Namespace != "" && !nameRE.MatchString(cx.Namespace) {
+			return bad("contexts."+name+".namespace", "%q is not a namespace name", cx.Namespace)
 		}
 	}
 	if c.VMDefaults.VCPU < 1 || c.VMDefaults.VCPU > 32 {

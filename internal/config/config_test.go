@@ -106,6 +106,20 @@ func TestFileOverridesWithSource(t *testing.T) {
 	}
 }
 
+func TestContexts(t *testing.T) {
+	p := write(t, "[contexts.ci]\nkubeconfig = \"~/.kube/ci\"\nnamespace = \"vms\"\n\n[contexts.lab]\nkube_context = \"lab-admin\"\n")
+	l, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := l.Contexts["ci"]; c.Kubeconfig != "~/.kube/ci" || c.Namespace != "vms" {
+		t.Fatalf("ci: %+v", c)
+	}
+	if c := l.Contexts["lab"]; c.KubeContext != "lab-admin" || c.Kubeconfig != "" {
+		t.Fatalf("lab: %+v", c)
+	}
+}
+
 func TestRefusals(t *testing.T) {
 	cases := []struct {
 		name, body, want string
@@ -132,6 +146,10 @@ func TestRefusals(t *testing.T) {
 		{"auto park too short", "auto_park_after = \"500ms\"\n", `:1: key "auto_park_after": "500ms" is not a duration`},
 		{"auto park a number", "auto_park_after = 900\n", `:1: key "auto_park_after"`},
 		{"auto park in vm_defaults", "[vm_defaults]\nauto_park_after = \"15m\"\n", `:2: key "vm_defaults.auto_park_after": unknown key`},
+		{"unknown context key", "[contexts.ci]\nkubeconfig = \"/k\"\nserver = \"x\"\n", `:3: key "contexts.ci.server": unknown key`},
+		{"relative kubeconfig", "[contexts.ci]\nkubeconfig = \"k.yaml\"\n", `:2: key "contexts.ci.kubeconfig": "k.yaml" must be absolute or start with ~/`},
+		{"bad context name", "[contexts.Big_One]\nnamespace = \"x\"\n", `key "contexts": context name "Big_One" must be a DNS label`},
+		{"bad namespace", "[contexts.ci]\nnamespace = \"Not OK\"\n", `:2: key "contexts.ci.namespace"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

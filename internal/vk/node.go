@@ -44,7 +44,7 @@ func NodeSpec(name, ip string, c Capacity) corev1.Node {
 		"kubernetes.io/hostname": name,
 		"kubernetes.io/os":       "linux",
 		"kubernetes.io/arch":     runtime.GOARCH,
-		"banger.dev/host":        "true",
+		api.KubeNodeLabel:        "true",
 	}
 	for k, v := range c.NodeLabel {
 		labels[k] = v

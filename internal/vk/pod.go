@@ -31,29 +31,14 @@ const (
 	LabelEvicted = "k8s.banger.dev/evicted"
 )
 
-// Pod annotations banger-vk reads.
+// Pod annotations banger-vk reads, and the node taint (api.Kube*).
 const (
-	// AnnotationNAT "true" gives the guest outbound network (vm create --nat).
-	AnnotationNAT = "banger.dev/nat"
-	// AnnotationStart "cold" boots the VM even when a warm-start template
-	// matches; "warm" (or nothing) uses the host's setting.
-	AnnotationStart = "banger.dev/start"
-	// AnnotationDiskSize sizes the work disk ("8G"); the host's default
-	// otherwise.
-	AnnotationDiskSize = "banger.dev/disk-size"
-	// AnnotationWorkspace is the guest path of the workspace a client
-	// copies in ('banger --context … vm run ./repo'): the container's
-	// command runs there, and the VM records it as its workspace.
-	AnnotationWorkspace = "banger.dev/workspace"
-)
-
-// Taint every banger node carries: only Pods that mean to be VMs (and
-// tolerate it) land there. A DaemonSet that tolerates every taint still
-// would (virtual-kubelet#20); it gets a VM of the image it names, or a
-// clear failure.
-const (
-	TaintKey   = "banger.dev/vm"
-	TaintValue = "true"
+	AnnotationNAT       = api.KubeAnnotationNAT
+	AnnotationStart     = api.KubeAnnotationStart
+	AnnotationDiskSize  = api.KubeAnnotationDiskSize
+	AnnotationWorkspace = api.KubeAnnotationWorkspace
+	TaintKey            = api.KubeTaintKey
+	TaintValue          = "true"
 )
 
 // vmName is the VM a Pod runs as: the Pod's name made a DNS label, cut to

@@ -49,7 +49,7 @@ func buildBinaries(dir, version, commit string) error {
 	pkg := "github.com/banger-dev/banger/internal/buildinfo"
 	ldflags := fmt.Sprintf("-X %s.Version=%s -X %s.Commit=%s -X %s.BuiltAt=2026-11-25T20:00:00Z", pkg, version, pkg, commit, pkg)
 	// Static, as 'make build' and releases make them (banger-agent runs in guests).
-	for _, b := range []string{"banger", "bangerd", "banger-release", "banger-vmm", "banger-agent"} {
+	for _, b := range []string{"banger", "bangerd", "banger-release", "banger-vmm", "banger-agent", "banger-vk"} {
 		cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", filepath.Join(dir, b), "./cmd/"+b)
 		cmd.Dir = repoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
