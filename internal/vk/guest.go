@@ -74,12 +74,12 @@ func (p *Provider) runCommand(ctx context.Context, k string, e *entry, vm api.VM
 	if ctx.Err() != nil {
 		return
 	}
-	p.set(k, e, func(o *observed) { o.job = id })
+	p.set(e, func(o *observed) { o.job = id })
 	p.publish(k)
 	for ctx.Err() == nil {
 		code, err := p.waitJob(ctx, vm.Name, id)
 		if err == nil {
-			p.set(k, e, func(o *observed) { o.jobExit = &code })
+			p.set(e, func(o *observed) { o.jobExit = &code })
 			p.publish(k)
 			return
 		}

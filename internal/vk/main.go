@@ -143,7 +143,8 @@ func run(ctx context.Context, f *flags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	prov := New(Config{NodeName: f.nodeName, HostIP: ip, Daemon: d, Log: log})
+	cfg := Config{NodeName: f.nodeName, HostIP: ip, Daemon: d, Log: log}
+	var prov *Provider
 	spec := NodeSpec(f.nodeName, ip, capa)
 	np := &NodeProvider{Daemon: d, Node: &spec, Log: log}
 	auth, err := webhookAuth(kc, f)
@@ -152,7 +153,11 @@ func run(ctx context.Context, f *flags, stderr io.Writer) error {
 	}
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(f.nodeName,
-		func(nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) { return prov, np, nil },
+		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
+			cfg.Pods = pc.Pods
+			prov = New(cfg)
+			return prov, np, nil
+		},
 		nodeutil.WithClient(kc),
 		func(c *nodeutil.NodeConfig) error {
 			c.NodeSpec = spec
@@ -168,7 +173,14 @@ func run(ctx context.Context, f *flags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	go prov.Run(ctx)
+	go func() {
+		// The status loop reads the Pod informer: only once it synced.
+		select {
+		case <-n.Ready():
+			prov.Run(ctx)
+		case <-ctx.Done():
+		}
+	}()
 	log.Info("banger-vk starting", "node", f.nodeName, "address", ip, "listen", f.listen, "cpus", capa.CPUs, "memory", capa.MemoryB, "bangerd", d.socket)
 	return n.Run(ctx)
 }

@@ -141,6 +141,7 @@ func (n *NodeProvider) update(ctx context.Context, cb func(*corev1.Node)) {
 		if c.Type != corev1.NodeReady {
 			continue
 		}
+		c.Status, c.Reason, c.Message = corev1.ConditionTrue, "KubeletReady", "banger-vk is ready"
 		if !ready {
 			c.Status, c.Reason, c.Message = corev1.ConditionFalse, "BangerdUnreachable", "bangerd does not answer: "+err.Error()
 		}

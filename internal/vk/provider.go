@@ -12,8 +12,10 @@ import (
 
 	vkerrdefs "github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corev1listers "k8s.io/client-go/listers/core/v1"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/errdefs"
@@ -33,6 +35,11 @@ type Config struct {
 	// Poll is how often VM states are read for the Pods' status (3 s).
 	Poll time.Duration
 	Log  *slog.Logger
+	// Pods is the API server's view of the node's Pods (virtual-kubelet's
+	// informer), once synced: status updates keep the conditions others
+	// set (DisruptionTarget), and VMs whose Pods are gone are deleted.
+	// Nil in tests without an API server.
+	Pods corev1listers.PodLister
 }
 
 // Provider runs Pods as banger VMs on the local bangerd. It implements
@@ -131,11 +138,11 @@ func (p *Provider) makeVM(ctx context.Context, k string, e *entry) {
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("pod VM", "err", err)
-			p.set(k, e, func(o *observed) { o.createErr = err.Error() })
+			p.set(e, func(o *observed) { o.createErr = err.Error() })
 		}
 		return
 	}
-	p.set(k, e, func(o *observed) { o.vm = vm; o.job = vm.Labels[LabelJob] })
+	p.set(e, func(o *observed) { o.vm = vm; o.job = vm.Labels[LabelJob] })
 	if !e.obs.hasCmd {
 		return
 	}
@@ -198,7 +205,7 @@ func (p *Provider) ensureImage(ctx context.Context, ref string) (string, error) 
 }
 
 // set changes an entry's observation under the lock.
-func (p *Provider) set(_ string, e *entry, f func(*observed)) {
+func (p *Provider) set(e *entry, f func(*observed)) {
 	p.mu.Lock()
 	f(&e.obs)
 	p.mu.Unlock()
@@ -366,7 +373,30 @@ func (p *Provider) statusLocked(e *entry) corev1.PodStatus {
 	if len(e.pod.Spec.Containers) == 0 {
 		return e.pod.Status
 	}
-	return podStatus(e.pod, e.obs, p.cfg.HostIP)
+	st := podStatus(e.pod, e.obs, p.cfg.HostIP)
+	st.Conditions = append(st.Conditions, p.foreignConditions(e.pod)...)
+	return st
+}
+
+// foreignConditions are the Pod's conditions banger-vk does not own (the
+// control plane's DisruptionTarget): its status updates replace the whole
+// status, and must not erase the mark the eviction rule reads.
+func (p *Provider) foreignConditions(pod *corev1.Pod) []corev1.PodCondition {
+	conds := pod.Status.Conditions
+	if p.cfg.Pods != nil {
+		if cur, err := p.cfg.Pods.Pods(pod.Namespace).Get(pod.Name); err == nil && cur.UID == pod.UID {
+			conds = cur.Status.Conditions
+		}
+	}
+	var out []corev1.PodCondition
+	for _, c := range conds {
+		switch c.Type {
+		case corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady:
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // publish sends the entry's status when it changed.
@@ -417,6 +447,7 @@ func (p *Provider) refresh(ctx context.Context) error {
 	for _, vm := range vms {
 		byUID[vm.Labels[LabelPodUID]] = vm
 	}
+	p.sweep(ctx, vms)
 	p.mu.Lock()
 	var keys []string
 	for k, e := range p.pods {
@@ -441,6 +472,36 @@ func (p *Provider) refresh(ctx context.Context) error {
 		p.publish(k)
 	}
 	return nil
+}
+
+// sweep deletes the node's VMs whose Pods are gone from the API server
+// (deleted while banger-vk was down, or while their VM was still being
+// made): virtual-kubelet sweeps only once, at start.
+func (p *Provider) sweep(ctx context.Context, vms []api.VM) {
+	if p.cfg.Pods == nil {
+		return
+	}
+	for _, vm := range vms {
+		ns, name, uid := vm.Labels[LabelNamespace], vm.Labels[LabelPod], vm.Labels[LabelPodUID]
+		p.mu.Lock()
+		e := p.pods[key(ns, name)]
+		known := e != nil && string(e.pod.UID) == uid
+		p.mu.Unlock()
+		if known {
+			continue
+		}
+		pod, err := p.cfg.Pods.Pods(ns).Get(name)
+		if err == nil && string(pod.UID) == uid {
+			continue // the pod controller hands it over
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			continue
+		}
+		p.log.Info("deleting a VM whose Pod is gone", "vm", vm.Name, "pod", key(ns, name))
+		if err := p.cfg.Daemon.Call(ctx, api.MethodVMDelete, api.VMRef{Name: vm.Name}, nil); err != nil && errdefs.CodeOf(err) != errdefs.NotFound {
+			p.log.Warn("delete VM of a gone Pod", "vm", vm.Name, "err", err)
+		}
+	}
 }
 
 var errNoVM = errors.New("no VM")
