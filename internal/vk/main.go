@@ -3,12 +3,12 @@ package vk
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -143,46 +142,38 @@ func run(ctx context.Context, f *flags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := Config{NodeName: f.nodeName, HostIP: ip, Daemon: d, Log: log}
-	var prov *Provider
-	spec := NodeSpec(f.nodeName, ip, capa)
-	np := &NodeProvider{Daemon: d, Node: &spec, Log: log}
 	auth, err := webhookAuth(kc, f)
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	n, err := nodeutil.NewNode(f.nodeName,
-		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-			cfg.Pods = pc.Pods
-			prov = New(cfg)
-			return prov, np, nil
-		},
-		nodeutil.WithClient(kc),
-		func(c *nodeutil.NodeConfig) error {
-			c.NodeSpec = spec
-			c.HTTPListenAddr = f.listen
-			c.Handler = nodeutil.WithAuth(auth, mux)
-			c.NumWorkers = 4
-			return nil
-		},
-		nodeutil.AttachProviderRoutes(mux),
-		nodeutil.WithTLSConfig(nodeutil.WithKeyPairFromPath(f.cert, f.key), nodeutil.WithCAFromPath(f.clientCA),
-			func(c *tls.Config) error { c.ClientAuth = tls.VerifyClientCertIfGiven; return nil }),
-	)
+	tlsCfg, err := servingTLS(f)
 	if err != nil {
 		return err
 	}
-	go func() {
-		// The status loop reads the Pod informer: only once it synced.
-		select {
-		case <-n.Ready():
-			prov.Run(ctx)
-		case <-ctx.Done():
-		}
-	}()
 	log.Info("banger-vk starting", "node", f.nodeName, "address", ip, "listen", f.listen, "cpus", capa.CPUs, "memory", capa.MemoryB, "bangerd", d.socket)
-	return n.Run(ctx)
+	return serve(ctx, serveConfig{
+		kube: kc, node: NodeSpec(f.nodeName, ip, capa), listen: f.listen, tls: tlsCfg, auth: auth,
+		provider: Config{NodeName: f.nodeName, HostIP: ip, Daemon: d, Log: log},
+	})
+}
+
+// servingTLS is the kubelet API's TLS: its serving certificate, and client
+// certificates verified against --client-ca when presented (a bearer token
+// is the other way in; webhookAuth checks both).
+func servingTLS(f *flags) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(f.cert, f.key)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	pem, err := os.ReadFile(f.clientCA)
+	if err != nil {
+		return nil, fmt.Errorf("--client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--client-ca %s: no PEM certificate in it", f.clientCA)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven}, nil
 }
 
 // webhookAuth checks callers of the kubelet API as a kubelet does: client

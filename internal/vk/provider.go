@@ -187,16 +187,20 @@ func (p *Provider) createVM(ctx context.Context, e *entry) (*api.VM, error) {
 	return &vm, nil
 }
 
-// ensureImage returns the registered image to boot: the name itself, or,
-// for an OCI reference the host does not have, what image.pull registers.
+// ensureImage returns the image to boot: a registered or built-in name
+// itself, or, for an OCI reference the host does not have, what image.pull
+// registers.
 func (p *Provider) ensureImage(ctx context.Context, ref string) (string, error) {
 	var im api.Image
 	err := p.cfg.Daemon.Call(ctx, api.MethodImageShow, api.ImageRef{Name: ref}, &im)
 	if err == nil {
 		return im.Name, nil
 	}
-	if errdefs.CodeOf(err) != errdefs.NotFound || !strings.ContainsAny(ref, "/:.") {
+	if errdefs.CodeOf(err) != errdefs.NotFound {
 		return "", fmt.Errorf("image %s: %w", ref, err)
+	}
+	if !strings.ContainsAny(ref, "/:.") {
+		return ref, nil // a built-in image is made on first use; vm.create names what is wrong otherwise
 	}
 	if err := p.cfg.Daemon.Call(ctx, api.MethodImagePull, api.ImagePullParams{Ref: ref}, &im); err != nil {
 		return "", fmt.Errorf("pull image %s: %w", ref, err)

@@ -238,13 +238,20 @@ func kubeQuota(t *testing.T, cs kubernetes.Interface) {
 	if _, err := cs.CoreV1().ResourceQuotas("team").Create(ctx, q, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The quota binds once its controller has counted the namespace (and
+	// the namespace has its default ServiceAccount); before that, admission
+	// lets a Pod through.
+	waitUntil(t, time.Minute, "the quota to be in force", func() bool {
+		cur, err := cs.CoreV1().ResourceQuotas("team").Get(ctx, "vms", metav1.GetOptions{})
+		_, serr := cs.CoreV1().ServiceAccounts("team").Get(ctx, "default", metav1.GetOptions{})
+		return err == nil && serr == nil && len(cur.Status.Hard) > 0
+	})
 	p := vmPod("big", "2")
 	p.Namespace = "team"
-	var err error
-	waitUntil(t, 30*time.Second, "the quota to refuse", func() bool {
-		_, err = cs.CoreV1().Pods("team").Create(ctx, p, metav1.CreateOptions{})
-		return err != nil && strings.Contains(err.Error(), "exceeded quota")
-	})
+	_, err := cs.CoreV1().Pods("team").Create(ctx, p, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "exceeded quota") {
+		t.Fatalf("a 2-CPU VM Pod under a 1-CPU quota: %v, want exceeded quota", err)
+	}
 	t.Logf("quota: %v", err)
 }
 
@@ -353,6 +360,7 @@ func kubeRestartSurvives(t *testing.T, k *kubeCluster, cs kubernetes.Interface, 
 	if n != 1 {
 		t.Fatalf("%d VMs for Pod %s on %s, want 1", n, pod.Name, h.name)
 	}
+	t.Logf("banger-vk and bangerd SIGKILLed and restarted on %s: %s stayed Running, boot_id %s unchanged, one VM", h.name, pod.Name, before)
 }
 
 // kubeEvictionKeepsVM: banger-vk stops on the Pod's host; the node goes
