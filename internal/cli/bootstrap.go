@@ -8,6 +8,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/client"
+	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/workspace"
 )
 
@@ -76,7 +77,7 @@ func (a *app) bootstrapToolchains(ctx context.Context, c *client.Client, vm, gue
 		fmt.Fprintln(a.stderr, output.Dim(a.stderr, "bootstrapping toolchains (mise install) ..."))
 	}
 	// What the guest writes back is capped (it is printed in the error).
-	stderr := &headBuffer{max: maxBootstrapOutput}
+	stderr := &guestssh.HeadBuffer{Max: maxBootstrapOutput}
 	code, err := a.guestSessionTo(ctx, c, vm, []string{"sh", "-c", bootstrapScript, "sh", guestPath}, io.Discard, stderr)
 	if err != nil {
 		return fmt.Errorf("toolchain bootstrap: %w", err)
@@ -87,7 +88,7 @@ func (a *app) bootstrapToolchains(ctx context.Context, c *client.Client, vm, gue
 	if msg := strings.TrimSpace(stderr.String()); msg != "" {
 		return fmt.Errorf("toolchain bootstrap in VM %s failed: %s", vm, msg)
 	}
-	tail := &headBuffer{max: maxBootstrapOutput}
+	tail := &guestssh.HeadBuffer{Max: maxBootstrapOutput}
 	a.guestSessionTo(ctx, c, vm, []string{"tail", "-n", "15", bootstrapLog}, tail, io.Discard)
 	return fmt.Errorf("toolchain bootstrap in VM %s failed (mise exit %d); its log is %s:%s ('banger vm exec %s -- cat %s'); last lines:\n%s",
 		vm, code, vm, bootstrapLog, vm, bootstrapLog, strings.TrimRight(tail.String(), "\n"))

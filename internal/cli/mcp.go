@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/buildinfo"
+	"github.com/banger-dev/banger/internal/guestssh"
 )
 
 // maxToolOutput caps each output stream a tool returns to the agent.
@@ -75,14 +75,13 @@ type cliResult struct {
 // stream capped). A command that ran and exited non-zero (a guest command's
 // own code) is a result; banger failing is the error, its message one line.
 func (a *app) cli(ctx context.Context, args ...string) (cliResult, error) {
-	var out, errb bytes.Buffer
-	lo, le := &limitedBuffer{b: &out, max: maxToolOutput}, &limitedBuffer{b: &errb, max: maxToolOutput}
-	sub := &app{stdin: strings.NewReader(""), stdout: lo, stderr: le, system: a.system}
+	out, errb := &guestssh.HeadBuffer{Max: maxToolOutput}, &guestssh.HeadBuffer{Max: maxToolOutput}
+	sub := &app{stdin: strings.NewReader(""), stdout: out, stderr: errb, system: a.system}
 	root := sub.rootCmd()
 	root.SetArgs(args)
 	root.SetIn(sub.stdin)
-	root.SetOut(lo)
-	root.SetErr(le)
+	root.SetOut(out)
+	root.SetErr(errb)
 	err := root.ExecuteContext(ctx)
 	r := cliResult{stdout: out.String(), stderr: errb.String(), truncated: out.Len() >= maxToolOutput || errb.Len() >= maxToolOutput}
 	var ec *ExitCodeError

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guestjob"
+	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/sysexec"
 	"github.com/banger-dev/banger/internal/treecopy"
 	"github.com/spf13/cobra"
@@ -136,8 +136,8 @@ func (a *app) copyIn(ctx context.Context, info api.SSHInfo, name, src, dst strin
 		pw.CloseWithError(err)
 		packed <- err
 	}()
-	var stderr bytes.Buffer
-	code, err := runIn(ctx, info, []string{guestAgent, "cp", "unpack", dst}, pr, io.Discard, &limitedBuffer{b: &stderr, max: 4096})
+	stderr := &guestssh.HeadBuffer{Max: 4096}
+	code, err := runIn(ctx, info, []string{guestAgent, "cp", "unpack", dst}, pr, io.Discard, stderr)
 	pr.CloseWithError(errGuestEnded)
 	// A failure reading the host's files comes first (the guest then saw
 	// a cut stream); else the guest end's own line.
@@ -159,10 +159,10 @@ func (a *app) copyOut(ctx context.Context, info api.SSHInfo, name, src, dst stri
 		code int
 		err  error
 	}
-	var stderr bytes.Buffer
+	stderr := &guestssh.HeadBuffer{Max: 4096}
 	done := make(chan result, 1)
 	go func() {
-		code, err := runIn(ctx, info, []string{guestAgent, "cp", "pack", src}, nil, pw, &limitedBuffer{b: &stderr, max: 4096})
+		code, err := runIn(ctx, info, []string{guestAgent, "cp", "pack", src}, nil, pw, stderr)
 		pw.Close()
 		done <- result{code, err}
 	}()
@@ -210,19 +210,6 @@ func agentModeError(prefix, name, mode, cannot string, code int, stderr string) 
 		return fmt.Errorf("%s%s: %s", prefix, name, printable(strings.TrimPrefix(line, "banger-agent: "+mode+": ")))
 	}
 	return fmt.Errorf("%s%s: banger-agent %s: exit %d: %s", prefix, name, mode, code, orDash(printable(line)))
-}
-
-// limitedBuffer keeps the first max bytes written to it.
-type limitedBuffer struct {
-	b   *bytes.Buffer
-	max int
-}
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if room := l.max - l.b.Len(); room > 0 {
-		l.b.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
 }
 
 // copyProgress shows the bytes copied on a terminal, once a copy takes

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cli/output"
 	"github.com/banger-dev/banger/internal/guestjob"
+	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/spf13/cobra"
 )
 
@@ -116,8 +116,8 @@ func (a *app) agentJob(ctx context.Context, name string, stdout io.Writer, args 
 	if info.State != api.StateRunning {
 		return 0, fmt.Errorf("VM %s is %s; start it with 'banger vm start %s'", name, info.State, name)
 	}
-	var stderr bytes.Buffer
-	code, err := runIn(ctx, info, append([]string{guestAgent, "job"}, args...), nil, stdout, &limitedBuffer{b: &stderr, max: 4096})
+	stderr := &guestssh.HeadBuffer{Max: 4096}
+	code, err := runIn(ctx, info, append([]string{guestAgent, "job"}, args...), nil, stdout, stderr)
 	if err != nil {
 		return 0, err
 	}
@@ -128,8 +128,8 @@ func (a *app) agentJob(ctx context.Context, name string, stdout io.Writer, args 
 }
 
 func (a *app) startJob(ctx context.Context, name string, argv []string) error {
-	var out bytes.Buffer
-	if _, err := a.agentJob(ctx, name, &limitedBuffer{b: &out, max: 256}, append([]string{"start", "--"}, argv...)...); err != nil {
+	out := &guestssh.HeadBuffer{Max: 256}
+	if _, err := a.agentJob(ctx, name, out, append([]string{"start", "--"}, argv...)...); err != nil {
 		return err
 	}
 	id := strings.TrimSpace(out.String())
@@ -145,13 +145,12 @@ func (a *app) startJob(ctx context.Context, name string, argv []string) error {
 
 // jobs asks the guest for its jobs; its answer is capped and checked.
 func (a *app) jobs(ctx context.Context, name string) ([]guestjob.Job, error) {
-	var out bytes.Buffer
-	lb := &limitedBuffer{b: &out, max: 4 << 20}
-	if _, err := a.agentJob(ctx, name, lb, "list"); err != nil {
+	out := &guestssh.HeadBuffer{Max: 4 << 20}
+	if _, err := a.agentJob(ctx, name, out, "list"); err != nil {
 		return nil, err
 	}
-	if out.Len() >= lb.max {
-		return nil, fmt.Errorf("%s: the job list is larger than %d bytes", name, lb.max)
+	if out.Len() >= out.Max {
+		return nil, fmt.Errorf("%s: the job list is larger than %d bytes", name, out.Max)
 	}
 	var js []guestjob.Job
 	if err := json.Unmarshal(out.Bytes(), &js); err != nil {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/guestssh"
 	"github.com/banger-dev/banger/internal/workspace"
 	"github.com/spf13/cobra"
 )
@@ -186,7 +186,7 @@ func exportPatch(ctx context.Context, vm string, limit int64, outFile string, st
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := &limitWriter{w: spool, left: limit, over: cancel}
-	errBuf := &headBuffer{max: maxExportStderr}
+	errBuf := &guestssh.HeadBuffer{Max: maxExportStderr}
 	code, err := run(ctx, out, errBuf)
 	if out.exceeded {
 		return fmt.Errorf("the patch from %s is larger than %s; nothing written (raise --max-size to take it)", vm, config.FormatSize(limit))
@@ -244,18 +244,3 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	l.left -= int64(n)
 	return n, err
 }
-
-// headBuffer keeps the first max bytes written to it and drops the rest.
-type headBuffer struct {
-	buf bytes.Buffer
-	max int
-}
-
-func (h *headBuffer) Write(p []byte) (int, error) {
-	if room := h.max - h.buf.Len(); room > 0 {
-		h.buf.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (h *headBuffer) String() string { return h.buf.String() }

@@ -1,6 +1,7 @@
 package guestssh
 
 import (
+	"bytes"
 	"net"
 	"strings"
 )
@@ -119,3 +120,23 @@ const ImageEnvFile = "/.banger/env"
 func WithImageEnv(argv []string) []string {
 	return append([]string{"sh", "-c", `if [ -r ` + ImageEnvFile + ` ]; then . ` + ImageEnvFile + `; fi; exec "$@"`, "sh"}, argv...)
 }
+
+// HeadBuffer keeps the first Max bytes written to it and drops the rest,
+// never failing the writer: how a guest's output is held in memory. It has
+// no ReadFrom (io.Copy into it goes through Write and its cap).
+type HeadBuffer struct {
+	buf bytes.Buffer
+	Max int
+}
+
+func (h *HeadBuffer) Write(p []byte) (int, error) {
+	if room := h.Max - h.buf.Len(); room > 0 {
+		h.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// String, Bytes and Len are those of what was kept.
+func (h *HeadBuffer) String() string { return h.buf.String() }
+func (h *HeadBuffer) Bytes() []byte  { return h.buf.Bytes() }
+func (h *HeadBuffer) Len() int       { return h.buf.Len() }

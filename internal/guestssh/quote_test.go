@@ -1,6 +1,7 @@
 package guestssh
 
 import (
+	"io"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -92,5 +93,19 @@ func TestSystemSSHArgsParsedBySSH(t *testing.T) {
 	// back quoted.
 	if uk := strings.Join(conf["userknownhostsfile"], ""); uk != `"`+kh+`"` && uk != kh {
 		t.Errorf("userknownhostsfile = %q, want %q", uk, kh)
+	}
+}
+
+func TestHeadBufferCapsEveryWay(t *testing.T) {
+	h := &HeadBuffer{Max: 5}
+	h.Write([]byte("abc"))
+	if n, err := h.Write([]byte("defgh")); n != 5 || err != nil {
+		t.Fatalf("Write = %d, %v: it must never fail the writer", n, err)
+	}
+	if _, err := io.Copy(h, strings.NewReader("more and more")); err != nil {
+		t.Fatal(err)
+	}
+	if h.String() != "abcde" || h.Len() != 5 || string(h.Bytes()) != "abcde" {
+		t.Fatalf("kept %q", h.String())
 	}
 }

@@ -110,8 +110,8 @@ func (p *Provider) startJob(ctx context.Context, vm string, argv []string) (stri
 		}
 	}
 	if id == "" {
-		var out, stderr bytes.Buffer
-		code, err := sc.Run(ctx, append([]string{guestjob.AgentPath, "job", "start", "--"}, argv...), nil, &capped{b: &out, max: 256}, &capped{b: &stderr, max: 4096})
+		out, stderr := &guestssh.HeadBuffer{Max: 256}, &guestssh.HeadBuffer{Max: 4096}
+		code, err := sc.Run(ctx, append([]string{guestjob.AgentPath, "job", "start", "--"}, argv...), nil, out, stderr)
 		if err != nil {
 			return "", err
 		}
@@ -124,8 +124,8 @@ func (p *Provider) startJob(ctx context.Context, vm string, argv []string) (stri
 }
 
 func listJobs(ctx context.Context, sc *guestssh.Client) ([]guestjob.Job, error) {
-	var out bytes.Buffer
-	code, err := sc.Run(ctx, []string{guestjob.AgentPath, "job", "list"}, nil, &capped{b: &out, max: maxJobList}, io.Discard)
+	out := &guestssh.HeadBuffer{Max: maxJobList}
+	code, err := sc.Run(ctx, []string{guestjob.AgentPath, "job", "list"}, nil, out, io.Discard)
 	if err != nil {
 		return nil, err
 	}
@@ -236,8 +236,8 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, pod, _ string, opts
 		return pr, nil
 	}
 	defer sc.Close()
-	var out bytes.Buffer
-	if _, err := sc.Run(ctx, []string{guestjob.AgentPath, "job", "logs", id}, nil, &capped{b: &out, max: maxLogBytes}, io.Discard); err != nil {
+	out := &guestssh.HeadBuffer{Max: maxLogBytes}
+	if _, err := sc.Run(ctx, []string{guestjob.AgentPath, "job", "logs", id}, nil, out, io.Discard); err != nil {
 		return nil, err
 	}
 	return io.NopCloser(strings.NewReader(trimLogs(out.Bytes(), opts))), nil
@@ -300,19 +300,6 @@ func (p *Provider) PortForward(ctx context.Context, ns, pod string, port int32, 
 		err = ctx.Err()
 	}
 	return err
-}
-
-// capped keeps at most max bytes, dropping the rest.
-type capped struct {
-	b   *bytes.Buffer
-	max int
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	if room := c.max - c.b.Len(); room > 0 {
-		c.b.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -158,14 +158,21 @@ func applyAnnotations(pod *corev1.Pod, s *spec) error {
 	return nil
 }
 
+// limitOrRequest is what a VM gets of a resource: its limit, else its
+// request.
+func limitOrRequest(r corev1.ResourceRequirements, name corev1.ResourceName) (resource.Quantity, bool) {
+	if q, ok := r.Limits[name]; ok {
+		return q, true
+	}
+	q, ok := r.Requests[name]
+	return q, ok
+}
+
 // vcpus is the limit's CPU, else the request's, rounded up to whole vCPUs
 // (1500m is 2): the scheduler accounts the request, the guest gets whole
 // CPUs. 0 leaves the host's default.
 func vcpus(r corev1.ResourceRequirements) (int, error) {
-	q, ok := r.Limits[corev1.ResourceCPU]
-	if !ok {
-		q, ok = r.Requests[corev1.ResourceCPU]
-	}
+	q, ok := limitOrRequest(r, corev1.ResourceCPU)
 	if !ok {
 		return 0, nil
 	}
@@ -178,10 +185,7 @@ func vcpus(r corev1.ResourceRequirements) (int, error) {
 
 // memoryMiB is the limit's memory, else the request's, rounded up to MiB.
 func memoryMiB(r corev1.ResourceRequirements) (int, error) {
-	q, ok := r.Limits[corev1.ResourceMemory]
-	if !ok {
-		q, ok = r.Requests[corev1.ResourceMemory]
-	}
+	q, ok := limitOrRequest(r, corev1.ResourceMemory)
 	if !ok {
 		return 0, nil
 	}
