@@ -292,3 +292,34 @@ func TestSSHConfigInstallUninstall(t *testing.T) {
 		}
 	}
 }
+
+func TestContextRefusals(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
+	t.Setenv("BANGER_INSTALL_META", filepath.Join(home, "none.toml"))
+	os.MkdirAll(filepath.Join(home, ".config", "banger"), 0o700)
+	os.WriteFile(filepath.Join(home, ".config", "banger", "config.toml"), []byte("[contexts.ci]\nkubeconfig = \"/nonexistent/kubeconfig\"\n"), 0o600)
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--context", "ci", "image", "list"}, ExitUsage, "banger image list does not work with --context ci"},
+		{[]string{"--context", "nope", "vm", "list"}, ExitUsage, "--context nope: no [contexts.nope] in"},
+		{[]string{"--context", "ci", "vm", "list"}, ExitFailure, "--context ci: kubeconfig"},
+		{[]string{"--context", "ci", "vm", "run"}, ExitUsage, "give a command ('-- CMD') or -d"},
+		{[]string{"--context", "ci", "vm", "exec", "--list", "x"}, ExitUsage, "-d, --list and --kill are the local daemon's"},
+		{[]string{"--context", "ci", "vm", "list", "--filter", "state=running"}, ExitUsage, "--filter is the local daemon's"},
+	}
+	for _, c := range cases {
+		_, errOut, code := run(c.args...)
+		if code != c.code || !strings.Contains(errOut, c.want) || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("banger %s: exit %d %q, want exit %d and %q on one line", strings.Join(c.args, " "), code, errOut, c.code, c.want)
+		}
+	}
+	t.Setenv("BANGER_CONTEXT", "ci")
+	if _, errOut, code := run("kernel", "list"); code != ExitUsage || !strings.Contains(errOut, "--context ci") {
+		t.Errorf("BANGER_CONTEXT=ci banger kernel list: exit %d %q", code, errOut)
+	}
+}

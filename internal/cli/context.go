@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +37,19 @@ func (a *app) checkContext(cmd *cobra.Command) error {
 		return nil
 	}
 	return usageError{fmt.Errorf("%s does not work with --context %s (a cluster runs vm run, vm exec, vm list and vm delete); drop --context for the local daemon", cmd.CommandPath(), a.kubeContext)}
+}
+
+// completeContexts offers the config's context names for --context.
+func (a *app) completeContexts(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	l, err := a.layout()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cfg, err := a.loadConfig(l)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	return slices.Sorted(maps.Keys(cfg.Config.Contexts)), cobra.ShellCompDirectiveNoFileComp
 }
 
 // cluster opens the [contexts.NAME] cluster of the config.

@@ -119,6 +119,7 @@ daemon on demand; after 'banger system install' systemd runs it.`,
 	root.PersistentFlags().BoolVar(&a.system, "system", false, "use the system install's paths (/etc/banger, /var/lib/banger, /run/banger)")
 	root.PersistentFlags().StringVar(&a.kubeContext, "context", "", "run on the cluster of banger hosts `NAME` ([contexts.NAME] in config; $BANGER_CONTEXT) instead of the local daemon: vm run, exec, list and delete")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error { return a.checkContext(cmd) }
+	_ = root.RegisterFlagCompletionFunc("context", a.completeContexts)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})

@@ -132,6 +132,11 @@ func (p *Provider) makeVM(ctx context.Context, k string, e *entry) {
 	defer p.publish(k)
 	log := p.log.With("pod", k)
 	vm, err := p.findVM(ctx, e.pod.UID)
+	// bangerd restarting (or not started yet): wait for it rather than
+	// fail a Pod whose VM may well be running.
+	for i := 0; err != nil && isUnreachable(err) && i < 40 && sleep(ctx, 3*time.Second); i++ {
+		vm, err = p.findVM(ctx, e.pod.UID)
+	}
 	if err == nil && vm == nil {
 		vm, err = p.createVM(ctx, e)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -156,7 +157,9 @@ func TestKubeVMPods(t *testing.T) {
 
 	placed := kubeScheduling(t, k, cs)
 	kubeQuota(t, cs)
+	kubeCommandPod(t, k, cs, placed[0])
 	kubeExecAndPortForward(t, k, placed[0])
+	kubeletAPIRefusesStrangers(t, k, a, placed[0])
 	kubeRestartSurvives(t, k, cs, hosts, placed[0])
 	kubeEvictionKeepsVM(t, cs, hosts, placed[1])
 
@@ -226,6 +229,41 @@ func kubeScheduling(t *testing.T, k *kubeCluster, cs kubernetes.Interface) []*co
 	return placed
 }
 
+// kubeCommandPod: a Pod with a command runs it once as a guest job, with
+// its env; the command's exit status ends the Pod, its output is kubectl
+// logs; a Pod without one shows its VM's console. Deleting the Pod deletes
+// its VM.
+func kubeCommandPod(t *testing.T, k *kubeCluster, cs kubernetes.Interface, sandbox *corev1.Pod) {
+	ctx := context.Background()
+	p := vmPod("job-1", "500m")
+	p.Spec.Containers[0].Command = []string{"sh", "-c", "echo hello-from-job; echo greeting=$GREETING; exit 3"}
+	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "GREETING", Value: "hi"}}
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var got *corev1.Pod
+	waitUntil(t, 4*time.Minute, "job-1 to end", func() bool {
+		got, _ = cs.CoreV1().Pods("default").Get(ctx, "job-1", metav1.GetOptions{})
+		return got != nil && (got.Status.Phase == corev1.PodFailed || got.Status.Phase == corev1.PodSucceeded)
+	})
+	cst := got.Status.ContainerStatuses
+	if got.Status.Phase != corev1.PodFailed || len(cst) != 1 || cst[0].State.Terminated == nil || cst[0].State.Terminated.ExitCode != 3 {
+		t.Fatalf("job-1: phase %s, container %+v (want Failed, exit 3)", got.Status.Phase, cst)
+	}
+	out, stderr, err := k.kubectl(t, "logs", "job-1")
+	if err != nil || !strings.Contains(out, "hello-from-job") || !strings.Contains(out, "greeting=hi") {
+		t.Fatalf("kubectl logs job-1: %q %v %s", out, err, stderr)
+	}
+	out, stderr, err = k.kubectl(t, "logs", sandbox.Name)
+	if err != nil || !strings.Contains(out, "BANGER-READY") {
+		t.Fatalf("kubectl logs %s (its console): %q %v %s", sandbox.Name, tail(out, 500), err, stderr)
+	}
+	if err := cs.CoreV1().Pods("default").Delete(ctx, "job-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("job-1 ran its command on %s, ended Failed with exit 3, and kubectl logs showed its output", got.Spec.NodeName)
+}
+
 // kubeQuota: a ResourceQuota refuses a VM bigger than it allows.
 func kubeQuota(t *testing.T, cs kubernetes.Interface) {
 	ctx := context.Background()
@@ -288,6 +326,34 @@ func kubeExecAndPortForward(t *testing.T, k *kubeCluster, pod *corev1.Pod) {
 		t.Fatalf("port-forward: got %d bytes, sha256 differs from the %d sent (kubectl: %s)", len(got), len(blob), pfOut.String())
 	}
 	t.Logf("port-forward: %d bytes byte-exact", len(got))
+}
+
+// kubeletAPIRefusesStrangers: banger-vk's kubelet API answers only callers
+// the API server vouches for; one with no credentials gets 401.
+func kubeletAPIRefusesStrangers(t *testing.T, k *kubeCluster, h *vkHost, pod *corev1.Pod) {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the server's identity is not what this checks
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			var err error
+			inNS(t, k.ns, func() { c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr) })
+			return c, err
+		}}
+	defer tr.CloseIdleConnections()
+	for _, path := range []string{"/containerLogs/default/" + pod.Name + "/vm", "/pods", "/run/default/" + pod.Name + "/vm?cmd=id"} {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+h.ip+":10250"+path, nil)
+		if strings.HasPrefix(path, "/run") {
+			req.Method = http.MethodPost
+		}
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatalf("kubelet API %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("kubelet API %s without credentials: %s, want 401", path, resp.Status)
+		}
+	}
 }
 
 func asExit(err error, ee **exec.ExitError) bool {
