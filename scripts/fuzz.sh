@@ -78,6 +78,7 @@ parallel=()
 [[ -n ${FUZZ_PARALLEL:-} ]] && parallel=(-parallel "$FUZZ_PARALLEL")
 
 failed=()
+flaked=()
 ran=0
 start=$SECONDS
 for t in "${TARGETS[@]}"; do
@@ -85,13 +86,29 @@ for t in "${TARGETS[@]}"; do
 	read -r pkg name <<<"$t"
 	echo "=== fuzz $pkg $name ($FUZZTIME)"
 	t0=$SECONDS
-	if ! "$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZ_MINIMIZE" "${parallel[@]}" "$pkg"; then
-		failed+=("$t")
+	corpus="$pkg/testdata/fuzz/$name"
+	before=$(ls "$corpus" 2>/dev/null | sort)
+	out=$(mktemp)
+	"$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZ_MINIMIZE" "${parallel[@]}" "$pkg" 2>&1 | tee "$out"
+	rc=${PIPESTATUS[0]}
+	if ((rc != 0)); then
+		after=$(ls "$corpus" 2>/dev/null | sort)
+		# Go 1.26's fuzz coordinator can fail a target with a bare "context
+		# deadline exceeded" as -fuzztime ends, with no input at fault
+		# (go.dev/issue/75804, fixed in Go 1.27). A failure counts when it
+		# wrote a reproducer or says anything else.
+		if [[ $before == "$after" ]] && grep -q '^    context deadline exceeded$' "$out" && ! grep -q 'Failing input written' "$out"; then
+			echo "fuzz: $name: the fuzz coordinator's deadline race (go.dev/issue/75804), no failing input: not counted"
+			flaked+=("$t")
+		else
+			failed+=("$t")
+		fi
 	fi
+	rm -f "$out"
 	echo "--- $name: $((SECONDS - t0))s"
 	ran=$((ran + 1))
 done
-echo "fuzz: $ran targets in $((SECONDS - start))s"
+echo "fuzz: $ran targets in $((SECONDS - start))s${flaked:+, ${#flaked[@]} hit go.dev/issue/75804 (not counted)}"
 if ((${#failed[@]})); then
 	echo "fuzz: FAILED:" >&2
 	printf '  %s\n' "${failed[@]}" >&2

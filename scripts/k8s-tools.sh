@@ -68,13 +68,20 @@ fi
 note modules-kube $(( $(now) - t0 ))
 
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+# One go build for all four: the go command then schedules every package
+# of all of them at once, keeping both cores busy (built one after another,
+# a cold build used about one).
+missing=()
 for t in "${tools[@]}"; do
-  [ -x "$OUT/bin/$t" ] && continue
-  t0=$(now)
-  $GO build -trimpath -ldflags "$ldflags" -o "$OUT/bin/$t.tmp" "k8s.io/kubernetes/cmd/$t"
-  mv "$OUT/bin/$t.tmp" "$OUT/bin/$t"
-  note "$t" $(( $(now) - t0 ))
+  [ -x "$OUT/bin/$t" ] || missing+=("k8s.io/kubernetes/cmd/$t")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+  t0=$(now)
+  rm -rf "$OUT/bin/.new" && mkdir -p "$OUT/bin/.new"
+  $GO build -trimpath -ldflags "$ldflags" -o "$OUT/bin/.new/" "${missing[@]}"
+  mv "$OUT/bin/.new/"* "$OUT/bin/" && rmdir "$OUT/bin/.new"
+  note "${tools[*]}" $(( $(now) - t0 ))
+fi
 
 if [ ! -x "$OUT/bin/etcd" ]; then
   t0=$(now)

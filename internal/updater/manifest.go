@@ -206,7 +206,7 @@ func ParseManifest(data []byte) (*Manifest, error) {
 		}
 	}
 	if m.LatestStable != "" && !seen[m.LatestStable] {
-		return nil, trust.Refuse(ErrBadManifest, "manifest latest_stable %s is not among its releases", m.LatestStable)
+		return nil, trust.Refuse(ErrBadManifest, "manifest latest_stable %.40q is not among its releases", m.LatestStable)
 	}
 	return &m, nil
 }

@@ -211,7 +211,7 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, pod, _ string, opts
 	if err != nil {
 		return nil, err
 	}
-	id := vm.Labels[LabelJob]
+	id := p.jobOf(ns, pod, vm)
 	if id == "" {
 		var logs api.VMLogs
 		if err := p.cfg.Daemon.Call(ctx, api.MethodVMLogs, api.VMRef{Name: vm.Name}, &logs); err != nil {
@@ -241,6 +241,17 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, pod, _ string, opts
 		return nil, err
 	}
 	return io.NopCloser(strings.NewReader(trimLogs(out.Bytes(), opts))), nil
+}
+
+// jobOf is the guest job running the Pod's command: as banger-vk started
+// it, or as the VM's label records it (after a restart).
+func (p *Provider) jobOf(ns, name string, vm api.VM) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.pods[key(ns, name)]; e != nil && e.obs.job != "" {
+		return e.obs.job
+	}
+	return vm.Labels[LabelJob]
 }
 
 // trimLogs applies kubectl's --tail and --limit-bytes.
