@@ -22,11 +22,7 @@ func (a *app) configCmd() *cobra.Command {
   banger config show --json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := a.layout()
-			if err != nil {
-				return err
-			}
-			cfg, err := a.loadConfig(l)
+			cfg, _, err := a.config()
 			if err != nil {
 				return err
 			}

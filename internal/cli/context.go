@@ -41,11 +41,7 @@ func (a *app) checkContext(cmd *cobra.Command) error {
 
 // completeContexts offers the config's context names for --context.
 func (a *app) completeContexts(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-	l, err := a.layout()
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	cfg, err := a.loadConfig(l)
+	cfg, _, err := a.config()
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -54,11 +50,7 @@ func (a *app) completeContexts(*cobra.Command, []string, string) ([]string, cobr
 
 // cluster opens the [contexts.NAME] cluster of the config.
 func (a *app) cluster() (*kubeclient.Cluster, error) {
-	l, err := a.layout()
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := a.loadConfig(l)
+	cfg, l, err := a.config()
 	if err != nil {
 		return nil, err
 	}
@@ -147,11 +139,7 @@ func (a *app) kubeSpec(s *kubeclient.VMSpec, plan vmRunPlan) error {
 	}
 	s.Labels = p.Labels
 	if s.Image == "" {
-		l, err := a.layout()
-		if err != nil {
-			return err
-		}
-		cfg, err := a.loadConfig(l)
+		cfg, _, err := a.config()
 		if err != nil {
 			return err
 		}

@@ -174,6 +174,16 @@ func (a *app) loadConfig(l paths.Layout) (*config.Loaded, error) {
 	return config.Load(l.ConfigFile())
 }
 
+// config is this invocation's layout and its loaded config.
+func (a *app) config() (*config.Loaded, paths.Layout, error) {
+	l, err := a.layout()
+	if err != nil {
+		return nil, l, err
+	}
+	cfg, err := a.loadConfig(l)
+	return cfg, l, err
+}
+
 // daemon returns a client for a daemon running this build, starting it in
 // user mode when needed. The config is validated first: a bad config starts
 // nothing.
