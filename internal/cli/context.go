@@ -105,7 +105,11 @@ func (a *app) vmRunKube(cmd *cobra.Command, path string, args []string, fl *vmRu
 	if fl.rm {
 		defer a.deleteKubeVM(cl, pod.Name)
 	}
-	if pod, err = a.waitKubeVM(ctx, cl, pod.Name); err != nil {
+	name := pod.Name
+	if pod, err = a.waitKubeVM(ctx, cl, name); err != nil {
+		if errors.Is(err, kubeclient.ErrUnschedulable) && !fl.rm {
+			a.deleteKubeVM(cl, name) // no VM exists; a Pod left Pending would make one later, unasked
+		}
 		return err
 	}
 	r := kubeclient.Runner{C: cl, Pod: pod.Name}

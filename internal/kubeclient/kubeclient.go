@@ -154,8 +154,12 @@ func (c *Cluster) Create(ctx context.Context, s VMSpec) (*corev1.Pod, error) {
 	return pod, nil
 }
 
-// ErrNotRunning is wrapped by Wait when the Pod ended or could not start.
-var ErrNotRunning = errors.New("VM pod did not run")
+// ErrNotRunning is wrapped by Wait when the Pod ended or could not start;
+// ErrUnschedulable (which wraps it too) when no node can take it.
+var (
+	ErrNotRunning    = errors.New("VM pod did not run")
+	ErrUnschedulable = fmt.Errorf("%w: unschedulable", ErrNotRunning)
+)
 
 // Wait polls until the Pod is Running and Ready, reporting each new state
 // to progress. A Pod the scheduler cannot place fails at once with the
@@ -187,7 +191,7 @@ func (c *Cluster) Wait(ctx context.Context, name string, progress func(string)) 
 func podState(pod *corev1.Pod) (string, bool, error) {
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable {
-			return "unschedulable", false, fmt.Errorf("%w: %s is unschedulable: %s", ErrNotRunning, pod.Name, cond.Message)
+			return "unschedulable", false, fmt.Errorf("%w: %s: %s", ErrUnschedulable, pod.Name, cond.Message)
 		}
 	}
 	switch pod.Status.Phase {

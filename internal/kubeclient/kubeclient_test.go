@@ -55,7 +55,7 @@ func TestPodState(t *testing.T) {
 	if s, done, err := podState(pod(corev1.PodPending, "")); done || err != nil || s != "waiting for a node" {
 		t.Fatalf("pending: %s %v %v", s, done, err)
 	}
-	if _, done, err := podState(pod(corev1.PodPending, "", unsched)); done || !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), "Insufficient cpu") {
+	if _, done, err := podState(pod(corev1.PodPending, "", unsched)); done || !errors.Is(err, ErrUnschedulable) || !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), "Insufficient cpu") {
 		t.Fatalf("unschedulable: %v %v", done, err)
 	}
 	if s, done, err := podState(pod(corev1.PodRunning, "host-a", ready)); !done || err != nil || s != "running on host-a" {

@@ -516,4 +516,20 @@ func kubeContextRun(t *testing.T, k *kubeCluster) {
 		t.Fatalf("banger --context test vm run: err %v, stdout %q, stderr %q (want exit 42 and the repo's file)", err, so.String(), se.String())
 	}
 	t.Logf("banger --context test vm run exited 42 with %q", strings.TrimSpace(so.String()))
+
+	// A VM no host can take fails at once with the scheduler's reason, and
+	// leaves no Pod behind to make one later.
+	big := k.runInNS(t, ctx, filepath.Join(e.bin, "banger"), e.environ(), "--context", "test", "vm", "run", "--vcpu", "16", "--", "true")
+	so.Reset()
+	se.Reset()
+	big.Stdout, big.Stderr = &so, &se
+	err = big.Run()
+	if !asExit(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(se.String(), "Insufficient cpu") || strings.Count(se.String(), "\n") != 1 {
+		t.Fatalf("an oversized --context run: err %v, stderr %q (want exit 1 naming Insufficient cpu, one line)", err, se.String())
+	}
+	waitUntil(t, 30*time.Second, "the unschedulable Pod to be deleted", func() bool {
+		out, _, err := k.kubectl(t, "get", "pods", "-l", kubeclient.LabelManagedBy+"="+kubeclient.ManagedBy, "-o", "name")
+		return err == nil && strings.TrimSpace(out) == ""
+	})
+	t.Logf("oversized run: %s", strings.TrimSpace(se.String()))
 }
