@@ -527,7 +527,7 @@ func kubeContextRun(t *testing.T, k *kubeCluster) {
 	if !asExit(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(se.String(), "Insufficient cpu") || strings.Count(se.String(), "\n") != 1 {
 		t.Fatalf("an oversized --context run: err %v, stderr %q (want exit 1 naming Insufficient cpu, one line)", err, se.String())
 	}
-	waitUntil(t, 30*time.Second, "the unschedulable Pod to be deleted", func() bool {
+	waitUntil(t, 90*time.Second, "no banger Pod left (the --rm run's and the unschedulable one)", func() bool {
 		out, _, err := k.kubectl(t, "get", "pods", "-l", kubeclient.LabelManagedBy+"="+kubeclient.ManagedBy, "-o", "name")
 		return err == nil && strings.TrimSpace(out) == ""
 	})
