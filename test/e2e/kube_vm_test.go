@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -333,12 +332,7 @@ func kubeExecAndPortForward(t *testing.T, k *kubeCluster, pod *corev1.Pod) {
 func kubeletAPIRefusesStrangers(t *testing.T, k *kubeCluster, h *vkHost, pod *corev1.Pod) {
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the server's identity is not what this checks
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			var err error
-			inNS(t, k.ns, func() { c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr) })
-			return c, err
-		}}
+		DialContext:     nsDial(k.ns)}
 	defer tr.CloseIdleConnections()
 	for _, path := range []string{"/containerLogs/default/" + pod.Name + "/vm", "/pods", "/run/default/" + pod.Name + "/vm?cmd=id"} {
 		req, _ := http.NewRequest(http.MethodGet, "https://"+h.ip+":10250"+path, nil)
@@ -364,12 +358,7 @@ func asExit(err error, ee **exec.ExitError) bool {
 
 // httpGetInNS fetches url with a connection opened inside netns ns.
 func httpGetInNS(t *testing.T, ns, url string) ([]byte, error) {
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		var err error
-		inNS(t, ns, func() { c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr) })
-		return c, err
-	}}
+	tr := &http.Transport{DialContext: nsDial(ns)}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(url)
 	if err != nil {
